@@ -1,0 +1,1 @@
+"""vlattn built-in plugin: draw."""

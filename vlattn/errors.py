@@ -1,0 +1,30 @@
+"""Exceptions that the CLI turns into one-line messages with a non-zero exit."""
+
+from __future__ import annotations
+
+
+class VlattnError(Exception):
+    """Base class of every error vlattn reports to a user as one line (exit code 1)."""
+
+
+class UnknownNameError(VlattnError, KeyError):
+    """A task or attention mechanism name that no plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateNameError(VlattnError):
+    """Two plugins registered the same name."""
+
+
+class PluginLoadError(VlattnError):
+    """A plugin failed to load while ``VLATTN_STRICT_PLUGINS`` was set."""
+
+
+class ModelFileError(VlattnError):
+    """A model file is missing, corrupt, or not a vlattn model."""
+
+
+class TrainingDivergedError(VlattnError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,126 @@
+"""Spec dataclasses for what plugins register, and the name registry with helpful errors.
+
+Nothing here imports torch: a spec's factory is a dotted string (``"package.module:Name"``) or
+a callable, resolved only when the mechanism or task is actually used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
+
+from vlattn.errors import DuplicateNameError, UnknownNameError
+
+Factory = str | Callable[..., Any]
+
+
+def resolve(factory: Factory) -> Any:
+    """Import ``"package.module:attr"`` (or return a callable unchanged)."""
+    if not isinstance(factory, str):
+        return factory
+    module_name, sep, attr = factory.partition(":")
+    if not sep or not attr:
+        raise ValueError(f"factory {factory!r} must look like 'package.module:Name'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """An attention mechanism a plugin offers.
+
+    Attributes:
+        name: the name models and ``--attention`` options use (``"additive"``).
+        factory: ``"module:Class"`` or callable; called as ``factory(query_dim, key_dim, **options)``.
+        summary: one line shown by ``vlattn list``.
+        formula: the score or weighting formula, for documentation.
+        paper: citation of the paper that introduced it.
+        plugin: filled in by the registry: the plugin that registered it.
+    """
+
+    name: str
+    factory: Factory
+    summary: str = ""
+    formula: str = ""
+    paper: str = ""
+    plugin: str = ""
+
+    def load(self) -> Callable[..., Any]:
+        """Return the factory, importing it if it is a dotted string."""
+        return resolve(self.factory)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A trainable task a plugin offers.
+
+    Attributes:
+        name: the name used by ``vlattn train NAME`` and stored in model files.
+        factory: ``"module:TaskClass"`` or a callable returning a :class:`vlattn.task.Task` subclass.
+        summary: one line shown by ``vlattn list``.
+        plugin: filled in by the registry.
+    """
+
+    name: str
+    factory: Factory
+    summary: str = ""
+    plugin: str = ""
+
+    def load(self) -> type[Any]:
+        """Return the :class:`vlattn.task.Task` subclass, importing it if needed."""
+        return resolve(self.factory)
+
+
+SpecT = TypeVar("SpecT", AttentionSpec, TaskSpec)
+
+
+@dataclass
+class Registry(Generic[SpecT]):
+    """Names to specs for one kind of thing (``"attention mechanism"``, ``"task"``)."""
+
+    kind: str
+    _specs: dict[str, SpecT] = field(default_factory=dict)
+
+    def add(self, spec: SpecT, plugin: str) -> None:
+        """Register ``spec`` on behalf of ``plugin``; a name taken by another plugin is an error."""
+        if not spec.name or not isinstance(spec.name, str):
+            raise ValueError(f"plugin {plugin!r} registered a {self.kind} without a name")
+        if spec.name in self._specs:
+            other = self._specs[spec.name].plugin
+            raise DuplicateNameError(
+                f"{self.kind} {spec.name!r} is registered twice: by plugin {other!r} and by "
+                f"plugin {plugin!r}; uninstall one or disable it with VLATTN_PLUGINS"
+            )
+        self._specs[spec.name] = replace(spec, plugin=plugin)
+
+    def get(self, name: str) -> SpecT:
+        """Return the spec called ``name`` or raise :class:`UnknownNameError` with suggestions."""
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownNameError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        """The one-line error for an unknown ``name``, with close matches when there are any."""
+        close = difflib.get_close_matches(name, list(self._specs), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(sorted(self._specs)) or "none"
+        return f"unknown {self.kind} {name!r}{hint} (known: {known})"
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[SpecT]:
+        return iter(self._specs[n] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._specs)
