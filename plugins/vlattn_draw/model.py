@@ -1,0 +1,273 @@
+"""The DRAW network (Gregor et al. 2015): a recurrent VAE that draws on a canvas over T steps.
+
+For ``t = 1..T`` (eq. 3-8 of the paper)::
+
+    x_hat_t   = x - sigmoid(c_{t-1})
+    r_t       = read(x, x_hat_t, h_dec_{t-1})
+    h_enc_t   = LSTM_enc(h_enc_{t-1}, [r_t, h_dec_{t-1}])
+    z_t       ~ Q(z_t | h_enc_t) = N(mu_t, sigma_t),  z_t = mu_t + sigma_t * eps   (reparameterised)
+    h_dec_t   = LSTM_dec(h_dec_{t-1}, z_t)
+    c_t       = c_{t-1} + write(h_dec_t)
+
+Loss per image (nats): ``-log D(x | sigmoid(c_T)) + sum_t KL(Q(z_t|.) || N(0, I))`` with
+``KL = 1/2 sum_j (mu^2 + sigma^2 - log sigma^2) - |z| / 2`` per step, i.e. the constant is
+``- T * |z| / 2`` over the sequence. ``c_0``, ``h_enc_0`` and ``h_dec_0`` are learned biases.
+
+Everything is batched: the only Python loop is over the T steps. For speed, every linear map
+that reads ``h_dec_t`` (the write patch and window, the next read window, and the encoder's
+input weights for ``h_dec``) is one fused matrix product; mathematically it is the paper's model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vlattn_draw.filterbank import Glimpse, filterbank, glimpse_from_params, read_glimpse, write_patch
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class DrawShape:
+    """Architecture of a DRAW network.
+
+    Attributes:
+        channels, height, width: image shape (``C x B x A``); filters are shared by channels.
+        steps: T, the number of glimpses.
+        read_attention / write_attention: Gaussian attention on/off; off reads the whole image
+            (``[x, x_hat]``) or writes the whole canvas.
+        read_n / write_n: grid size N of the read / write filterbanks.
+        enc_size / dec_size: LSTM hidden units of the encoder / decoder.
+        z_size: latent units per step.
+        likelihood: ``"bernoulli"`` for binary pixels, ``"continuous_bernoulli"`` for
+            intensities in ``[0, 1]`` (a normalised density on ``[0, 1]``).
+    """
+
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    steps: int = 64
+    read_attention: bool = True
+    write_attention: bool = True
+    read_n: int = 2
+    write_n: int = 5
+    enc_size: int = 256
+    dec_size: int = 256
+    z_size: int = 100
+    likelihood: str = "bernoulli"
+
+    @property
+    def read_size(self) -> int:
+        """Features of r_t (both x and x_hat)."""
+        per_image = self.read_n**2 if self.read_attention else self.height * self.width
+        return 2 * self.channels * per_image
+
+    @property
+    def write_size(self) -> int:
+        """Outputs of the write layer: one patch per channel, or a whole canvas."""
+        per_image = self.write_n**2 if self.write_attention else self.height * self.width
+        return self.channels * per_image
+
+
+@dataclass
+class DrawOutput:
+    """Per-image terms of one pass, all ``[Bt]`` in nats.
+
+    Attributes:
+        reconstruction: ``-log D(x | c_T)``.
+        kl: ``sum_t KL(Q(z_t) || p(z_t))`` (analytic).
+        log_ratio: ``sum_t log p(z_t) - log Q(z_t)`` at the sampled ``z`` (for importance weights).
+        canvas_logits: ``c_T``, ``[Bt, C, H, W]``.
+    """
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    log_ratio: torch.Tensor
+    canvas_logits: torch.Tensor
+
+
+@dataclass
+class DrawTrace:
+    """What the model did at each step, for pictures: lists of length T.
+
+    Attributes:
+        canvases: ``sigmoid(c_t)``, each ``[Bt, C, H, W]``.
+        read_boxes / write_boxes: ``[Bt, 4]`` windows ``(x0, y0, x1, y1)`` in 0-based pixels
+            (empty lists when that attention is off, or no read happens).
+    """
+
+    canvases: list[torch.Tensor] = field(default_factory=list)
+    read_boxes: list[torch.Tensor] = field(default_factory=list)
+    write_boxes: list[torch.Tensor] = field(default_factory=list)
+
+
+def lstm_step(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM update from pre-activations ``gates [Bt, 4H]`` (order i, f, g, o) and ``cell [Bt, H]``."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cell), cell
+
+
+def gaussian_kl(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, sigma^2) || N(0, 1))`` summed over the last axis: ``[Bt, Z] -> [Bt]``."""
+    return 0.5 * (mu.square() + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(dim=-1)
+
+
+class Draw(nn.Module):
+    """DRAW with independently switchable read and write attention.
+
+    Input images are ``[Bt, C, H, W]`` in ``[0, 1]`` (binary for the Bernoulli likelihood).
+    """
+
+    def __init__(self, shape: DrawShape) -> None:
+        super().__init__()
+        if shape.likelihood not in ("bernoulli", "continuous_bernoulli"):
+            raise ValueError(f"unknown likelihood {shape.likelihood!r}")
+        self.shape = shape
+        s = shape
+        self.write_params = 5 if s.write_attention else 0
+        self.read_params = 5 if s.read_attention else 0
+        # Every map from h_dec: [write patch | write window | next read window | h_dec -> encoder gates].
+        self.dec_out = nn.Linear(
+            s.dec_size, s.write_size + self.write_params + self.read_params + 4 * s.enc_size
+        )
+        self.enc_in = nn.Linear(s.read_size, 4 * s.enc_size)
+        self.enc_hidden = nn.Linear(s.enc_size, 4 * s.enc_size, bias=False)
+        self.latent = nn.Linear(s.enc_size, 2 * s.z_size)
+        self.dec_in = nn.Linear(s.z_size, 4 * s.dec_size)
+        self.dec_hidden = nn.Linear(s.dec_size, 4 * s.dec_size, bias=False)
+        self.canvas0 = nn.Parameter(torch.zeros(s.channels, s.height, s.width))
+        self.h_enc0 = nn.Parameter(torch.zeros(s.enc_size))
+        self.h_dec0 = nn.Parameter(torch.zeros(s.dec_size))
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _split_dec(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = self.shape
+        sizes = [s.write_size, self.write_params, self.read_params, 4 * s.enc_size]
+        write, write_win, read_win, enc_gates = out.split(sizes, dim=-1)
+        return write, write_win, read_win, enc_gates
+
+    def _read(
+        self, x: torch.Tensor, x_hat: torch.Tensor, read_win: torch.Tensor
+    ) -> tuple[torch.Tensor, Glimpse | None]:
+        s = self.shape
+        both = torch.cat([x, x_hat], dim=1)  # [Bt, 2C, H, W]
+        if not s.read_attention:
+            return both.flatten(1), None
+        glimpse = glimpse_from_params(read_win, s.width, s.height, s.read_n)
+        fx, fy = filterbank(glimpse, s.width, s.height, s.read_n)
+        return read_glimpse(both, fx, fy, glimpse.intensity).flatten(1), glimpse
+
+    def _write(self, write: torch.Tensor, write_win: torch.Tensor) -> tuple[torch.Tensor, Glimpse | None]:
+        s = self.shape
+        if not s.write_attention:
+            return write.view(-1, s.channels, s.height, s.width), None
+        glimpse = glimpse_from_params(write_win, s.width, s.height, s.write_n)
+        fx, fy = filterbank(glimpse, s.width, s.height, s.write_n)
+        patch = write.view(-1, s.channels, s.write_n, s.write_n)
+        return write_patch(patch, fx, fy, glimpse.intensity), glimpse
+
+    def _initial(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = self.shape
+        canvas = self.canvas0.expand(batch, -1, -1, -1)
+        h_dec = self.h_dec0.expand(batch, s.dec_size)
+        h_enc = self.h_enc0.expand(batch, s.enc_size)
+        return canvas, h_dec, h_enc
+
+    def neg_log_likelihood(self, canvas_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``-log D(x | c_T)`` per image: ``[Bt, C, H, W] -> [Bt]`` (nats)."""
+        if self.shape.likelihood == "bernoulli":
+            nll = F.binary_cross_entropy_with_logits(canvas_logits, x, reduction="none")
+        else:
+            dist = torch.distributions.ContinuousBernoulli(logits=canvas_logits, validate_args=False)
+            nll = -dist.log_prob(x)
+        return nll.flatten(1).sum(dim=-1)
+
+    # -- passes --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, trace: DrawTrace | None = None) -> DrawOutput:
+        """Encode and redraw ``x [Bt, C, H, W]``; returns per-image loss terms (nats).
+
+        If ``trace`` is given, it is filled with the canvas and windows of every step.
+        """
+        s = self.shape
+        batch = x.shape[0]
+        canvas, h_dec, h_enc = self._initial(batch)
+        c_enc = torch.zeros(batch, s.enc_size, dtype=x.dtype, device=x.device)
+        c_dec = torch.zeros(batch, s.dec_size, dtype=x.dtype, device=x.device)
+        _, _, read_win, enc_from_dec = self._split_dec(self.dec_out(h_dec))
+        kl = x.new_zeros(batch)
+        log_ratio = x.new_zeros(batch)
+        for _ in range(s.steps):
+            x_hat = x - torch.sigmoid(canvas)
+            r, read_glimpse_t = self._read(x, x_hat, read_win)
+            gates = self.enc_in(r) + self.enc_hidden(h_enc) + enc_from_dec
+            h_enc, c_enc = lstm_step(gates, c_enc)
+            mu, log_sigma = self.latent(h_enc).chunk(2, dim=-1)
+            eps = torch.randn_like(mu)
+            z = mu + torch.exp(log_sigma) * eps
+            kl = kl + gaussian_kl(mu, log_sigma)
+            # log N(z; 0, 1) - log N(z; mu, sigma) = (eps^2 - z^2) / 2 + log sigma
+            log_ratio = log_ratio + (0.5 * (eps.square() - z.square()) + log_sigma).sum(dim=-1)
+            h_dec, c_dec = lstm_step(self.dec_in(z) + self.dec_hidden(h_dec), c_dec)
+            write, write_win, read_win, enc_from_dec = self._split_dec(self.dec_out(h_dec))
+            delta, write_glimpse_t = self._write(write, write_win)
+            canvas = canvas + delta
+            if trace is not None:
+                _record(trace, canvas, read_glimpse_t, write_glimpse_t, s)
+        reconstruction = self.neg_log_likelihood(canvas, x)
+        return DrawOutput(reconstruction, kl, log_ratio, canvas)
+
+    @torch.no_grad()
+    def generate(
+        self, num: int, steps: int | None = None, generator: torch.Generator | None = None
+    ) -> DrawTrace:
+        """Sample ``num`` images from the prior, drawing for ``steps`` steps (default T)."""
+        s = self.shape
+        steps = s.steps if steps is None else steps
+        device = self.h_dec0.device
+        canvas, h_dec, _ = self._initial(num)
+        c_dec = torch.zeros(num, s.dec_size, device=device)
+        trace = DrawTrace()
+        for _ in range(steps):
+            z = torch.randn(num, s.z_size, generator=generator, device=device)
+            h_dec, c_dec = lstm_step(self.dec_in(z) + self.dec_hidden(h_dec), c_dec)
+            write, write_win, _, _ = self._split_dec(self.dec_out(h_dec))
+            delta, glimpse = self._write(write, write_win)
+            canvas = canvas + delta
+            _record(trace, canvas, None, glimpse, s)
+        return trace
+
+
+def _record(trace: DrawTrace, canvas: torch.Tensor, read: Glimpse | None, write: Glimpse | None, s: DrawShape) -> None:
+    trace.canvases.append(torch.sigmoid(canvas).detach())
+    if read is not None:
+        trace.read_boxes.append(read.box(s.read_n).detach())
+    if write is not None:
+        trace.write_boxes.append(write.box(s.write_n).detach())
+
+
+def importance_weighted_nll(model: Draw, x: torch.Tensor, samples: int, chunk: int = 0) -> torch.Tensor:
+    """The importance-weighted bound ``-log 1/K sum_k p(x, z_k) / Q(z_k | x)`` per image, ``[Bt]``.
+
+    ``K = samples`` posterior samples per image (Burda et al. 2016); ``K = 1`` gives a one-sample
+    estimate of the usual bound. ``chunk`` bounds how many copies of ``x`` go through at once
+    (0 = all ``K``).
+    """
+    if samples < 1:
+        raise ValueError("samples must be >= 1")
+    chunk = samples if chunk <= 0 else min(chunk, samples)
+    log_weights = []
+    done = 0
+    while done < samples:
+        k = min(chunk, samples - done)
+        repeated = x.repeat_interleave(k, dim=0)
+        out = model(repeated)
+        log_weights.append((out.log_ratio - out.reconstruction).view(x.shape[0], k))
+        done += k
+    all_weights = torch.cat(log_weights, dim=1)
+    return -(torch.logsumexp(all_weights, dim=1) - math.log(samples))
