@@ -1,4 +1,7 @@
-"""Registers the built-in attention mechanisms (loaded through the ``vlattn`` entry point)."""
+"""Registers the built-in attention mechanisms (loaded through the ``vlattn`` entry point).
+
+Factories are dotted strings, so listing the mechanisms imports no torch.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,70 @@ from collections.abc import Callable
 from vlattn.hookspecs import hookimpl
 from vlattn.registry import AttentionSpec
 
+BAHDANAU = (
+    "Bahdanau, Cho & Bengio 2015, "
+    "Neural Machine Translation by Jointly Learning to Align and Translate"
+)
+LUONG = (
+    "Luong, Pham & Manning 2015, Effective Approaches to Attention-based Neural Machine Translation"
+)
+XU = "Xu et al. 2015, Show, Attend and Tell: Neural Image Caption Generation with Visual Attention"
+
+BUILTIN: tuple[AttentionSpec, ...] = (
+    AttentionSpec(
+        "additive",
+        "vlattn.attention.additive:AdditiveAttention",
+        summary="Bahdanau's MLP score; query and key sizes may differ",
+        formula="v^T tanh(W q + U k + b)",
+        paper=BAHDANAU,
+    ),
+    AttentionSpec(
+        "dot",
+        "vlattn.attention.luong:DotAttention",
+        summary="Luong's dot score; no parameters, needs query_dim == key_dim",
+        formula="q^T k",
+        paper=LUONG,
+    ),
+    AttentionSpec(
+        "general",
+        "vlattn.attention.luong:GeneralAttention",
+        summary="Luong's bilinear score",
+        formula="q^T W_a k",
+        paper=LUONG,
+    ),
+    AttentionSpec(
+        "concat",
+        "vlattn.attention.luong:ConcatAttention",
+        summary="Luong's concat score (an MLP over [q; k])",
+        formula="v_a^T tanh(W_a [q; k])",
+        paper=LUONG,
+    ),
+    AttentionSpec(
+        "location",
+        "vlattn.attention.luong:LocationAttention",
+        summary="Luong's location-based weights, from the query alone (max_len positions)",
+        formula="a = softmax(W_a q)",
+        paper=LUONG,
+    ),
+    AttentionSpec(
+        "soft-spatial",
+        "vlattn.attention.spatial:SoftSpatialAttention",
+        summary="soft attention over CNN annotation vectors (S = H*W), optional beta gate",
+        formula="alpha = softmax(v^T tanh(W h + U a_i)); z = sum_i alpha_i a_i",
+        paper=XU,
+    ),
+    AttentionSpec(
+        "hard-spatial",
+        "vlattn.attention.spatial:HardSpatialAttention",
+        summary="stochastic hard attention over annotation vectors, trained with REINFORCE",
+        formula="s ~ Categorical(alpha); z = a_s (expectation with probability 0.5)",
+        paper=XU,
+    ),
+)
+
 
 @hookimpl
 def register_attention(register: Callable[[AttentionSpec], None]) -> None:
     """Register every mechanism in :mod:`vlattn.attention`."""
+    for spec in BUILTIN:
+        register(spec)

@@ -1,0 +1,131 @@
+"""Hard attention (Xu et al. 2015): sampling, eval modes, and the REINFORCE estimator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from attention_cases import build, inputs
+
+from vlattn.attention.reinforce import ReinforceLoss
+from vlattn.attention.spatial import HardAttentionSample, HardSpatialAttention
+
+
+def repeated(name: str, copies: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One example repeated ``copies`` times (so a batch is many draws from one distribution)."""
+    query, keys, mask = inputs(name, batch=1)
+    return query.expand(copies, -1), keys.expand(copies, -1, -1), mask.expand(copies, -1)
+
+
+def test_sampling_frequencies_match_the_weights() -> None:
+    module = build("hard-spatial", expectation_prob=0.0).train()
+    query, keys, mask = repeated("hard-spatial", 20000)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        _, weights = module(query, keys, mask=mask)
+        alpha = build("hard-spatial").eval()(query[:1], keys[:1], mask=mask[:1])[1][0]
+    assert torch.all((weights == 0) | (weights == 1)) and torch.all(weights.sum(-1) == 1)
+    frequencies = weights.mean(0)
+    # binomial standard error at n = 20000 is below 0.0036; allow ~4 of them
+    torch.testing.assert_close(frequencies, alpha, atol=0.015, rtol=0)
+    assert module.last is not None
+    assert torch.equal(weights.argmax(-1), module.last.index)
+    torch.testing.assert_close(module.last.log_prob, alpha[module.last.index].log())
+
+
+def test_expectation_is_used_with_the_configured_probability() -> None:
+    module = build("hard-spatial", expectation_prob=0.5).train()
+    query, keys, mask = repeated("hard-spatial", 4000)
+    torch.manual_seed(4)
+    _, weights = module(query, keys, mask=mask)
+    assert module.last is not None
+    soft = ~module.last.sampled
+    assert 0.45 < soft.float().mean().item() < 0.55
+    assert torch.all(module.last.log_prob[soft] == 0)
+    assert torch.all((weights[soft] > 0).sum(-1) == 6)  # soft: every position of the row
+    assert torch.all(weights[~soft].max(-1).values == 1)
+
+
+def test_eval_modes_argmax_and_expectation() -> None:
+    query, keys, mask = inputs("hard-spatial")
+    soft = build("hard-spatial", eval_mode="expectation")
+    hard = build("hard-spatial", eval_mode="argmax")
+    _, alpha = soft(query, keys, mask=mask)
+    context, weights = hard(query, keys, mask=mask)
+    assert torch.equal(weights, torch.nn.functional.one_hot(alpha.argmax(-1), 6).float())
+    torch.testing.assert_close(context, keys[torch.arange(3), alpha.argmax(-1)])
+    assert hard.last is not None and not hard.last.sampled.any()
+    with pytest.raises(ValueError, match="eval_mode"):
+        HardSpatialAttention(4, 4, eval_mode="mean")  # type: ignore[arg-type]
+
+
+def test_feature_map_keys_are_flattened_row_major() -> None:
+    module = build("hard-spatial", eval_mode="expectation")
+    query, _, _ = inputs("hard-spatial")
+    feature_map = torch.randn(3, 4, 2, 3)  # [B, C, H, W]
+    context, weights = module(query, feature_map)
+    flat = feature_map.permute(0, 2, 3, 1).reshape(3, 6, 4)
+    context2, weights2 = module(query, flat)
+    torch.testing.assert_close(weights, weights2)
+    torch.testing.assert_close(context, context2)
+
+
+def test_samples_stack_over_decoding_steps() -> None:
+    module = build("hard-spatial").train()
+    query, keys, mask = inputs("hard-spatial")
+    steps = []
+    for _ in range(5):
+        module(query, keys, mask=mask)
+        assert module.last is not None and module.last.log_prob.shape == (3,)
+        steps.append(module.last)
+    stacked = HardAttentionSample.stack(steps)
+    assert stacked.log_prob.shape == stacked.entropy.shape == stacked.index.shape == (3, 5)
+
+
+def test_reinforce_gradient_is_unbiased_on_a_toy_problem() -> None:
+    """E[d/dW surrogate] equals -d/dW E[reward], computed exactly from the weights."""
+    module = build("hard-spatial", dtype=torch.float64, expectation_prob=0.0)
+    query, keys, mask = repeated("hard-spatial", 1)
+    query, keys = query.double(), keys.double()
+    reward_of = torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0, 0.0], dtype=torch.float64)
+
+    module.eval()
+    _, alpha = module(query, keys, mask=mask)
+    expected_reward = (alpha[0] * reward_of).sum()
+    exact = torch.autograd.grad(expected_reward, list(module.parameters()))
+
+    module.train()
+    loss_fn = ReinforceLoss(baseline_decay=0.9, entropy_weight=0.0)
+    loss_fn.baseline.fill_(0.7)  # any fixed baseline leaves the estimator unbiased
+    loss_fn.initialised.fill_(True)
+    copies = 40000
+    torch.manual_seed(5)
+    module(query.expand(copies, -1), keys.expand(copies, -1, -1), mask=mask.expand(copies, -1))
+    assert module.last is not None
+    reward = reward_of[module.last.index]
+    surrogate = loss_fn(module.last.log_prob, reward)
+    estimate = torch.autograd.grad(surrogate, list(module.parameters()))
+    for g_exact, g_est in zip(exact, estimate, strict=True):
+        torch.testing.assert_close(
+            -g_est, g_exact, atol=0.03 * g_exact.abs().max().item() + 2e-3, rtol=0
+        )
+    assert loss_fn.baseline.item() == pytest.approx(0.9 * 0.7 + 0.1 * reward.mean().item())
+
+
+def test_reinforce_loss_masks_steps_and_adds_entropy_bonus() -> None:
+    loss_fn = ReinforceLoss(baseline_decay=0.5, entropy_weight=0.1)
+    log_prob = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]], requires_grad=True)
+    entropy = torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 5.0]])
+    step_mask = torch.tensor([[True, True, True], [True, True, False]])
+    reward = torch.tensor([2.0, 4.0])
+    loss = loss_fn(log_prob, reward, entropy=entropy, step_mask=step_mask)
+    # first call: the baseline starts at the batch mean 3.0; advantages -1 and +1
+    expected = -((-1.0) * (-6.0) + 1.0 * (-1.0)) / 2 - 0.1 * (3.0 + 4.0) / 2
+    assert loss.item() == pytest.approx(expected)
+    assert loss_fn.baseline.item() == pytest.approx(3.0)
+    loss_fn.eval()
+    loss_fn(log_prob, reward + 10)
+    assert loss_fn.baseline.item() == pytest.approx(3.0)  # frozen in eval mode
+    state = loss_fn.state_dict()
+    fresh = ReinforceLoss()
+    fresh.load_state_dict(state)
+    assert fresh.baseline.item() == pytest.approx(3.0) and bool(fresh.initialised)

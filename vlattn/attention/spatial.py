@@ -1,0 +1,188 @@
+"""Soft and hard attention over CNN annotation vectors (``soft-spatial``, ``hard-spatial``).
+
+Xu et al., "Show, Attend and Tell: Neural Image Caption Generation with Visual Attention",
+ICML 2015. The annotation vectors are the ``S = H * W`` positions of a convolutional feature
+map; both mechanisms score them with the additive MLP ``e = v^T tanh(W h + U a + b)`` and
+``alpha = softmax(e)``.
+
+* ``soft-spatial`` returns the expectation ``z = sum_i alpha_i a_i`` (deterministic, trained by
+  backpropagation), optionally scaled by the paper's gate ``beta = sigmoid(f_beta(h))``.
+* ``hard-spatial`` samples one location ``s ~ Categorical(alpha)`` in training and returns its
+  annotation vector (weights = the one-hot sample); with probability ``expectation_prob``
+  (0.5 in the paper) an example uses the soft expectation instead. The sampling is not
+  differentiable, so the scorer learns through REINFORCE: after each call, :attr:`last` holds a
+  :class:`HardAttentionSample` with the log-probability of the sampled locations and the entropy
+  of ``alpha``, to be fed to :class:`vlattn.attention.reinforce.ReinforceLoss`.
+
+Keys may be given as ``[B, S, C]`` or as a feature map ``[B, C, H, W]`` (flattened row-major to
+``S = H * W`` positions, so ``weights.view(B, H, W)`` is the attention map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from vlattn.attention.additive import AdditiveAttention
+from vlattn.attention.base import as_query_sequence, weighted_sum
+from vlattn.attention.scored import check_keys, expand_mask
+
+
+def flatten_feature_map(features: Tensor) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, H * W, C]`` (row-major positions); ``[B, S, C]`` passes through."""
+    if features.dim() == 4:
+        return features.flatten(2).transpose(1, 2)
+    return features
+
+
+class SoftSpatialAttention(AdditiveAttention):
+    """Deterministic soft attention of Xu et al. (2015) over annotation vectors.
+
+    Args:
+        query_dim: decoder state size ``Dq``.
+        key_dim: annotation vector size ``C``.
+        hidden_dim: hidden size of the scoring MLP (default ``key_dim``).
+        gate: multiply the context by ``beta = sigmoid(Linear(h))`` (section 4.2.1 of the paper).
+
+    ``forward(query, keys, values=None, mask=None)``: ``query [B, Dq]`` or ``[B, Tq, Dq]``,
+    ``keys [B, S, C]`` or ``[B, C, H, W]``, ``values`` likewise (default ``keys``), ``mask [B, S]``.
+    Returns ``context [B, C]`` (``[B, Tq, C]``) and ``weights [B, S]`` (``[B, Tq, S]``).
+    """
+
+    def __init__(
+        self, query_dim: int, key_dim: int, hidden_dim: int | None = None, gate: bool = False
+    ) -> None:
+        super().__init__(query_dim, key_dim, hidden_dim=hidden_dim)
+        self.gate = nn.Linear(query_dim, 1) if gate else None
+
+    def select(self, alpha: Tensor) -> Tensor:
+        """The weights actually applied to the values, given ``alpha [B, Tq, S]``."""
+        return alpha
+
+    def forward(  # type: ignore[override]
+        self, query: Tensor, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        keys = flatten_feature_map(keys)
+        values = check_keys(keys, None if values is None else flatten_feature_map(values), mask)
+        queries, single = as_query_sequence(query)
+        alpha = self.normalise(self.score(queries, keys), expand_mask(mask))
+        weights = self.select(alpha)
+        context = weighted_sum(weights, values)
+        if self.gate is not None:
+            context = context * torch.sigmoid(self.gate(queries))
+        if single:
+            return context.squeeze(1), weights.squeeze(1)
+        return context, weights
+
+
+@dataclass
+class HardAttentionSample:
+    """What REINFORCE needs from hard-attention calls.
+
+    From one call the tensors are ``[B]`` (single query) or ``[B, Tq]``; :meth:`stack` joins
+    several calls (decoding steps) into ``[B, N]``.
+
+    Attributes:
+        index: the chosen location of each query (sampled in training, argmax in eval).
+        log_prob: ``log alpha[index]`` with gradient to the scorer, where a location was sampled,
+            else 0 (the examples that used the expectation, eval mode, fully masked rows).
+        entropy: entropy ``-sum alpha log alpha`` of the attention distribution (with gradient).
+        sampled: boolean, True where the one-hot sample was used (REINFORCE applies).
+    """
+
+    index: Tensor
+    log_prob: Tensor
+    entropy: Tensor
+    sampled: Tensor
+
+    @staticmethod
+    def stack(samples: list[HardAttentionSample]) -> HardAttentionSample:
+        """Concatenate calls along a last axis: each ``[B]``/``[B, Tq]`` -> one ``[B, N]``."""
+        if not samples:
+            raise ValueError("no hard-attention calls to stack")
+
+        def cat(name: str) -> Tensor:
+            parts = [getattr(s, name) for s in samples]
+            return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1)
+
+        return HardAttentionSample(cat("index"), cat("log_prob"), cat("entropy"), cat("sampled"))
+
+
+class HardSpatialAttention(SoftSpatialAttention):
+    """Stochastic hard attention of Xu et al. (2015), trained with REINFORCE.
+
+    In training mode each query samples one location ``s ~ Categorical(alpha)`` and the
+    weights are ``one_hot(s)``; independently for each query, with probability
+    ``expectation_prob`` the soft weights ``alpha`` are used instead. In eval mode the weights
+    are ``one_hot(argmax alpha)`` (``eval_mode="argmax"``, the default) or ``alpha``
+    (``eval_mode="expectation"``). After every call :attr:`last` holds a
+    :class:`HardAttentionSample`; collect it at each decoding step and pass
+    ``HardAttentionSample.stack(steps)`` to :class:`~vlattn.attention.reinforce.ReinforceLoss`.
+
+    Args:
+        query_dim: decoder state size ``Dq``.
+        key_dim: annotation vector size ``C``.
+        hidden_dim: hidden size of the scoring MLP (default ``key_dim``).
+        gate: the ``beta`` gate, as in :class:`SoftSpatialAttention`.
+        expectation_prob: probability of using the expectation during training (paper: 0.5).
+        eval_mode: ``"argmax"`` or ``"expectation"``.
+    """
+
+    last: HardAttentionSample | None
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        hidden_dim: int | None = None,
+        gate: bool = False,
+        expectation_prob: float = 0.5,
+        eval_mode: Literal["argmax", "expectation"] = "argmax",
+    ) -> None:
+        super().__init__(query_dim, key_dim, hidden_dim=hidden_dim, gate=gate)
+        if not 0.0 <= expectation_prob <= 1.0:
+            raise ValueError(f"expectation_prob must be in [0, 1], got {expectation_prob}")
+        if eval_mode not in ("argmax", "expectation"):
+            raise ValueError(f"eval_mode must be 'argmax' or 'expectation', got {eval_mode!r}")
+        self.expectation_prob = expectation_prob
+        self.eval_mode = eval_mode
+        self.last = None
+
+    def select(self, alpha: Tensor) -> Tensor:
+        """Sample (training) or pick (eval) from ``alpha [B, Tq, S]``; fills :attr:`last`."""
+        nonempty = alpha.sum(-1) > 0  # [B, Tq]; fully masked rows have all-zero alpha
+        safe = torch.where(nonempty.unsqueeze(-1), alpha, torch.ones_like(alpha)).detach()
+        if self.training:
+            flat = safe.reshape(-1, safe.shape[-1])
+            index = torch.multinomial(flat, 1).view(alpha.shape[:-1])
+            use_expectation = torch.rand(index.shape, device=alpha.device) < self.expectation_prob
+        else:
+            index = safe.argmax(-1)
+            use_expectation = torch.full_like(nonempty, self.eval_mode == "expectation")
+        one_hot = nn.functional.one_hot(index, alpha.shape[-1]).to(
+            alpha.dtype
+        ) * nonempty.unsqueeze(-1)
+        weights = torch.where(use_expectation.unsqueeze(-1), alpha, one_hot)
+        sampled = nonempty & ~use_expectation & self.training
+        picked = alpha.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        log_prob = torch.where(sampled, picked.clamp_min(torch.finfo(alpha.dtype).tiny).log(), 0.0)
+        entropy = -(alpha * alpha.clamp_min(torch.finfo(alpha.dtype).tiny).log()).sum(-1)
+        self.last = HardAttentionSample(index, log_prob, entropy, sampled)
+        return weights
+
+    def forward(  # type: ignore[override]
+        self, query: Tensor, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        context, weights = super().forward(query, keys, values, mask)
+        if query.dim() == 2 and self.last is not None:
+            last = self.last
+            self.last = HardAttentionSample(
+                last.index.squeeze(1),
+                last.log_prob.squeeze(1),
+                last.entropy.squeeze(1),
+                last.sampled.squeeze(1),
+            )
+        return context, weights
