@@ -33,7 +33,7 @@ class ConfigError(VlattnError):
     """A config value or file that cannot be used."""
 
 
-def option(default: Any, *, help: str = "", choices: tuple[Any, ...] | None = None) -> Any:  # noqa: A002
+def option(default: Any, *, help: str = "", choices: tuple[Any, ...] | None = None) -> Any:
     """A dataclass field with a default and help text for the generated command-line option."""
     meta = {"help": help}
     if choices is not None:
@@ -173,18 +173,14 @@ def click_options(cls: type, *, defaults: Mapping[str, Any] | None = None) -> li
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         tp, optional = _unwrap_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        default = defaults.get(
-            f.name, f.default if f.default is not dataclasses.MISSING else None
-        )
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = defaults.get(f.name, f.default_factory())
         help_text = f.metadata.get("help", "")
         shown = default if not isinstance(default, list | tuple) else ",".join(map(str, default))
         help_text = f"{help_text} [default: {shown}]".strip()
         if tp is bool and not optional:
-            params.append(
-                click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text, show_default=False)
-            )
+            params.append(click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text, show_default=False))
             continue
         choices = f.metadata.get("choices")
         if typing.get_origin(tp) is Literal:

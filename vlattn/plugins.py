@@ -113,9 +113,7 @@ class PluginHost:
         except Exception as exc:
             self._fail(info, exc, "could not be registered")
             return
-        info.hooks = sorted(
-            {c.name for c in (self.pm.get_hookcallers(module) or [])}
-        )
+        info.hooks = sorted({c.name for c in (self.pm.get_hookcallers(module) or [])})
         self._registered = False
 
     def _fail(self, info: PluginInfo, exc: BaseException, what: str) -> None:
@@ -228,5 +226,3 @@ def task_registry() -> Registry[TaskSpec]:
     host = get_host()
     host.ensure_registered()
     return host.tasks
-
-

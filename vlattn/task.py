@@ -110,5 +110,6 @@ class Task(abc.ABC):
         """JSON-ready state the model needs at inference time (vocabulary, normalisation ...)."""
         return {}
 
-    def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:
+    def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:  # noqa: B027
         """Restore what :meth:`artifacts` returned, before :meth:`build_model` is called."""
+        return None

@@ -1,0 +1,133 @@
+"""The common trainer: run folder, exact resume, accumulation, divergence, early stopping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.toy_tasks import ToyPlugin
+from vlattn.errors import TrainingDivergedError, VlattnError
+from vlattn.plugins import PluginHost, set_host
+from vlattn.train import fit
+
+
+@pytest.fixture(autouse=True)
+def toy_host() -> Iterator[PluginHost]:
+    host = PluginHost()
+    host.load_entry_points()
+    host.add_plugin(ToyPlugin, "toy")
+    set_host(host)
+    yield host
+    set_host(None)
+
+
+def quiet(**kw: object) -> dict[str, object]:
+    return {"quiet": True, "tensorboard": False, **kw}
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_run_folder_contents(tmp_path: Path) -> None:
+    result = fit("toy-regression", {}, quiet(epochs=3), tmp_path / "run")
+    run = tmp_path / "run"
+    assert result.reason == "finished" and result.step == 3 * 8
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "last.safetensors",
+        "best.safetensors",
+        "trainer_state.pt",
+    ):
+        assert (run / name).exists(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "toy-regression" and config["trainer"]["epochs"] == 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 3 and val[-1]["loss"] < val[0]["loss"]
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "split", "loss", "lr", "examples_per_s"} <= set(header)
+
+
+def test_existing_run_folder_is_refused(tmp_path: Path) -> None:
+    fit("toy-regression", {}, quiet(epochs=1), tmp_path / "run")
+    with pytest.raises(VlattnError, match="already exists"):
+        fit("toy-regression", {}, quiet(epochs=1), tmp_path / "run")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_is_bit_exact(tmp_path: Path, dropout: float) -> None:
+    task = {"dropout": dropout}
+    straight = fit("toy-regression", task, quiet(epochs=0, max_steps=20, eval_every=3), tmp_path / "a")
+    fit("toy-regression", task, quiet(epochs=0, max_steps=7, eval_every=3), tmp_path / "b")
+    resumed = fit(None, None, {"max_steps": 20}, tmp_path / "b", resume=True)
+    assert straight.step == resumed.step == 20
+    a, b = weights(tmp_path / "a" / "last.safetensors"), weights(tmp_path / "b" / "last.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_gradient_accumulation_matches_big_batch(tmp_path: Path) -> None:
+    fit("toy-regression", {}, quiet(epochs=2, batch_size=16, optimizer="sgd", lr=0.05), tmp_path / "big")
+    fit("toy-regression", {}, quiet(epochs=2, batch_size=8, grad_accum=2, optimizer="sgd", lr=0.05), tmp_path / "acc")
+    big, acc = weights(tmp_path / "big" / "last.safetensors"), weights(tmp_path / "acc" / "last.safetensors")
+    for key in big:
+        torch.testing.assert_close(big[key], acc[key], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 11.*last good checkpoint"):
+        fit("toy-regression", {"nan_at_step": 11}, quiet(epochs=3), run)
+    info = json.loads(
+        __import__("safetensors").safe_open(str(run / "last.safetensors"), "pt").metadata()["vlattn.info"]
+    )
+    assert info["step"] == 8  # the end of the first epoch, before the NaN
+    assert all(torch.isfinite(t).all() for t in weights(run / "last.safetensors").values())
+
+
+def test_early_stopping_with_patience(tmp_path: Path) -> None:
+    result = fit(
+        "toy-regression", {"flat_metric": True}, quiet(epochs=50, patience=2, early_stop="score"), tmp_path / "r"
+    )
+    assert result.reason == "early_stop" and result.step == 3 * 8  # best at the first evaluation, 2 more
+
+
+def test_bf16_autocast_and_clipping_and_schedule(tmp_path: Path) -> None:
+    result = fit(
+        "toy-regression",
+        {},
+        quiet(epochs=2, precision="bf16", grad_clip=0.5, schedule="cosine", warmup_steps=3, optimizer="adamw"),
+        tmp_path / "r",
+    )
+    assert result.reason == "finished"
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert "grad_norm" in train[0]
+    assert train[-1]["lr"] < train[3]["lr"]  # cosine decay after warm-up
+
+
+def test_fp16_needs_cuda(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(VlattnError, match="fp16 needs a CUDA device"):
+        fit("toy-regression", {}, quiet(precision="fp16"), tmp_path / "r")
+
+
+def test_no_validation_split_still_checkpoints(tmp_path: Path) -> None:
+    result = fit("toy-regression", {"with_val": False}, quiet(epochs=2), tmp_path / "r")
+    assert result.last_path.exists() and result.best_path is None
+
+
+def test_unknown_early_stop_metric_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(VlattnError, match="metric 'bleu' is not among the validation metrics"):
+        fit("toy-regression", {}, quiet(epochs=1, early_stop="bleu"), tmp_path / "r")
