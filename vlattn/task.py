@@ -110,6 +110,6 @@ class Task(abc.ABC):
         """JSON-ready state the model needs at inference time (vocabulary, normalisation ...)."""
         return {}
 
-    def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:  # noqa: B027
+    def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:
         """Restore what :meth:`artifacts` returned, before :meth:`build_model` is called."""
         return None
