@@ -133,7 +133,7 @@ class PluginHost:
     # -- registration ------------------------------------------------------------------------
     def _call_each(self, hook_name: str, make_kwargs: Callable[[PluginInfo], dict[str, Any]]) -> None:
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy keeps them last-registered first
+        for impl in caller.get_hookimpls():  # in registration (load) order
             info = self.infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "?")
             if info.error:
                 continue
@@ -173,7 +173,7 @@ class PluginHost:
         """Let every plugin add its click commands to ``cli``."""
 
         caller = self.pm.hook.register_commands
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             info = self.infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "?")
             if info.error:
                 continue

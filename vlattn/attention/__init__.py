@@ -2,13 +2,26 @@
 
 >>> attn = build_attention("additive", query_dim=100, key_dim=100)   # doctest: +SKIP
 >>> context, weights = attn(query, keys, mask=mask)                   # doctest: +SKIP
+
+The package imports torch only when one of its torch-based names is first used, so the
+registration module :mod:`vlattn.attention.plugin` stays light.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from vlattn.attention.base import Attention, lengths_to_mask, masked_softmax
+if TYPE_CHECKING:
+    from vlattn.attention.base import Attention, lengths_to_mask, masked_softmax
+
+_LAZY = {"Attention": "base", "lengths_to_mask": "base", "masked_softmax": "base"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vlattn.attention.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vlattn.attention' has no attribute {name!r}")
 
 
 def build_attention(name: str, query_dim: int, key_dim: int, **options: Any) -> Attention:
