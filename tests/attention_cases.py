@@ -22,7 +22,18 @@ CASES: dict[str, tuple[int, int, dict[str, Any]]] = {
     "location": (5, 4, {"max_len": 8}),
     "soft-spatial": (5, 4, {"hidden_dim": 3}),
     "hard-spatial": (5, 4, {"hidden_dim": 3, "eval_mode": "expectation"}),
+    "local-m": (5, 4, {"window": 1}),
+    "local-p": (5, 4, {"window": 2, "score": "concat"}),
+    "scaled-dot": (4, 4, {}),
+    "multihead": (6, 4, {"num_heads": 2}),
+    "tutorial": (5, 4, {"steps": 8, "mask_padding": True}),
+    "tutorial-corrected": (5, 4, {"hidden_dim": 3}),
 }
+
+# local-p multiplies the window softmax by a Gaussian and (as in the paper) does not renormalise
+PARTIAL_WEIGHTS = {"local-p"}
+# multihead's context is projected (out_proj), so it is not weights @ values
+PROJECTED_CONTEXT = {"multihead"}
 
 
 @contextmanager

@@ -10,13 +10,10 @@ from collections.abc import Callable
 from vlattn.hookspecs import hookimpl
 from vlattn.registry import AttentionSpec
 
-BAHDANAU = (
-    "Bahdanau, Cho & Bengio 2015, "
-    "Neural Machine Translation by Jointly Learning to Align and Translate"
-)
-LUONG = (
-    "Luong, Pham & Manning 2015, Effective Approaches to Attention-based Neural Machine Translation"
-)
+BAHDANAU = "Bahdanau, Cho & Bengio 2015, Neural Machine Translation by Jointly Learning to Align and Translate"
+LUONG = "Luong, Pham & Manning 2015, Effective Approaches to Attention-based Neural Machine Translation"
+VASWANI = "Vaswani et al. 2017, Attention Is All You Need"
+TUTORIAL = "A Comprehensive Guide to Attention Mechanism in Deep Learning for Everyone (tutorial)"
 XU = "Xu et al. 2015, Show, Attend and Tell: Neural Image Caption Generation with Visual Attention"
 
 BUILTIN: tuple[AttentionSpec, ...] = (
@@ -54,6 +51,48 @@ BUILTIN: tuple[AttentionSpec, ...] = (
         summary="Luong's location-based weights, from the query alone (max_len positions)",
         formula="a = softmax(W_a q)",
         paper=LUONG,
+    ),
+    AttentionSpec(
+        "local-m",
+        "vlattn.attention.local:LocalMonotonicAttention",
+        summary="Luong's local attention on the window [t - D, t + D] (monotonic alignment)",
+        formula="a_t = softmax(score(h_t, h_s)) for |s - t| <= D",
+        paper=LUONG,
+    ),
+    AttentionSpec(
+        "local-p",
+        "vlattn.attention.local:LocalPredictiveAttention",
+        summary="Luong's local attention around a predicted position, Gaussian-weighted",
+        formula="p_t = S sigmoid(v_p^T tanh(W_p h_t)); a_t(s) = softmax(score) exp(-(s-p_t)^2/(2 sigma^2))",
+        paper=LUONG,
+    ),
+    AttentionSpec(
+        "scaled-dot",
+        "vlattn.attention.multihead:ScaledDotAttention",
+        summary="scaled dot product, no parameters; fused kernel when weights are not needed",
+        formula="softmax(q k^T / sqrt(d)) v",
+        paper=VASWANI,
+    ),
+    AttentionSpec(
+        "multihead",
+        "vlattn.attention.multihead:MultiHeadAttention",
+        summary="multi-head attention, same layout and results as torch.nn.MultiheadAttention",
+        formula="concat_i softmax(q W_i^Q (k W_i^K)^T / sqrt(d_h)) v W_i^V, then W^O",
+        paper=VASWANI,
+    ),
+    AttentionSpec(
+        "tutorial",
+        "vlattn.attention.tutorial:TutorialAttention",
+        summary="the tutorial's query-free pooling, kept faithful (bias per step, no mask)",
+        formula="e_t = tanh(x_t W + b_t); a = softmax(e); c = sum_t a_t x_t",
+        paper=TUTORIAL,
+    ),
+    AttentionSpec(
+        "tutorial-corrected",
+        "vlattn.attention.tutorial:CorrectedTutorialAttention",
+        summary="the tutorial's pooling fixed: shared bias, v projection, masked, any length",
+        formula="e_t = v^T tanh(W x_t + b); a = masked softmax(e); c = sum_t a_t x_t",
+        paper=TUTORIAL,
     ),
     AttentionSpec(
         "soft-spatial",
