@@ -1,0 +1,103 @@
+"""Options of the ``text-classifier`` task, and the per-model defaults of the unset ones.
+
+Options left at ``None`` take the chosen model's default (:data:`MODEL_DEFAULTS`), so
+``--model tutorial-attention`` alone gives the tutorial's exact recipe while the other models get
+defaults that suit them. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vlattn.config import option
+
+ModelKind = Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer"]
+TUTORIAL_MODELS = ("tutorial-lstm", "tutorial-attention")
+
+_TUTORIAL: dict[str, Any] = {
+    "embed_dim": 32, "hidden_size": 100, "dropout": 0.2, "embed_dropout": 0.0, "word_dropout": 0.0,
+    "embedding_l2": 1e-3, "oov": False, "vocab_from": "all", "max_len": 32, "min_freq": 1,
+}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tutorial-lstm": _TUTORIAL,
+    "tutorial-attention": _TUTORIAL,
+    "rnn": {
+        "embed_dim": 128, "hidden_size": 64, "dropout": 0.5, "embed_dropout": 0.3, "word_dropout": 0.1,
+        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+    },
+    "transformer": {
+        "embed_dim": 128, "hidden_size": 256, "dropout": 0.3, "embed_dropout": 0.2, "word_dropout": 0.1,
+        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+    },
+}
+
+
+@dataclass
+class TextClassifierConfig:
+    """Data, tokenizer and model options of ``vlattn train text-classifier``."""
+
+    # data
+    data: list[str] = option([], help="training files or folders (UCI sentence<TAB>label, CSV, TSV, JSONL)")  # noqa: RUF009
+    val_data: list[str] = option([], help="validation files (default: split off --data)")  # noqa: RUF009
+    format: Literal["auto", "uci", "csv", "tsv", "jsonl"] = option(
+        "auto", help="data format (auto: by extension; .txt is UCI)")
+    text_column: str = option("text", help="CSV/TSV column or JSONL key of the text")
+    label_column: str = option("label", help="CSV/TSV column or JSONL key of the label")
+    val_split: float = option(0.2, help="fraction held out for validation when --val-data is not given")
+    split: Literal["last", "random"] = option("last", help="validation = the last fraction (as Keras) or random")
+    folds: int = option(0, help="k-fold cross-validation: number of folds (0 = off)")
+    fold: int = option(0, help="which fold is the validation set (0-based)")
+    split_seed: int = option(0, help="seed of the random split and of the folds")
+    labels: list[str] = option([], help="class names in output order (default: sorted labels of the data)")  # noqa: RUF009
+    # tokenizer
+    lower: bool = option(True, help="lower-case the text")
+    min_freq: int | None = option(None, help="words seen fewer times are unknown (default: per model)")
+    max_words: int = option(0, help="keep only the most frequent words (0 = all)")
+    oov: bool | None = option(None, help="map unknown words to <unk> instead of dropping them")
+    vocab_from: Literal["train", "all"] | None = option(
+        None, help="fit the vocabulary on the training split or on all of --data (the tutorial's way)")
+    max_len: int | None = option(None, help="keep at most this many tokens (the last ones; 0 = all)")
+    # model
+    model: Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer"] = option(
+        "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer")
+    cell: Literal["lstm", "gru"] = option("lstm", help="recurrent cell of the rnn model")
+    bidirectional: bool = option(True, help="bidirectional recurrent layers (rnn model)")
+    layers: int = option(1, help="recurrent or Transformer layers")
+    embed_dim: int | None = option(None, help="word vector size (default: per model)")
+    hidden_size: int | None = option(None, help="recurrent units per direction / Transformer feed-forward size")
+    heads: int = option(4, help="attention heads of the Transformer model")
+    attention: str = option(
+        "additive", help="pooling attention mechanism by registered name, or none (rnn / transformer)")
+    attention_options: dict[str, Any] = option({}, help="JSON options of the attention mechanism")  # noqa: RUF009
+    query: Literal["learned", "last", "mean"] = option("learned", help="what queries the pooling attention")
+    dropout: float | None = option(None, help="dropout before the classifier (default: per model)")
+    embed_dropout: float | None = option(None, help="dropout on word vectors")
+    word_dropout: float | None = option(None, help="fraction of training tokens replaced by <unk>")
+    embedding_l2: float | None = option(None, help="L2 penalty on the embedding matrix (sum of squares)")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for values that cannot work."""
+        if not 0.0 <= self.val_split < 1.0:
+            raise ValueError("val_split must be in [0, 1)")
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError("folds must be 0 (off) or at least 2")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must be in 0..{self.folds - 1}")
+        if self.layers < 1 or self.heads < 1:
+            raise ValueError("layers and heads must be at least 1")
+        for name in ("dropout", "embed_dropout", "word_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
+        if self.max_len is not None and self.max_len < 0:
+            raise ValueError("max_len must be >= 0")
+        if self.model in TUTORIAL_MODELS and not self.resolved().max_len:
+            raise ValueError("the tutorial models need a fixed max_len (they read the padding)")
+
+    def resolved(self) -> TextClassifierConfig:
+        """A copy with every ``None`` option replaced by the chosen model's default."""
+        defaults = MODEL_DEFAULTS[self.model]
+        unset = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset)

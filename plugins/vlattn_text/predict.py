@@ -1,0 +1,104 @@
+"""Batched prediction with a trained text classifier: labels, scores and per-token attention."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlattn.checkpoint import LoadedModel, load_model
+from vlattn.errors import ModelFileError, VlattnError
+from vlattn_text.plugin import TASK_NAME
+from vlattn_text.task import TextClassifierTask, class_probabilities
+
+BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "sentiment.safetensors"
+
+
+@dataclass
+class Prediction:
+    """One classified text.
+
+    Attributes:
+        text: the input.
+        label: the predicted class name.
+        score: the probability of ``label``.
+        probabilities: every class name -> probability.
+        tokens: the words the model read (after vocabulary lookup and truncation).
+        attention: one weight per token, or ``None`` for a model without attention.
+    """
+
+    text: str
+    label: str
+    score: float
+    probabilities: dict[str, float]
+    tokens: list[str]
+    attention: list[float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+class TextClassifier:
+    """A loaded model file, ready to classify batches of texts.
+
+    >>> clf = TextClassifier.load()            # doctest: +SKIP
+    >>> clf.classify(["great phone"])[0].label  # doctest: +SKIP
+    'positive'
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        if not isinstance(loaded.task, TextClassifierTask):
+            raise ModelFileError(f"{loaded.header.path} is a {loaded.header.task!r} model, not a {TASK_NAME!r} model")
+        self.task: TextClassifierTask = loaded.task
+        self.model = loaded.model.eval()
+        self.path = loaded.header.path
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> TextClassifier:
+        """Load ``path``, or the bundled sentiment model when ``path`` is ``None``."""
+        if path is None:
+            if not BUNDLED_MODEL.is_file():
+                raise VlattnError(f"the bundled model is missing ({BUNDLED_MODEL}); pass --model PATH")
+            path = BUNDLED_MODEL
+        return cls(load_model(path, expect_task=TASK_NAME))
+
+    @property
+    def labels(self) -> list[str]:
+        """The model's class names, in output order."""
+        return self.task.labels
+
+    def iter_classify(self, texts: Sequence[str], batch_size: int = 256) -> Iterator[Prediction]:
+        """Predictions for ``texts`` in order, computed ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise VlattnError("batch size must be at least 1")
+        for start in range(0, len(texts), batch_size):
+            yield from self._classify_batch(texts[start : start + batch_size])
+
+    def classify(self, texts: Sequence[str], batch_size: int = 256) -> list[Prediction]:
+        """Predictions for ``texts`` in order."""
+        return list(self.iter_classify(texts, batch_size))
+
+    @torch.inference_mode()
+    def _classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        encoded = [self.task.encode(text) for text in texts]
+        batch = self.task.collate([(e.ids, 0) for e in encoded])
+        output = self.model(batch.ids, batch.lengths)
+        probs = class_probabilities(output.logits.float()).tolist()
+        weights = output.weights.float().tolist() if output.weights is not None else None
+        predictions = []
+        for row, (text, enc) in enumerate(zip(texts, encoded, strict=True)):
+            best = max(range(len(self.labels)), key=probs[row].__getitem__)
+            attention = [round(w, 6) for w in weights[row][: len(enc.ids)]] if weights is not None else None
+            predictions.append(Prediction(
+                text=text,
+                label=self.labels[best],
+                score=round(probs[row][best], 6),
+                probabilities={name: round(p, 6) for name, p in zip(self.labels, probs[row], strict=True)},
+                tokens=enc.words,
+                attention=attention,
+            ))
+        return predictions

@@ -1,0 +1,225 @@
+"""The ``text-classifier`` task: labelled sentences in, a (multi-class) classifier out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlattn.errors import VlattnError
+from vlattn.task import DataSplits, Task
+from vlattn_text.config import TUTORIAL_MODELS, TextClassifierConfig
+from vlattn_text.data import Example, TextDataError, label_order, read_examples, split_examples
+from vlattn_text.tokenizer import Encoded, Tokenizer, truncate
+
+
+@dataclass
+class TextBatch:
+    """A padded batch: ``ids [B, T]`` (0 = padding), ``lengths [B]``, ``labels [B]`` (class indices)."""
+
+    ids: Tensor
+    lengths: Tensor
+    labels: Tensor
+
+
+Item = tuple[list[int], int]
+
+
+class TextClassifierTask(Task):
+    """Sentence classification (binary or multi-class) with the models of :mod:`vlattn_text.models`."""
+
+    Config = TextClassifierConfig
+    trainer_defaults: ClassVar[Mapping[str, Any]] = {"epochs": 10, "batch_size": 32, "lr": 1e-3}
+    best_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("accuracy", "max")
+
+    def __init__(self, config: TextClassifierConfig) -> None:
+        super().__init__(config)
+        self.settings = config.resolved()
+        self.tokenizer: Tokenizer | None = None
+        self.labels: list[str] = list(config.labels)
+
+    # -- data ------------------------------------------------------------------------------------
+    def _read(self, paths: Sequence[str]) -> list[Example]:
+        s = self.settings
+        return read_examples(paths, fmt=s.format, text_column=s.text_column, label_column=s.label_column)
+
+    def _split(self) -> tuple[list[Example], list[Example], list[Example]]:
+        """``(all examples, train, validation)`` as the config asks."""
+        s = self.settings
+        if not s.data:
+            raise TextDataError("no training data: pass --data FILE_OR_FOLDER (comma-separated for several)")
+        examples = self._read(s.data)
+        if s.val_data:
+            return examples, examples, self._read(s.val_data)
+        train, val = split_examples(examples, val_split=s.val_split, split=s.split, folds=s.folds,
+                                    fold=s.fold, seed=s.split_seed)
+        return examples, train, val
+
+    def setup_data(self) -> DataSplits:
+        """Read ``data`` (and ``val_data``), split, fit the tokenizer and the label list."""
+        s = self.settings
+        examples, train, val = self._split()
+        if not train:
+            raise TextDataError("the training split is empty")
+        if not self.labels:
+            self.labels = label_order([e.label for e in train + val])
+        if len(self.labels) < 2:
+            raise TextDataError(f"need at least two classes, found {self.labels}")
+        fit_on = examples if s.vocab_from == "all" and not s.val_data else train
+        self.tokenizer = Tokenizer(lower=s.lower, min_freq=s.min_freq or 1, max_words=s.max_words,
+                                   oov=bool(s.oov)).fit(e.text for e in fit_on)
+        return DataSplits(self.to_items(train), self.to_items(val) if val else None)
+
+    def eval_data(self, data: str | None, options: Any) -> list[Item]:
+        """``vlattn eval --data FILE`` scores FILE; without it, the validation split of the training data."""
+        if data is not None:
+            return self.to_items(self._read([p for p in data.split(",") if p]))
+        _, _, val = self._split()
+        if not val:
+            raise VlattnError("this model was trained without a validation split; pass --data FILE")
+        return self.to_items(val)
+
+    def encode(self, text: str) -> Encoded:
+        """Tokenize ``text`` and keep the last ``max_len`` tokens (Keras' ``truncating='pre'``)."""
+        if self.tokenizer is None:
+            raise VlattnError("the tokenizer is not ready: call setup_data() or load_artifacts() first")
+        max_len = self.settings.max_len or 0
+        encoded = None
+        window = max_len * 64 + 1024
+        if max_len and len(text) > window:
+            # Only the last max_len tokens count: tokenize a tail of the text first (a 10 MB line
+            # stays cheap); the result is exact whenever that tail holds more than max_len tokens.
+            tail = self.tokenizer.encode(text[-window:])
+            if len(tail.ids) > max_len:
+                encoded = tail
+        if encoded is None:
+            encoded = self.tokenizer.encode(text)
+        start, stop = truncate(encoded.ids, max_len, "pre")
+        return Encoded(encoded.ids[start:stop], encoded.words[start:stop])
+
+    def to_items(self, examples: Sequence[Example]) -> list[Item]:
+        """Encode labelled examples as ``(ids, class index)`` pairs."""
+        index = {name: i for i, name in enumerate(self.labels)}
+        items = []
+        for example in examples:
+            if example.label not in index:
+                raise TextDataError(f"label {example.label!r} is not one of the model's classes {self.labels}")
+            items.append((self.encode(example.text).ids, index[example.label]))
+        return items
+
+    def collate(self, items: list[Item]) -> TextBatch:
+        """Pad to the batch's longest text (the tutorial models: always to ``max_len``, post-padding)."""
+        lengths = [len(ids) for ids, _ in items]
+        width = max(lengths, default=0)
+        if self.settings.model in TUTORIAL_MODELS:
+            width = int(self.settings.max_len or width)
+        width = max(width, 1)
+        ids = torch.zeros(len(items), width, dtype=torch.long)
+        for row, (seq, _) in enumerate(items):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return TextBatch(ids, torch.tensor(lengths, dtype=torch.long),
+                         torch.tensor([label for _, label in items], dtype=torch.long))
+
+    # -- model -----------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The model named by ``config.model`` for the fitted vocabulary and classes."""
+        from vlattn_text import models
+
+        if self.tokenizer is None or not self.labels:
+            raise VlattnError("build_model() needs the vocabulary: call setup_data() or load_artifacts() first")
+        s = self.settings
+        vocab, classes = self.tokenizer.vocab_size, len(self.labels)
+        if s.model == "tutorial-lstm":
+            return models.TutorialLSTM(vocab, classes, s.embed_dim or 32, s.hidden_size or 100, s.dropout or 0.0)
+        if s.model == "tutorial-attention":
+            return models.TutorialAttention(vocab, classes, int(s.max_len or 32), s.embed_dim or 32,
+                                            s.hidden_size or 100, s.dropout or 0.0,
+                                            attention_options=s.attention_options)
+        unk = self.tokenizer.word_index.get("<unk>") if s.oov else None
+        common: dict[str, Any] = {
+            "embed_dim": s.embed_dim, "attention": s.attention, "attention_options": s.attention_options,
+            "query": s.query, "dropout": s.dropout, "embed_dropout": s.embed_dropout,
+            "word_dropout": s.word_dropout, "unk_index": unk,
+        }
+        if s.model == "transformer":
+            from vlattn_text.transformer import TransformerClassifier
+
+            return TransformerClassifier(vocab, classes, ff_dim=s.hidden_size, layers=s.layers, heads=s.heads,
+                                         max_len=int(s.max_len or 512), **common)
+        return models.RecurrentClassifier(vocab, classes, hidden_size=s.hidden_size, cell=s.cell,
+                                          bidirectional=s.bidirectional, layers=s.layers, **common)
+
+    def loss(self, model: nn.Module, batch: TextBatch) -> tuple[Tensor, Tensor]:
+        """``(loss, logits)``: cross-entropy (binary for two classes) plus the embedding L2 penalty."""
+        logits = model(batch.ids, batch.lengths).logits
+        if logits.shape[-1] == 1:
+            loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), batch.labels.float())
+        else:
+            loss = F.cross_entropy(logits, batch.labels)
+        if self.settings.embedding_l2:
+            embedding = model.get_submodule("embedding").weight
+            loss = loss + self.settings.embedding_l2 * embedding.pow(2).sum()
+        return loss, logits
+
+    def training_step(self, model: nn.Module, batch: TextBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logits = self.loss(model, batch)
+        accuracy = (predict_classes(logits) == batch.labels).float().mean()
+        return loss, {"accuracy": accuracy.detach()}
+
+    def evaluate(self, model: nn.Module, batches: Iterable[TextBatch], options: Any = None) -> dict[str, float]:
+        """Accuracy, mean loss and macro-F1 over all batches."""
+        classes = len(self.labels)
+        confusion = torch.zeros(classes, classes, dtype=torch.long)
+        loss_sum, count = 0.0, 0
+        for batch in batches:
+            loss, logits = self.loss(model, batch)
+            predicted = predict_classes(logits).cpu()
+            truth = batch.labels.cpu()
+            confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
+            loss_sum += float(loss) * len(truth)
+            count += len(truth)
+        if count == 0:
+            raise VlattnError("the evaluation set is empty")
+        return metrics_from_confusion(confusion) | {"loss": loss_sum / count}
+
+    # -- artifacts -------------------------------------------------------------------------------
+    def artifacts(self) -> dict[str, Any]:
+        if self.tokenizer is None:
+            return {"labels": self.labels}
+        return {"tokenizer": self.tokenizer.to_dict(), "labels": self.labels}
+
+    def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:
+        if "tokenizer" not in artifacts or "labels" not in artifacts:
+            raise VlattnError("the model file has no tokenizer or label list")
+        self.tokenizer = Tokenizer.from_dict(artifacts["tokenizer"])
+        self.labels = [str(x) for x in artifacts["labels"]]
+
+
+def predict_classes(logits: Tensor) -> Tensor:
+    """Class indices ``[B]`` from ``[B, 1]`` sigmoid logits or ``[B, C]`` logits."""
+    if logits.shape[-1] == 1:
+        return (logits.squeeze(-1) > 0).long()
+    return logits.argmax(-1)
+
+
+def class_probabilities(logits: Tensor) -> Tensor:
+    """``[B, C]`` probabilities from ``[B, 1]`` sigmoid logits or ``[B, C]`` logits."""
+    if logits.shape[-1] == 1:
+        positive = torch.sigmoid(logits)
+        return torch.cat([1 - positive, positive], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def metrics_from_confusion(confusion: Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 from a ``[C, C]`` confusion matrix (rows = truth)."""
+    confusion = confusion.double()
+    total = confusion.sum()
+    correct = confusion.diag()
+    precision = correct / confusion.sum(0).clamp(min=1)
+    recall = correct / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"accuracy": float(correct.sum() / total.clamp(min=1)), "macro_f1": float(f1.mean())}
