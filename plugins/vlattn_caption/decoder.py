@@ -1,0 +1,189 @@
+"""The Show-Attend-Tell LSTM decoder (Xu et al. 2015, section 3.1.2).
+
+At every word ``t`` the decoder attends over the ``L`` annotation vectors ``a_i`` with the
+previous state, gates the context, feeds ``[E y_{t-1}; z_t]`` to an LSTM and predicts the word
+through the *deep output layer*::
+
+    h_0 = tanh(f_init_h(mean_i a_i)),   c_0 = tanh(f_init_c(mean_i a_i))
+    z_t, alpha_t = attention(h_{t-1}, a)         # any registered mechanism, by name
+    z_t = sigmoid(f_beta(h_{t-1})) * z_t          # the scalar gate beta
+    h_t, c_t = LSTM([E y_{t-1}; z_t], (h_{t-1}, c_{t-1}))
+    p(y_t) = softmax(L_o dropout(tanh(E y_{t-1} + L_h h_t + L_z z_t)))
+
+(The ``tanh`` in the deep output follows the authors' released code.) Training steps run on a
+length-sorted batch and shrink it as captions end, so no LSTM or attention compute is spent on
+padding. With ``hard-spatial`` attention the per-step sample log-probabilities and entropies are
+collected for REINFORCE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vlattn.attention import build_attention
+
+
+@dataclass
+class DecoderOutput:
+    """Teacher-forced decoder output for a batch (original batch order).
+
+    Attributes:
+        logits: ``[B, T, V]`` word scores for targets ``captions[:, 1:]`` (0 on padding steps).
+        weights: ``[B, T, L]`` attention weights of each step (0 on padding steps).
+        step_mask: ``[B, T]`` True on real steps.
+        log_prob: ``[B, T]`` hard-attention sample log-probabilities, or ``None``.
+        entropy: ``[B, T]`` attention entropies (hard attention), or ``None``.
+    """
+
+    logits: Tensor
+    weights: Tensor
+    step_mask: Tensor
+    log_prob: Tensor | None = None
+    entropy: Tensor | None = None
+
+
+@contextlib.contextmanager
+def shared_key_projection(attention: nn.Module, annotations: Tensor) -> Iterator[None]:
+    """Project the annotation vectors once per decode instead of once per word.
+
+    Mechanisms scored by an MLP (``additive``, ``soft-spatial``, ``hard-spatial``) apply their
+    ``key_proj`` to all ``L`` annotation vectors at every call. Inside this context the
+    projection of ``annotations`` (and of row prefixes of it, as the length-sorted batch
+    shrinks) is computed once and reused; other inputs are projected as usual. Mechanisms
+    without a ``key_proj`` linear layer are left alone.
+    """
+    proj = getattr(attention, "key_proj", None)
+    if not isinstance(proj, nn.Linear):
+        yield
+        return
+    cached = proj(annotations)
+    base_ptr, rows = annotations.data_ptr(), annotations.shape[0]
+
+    def forward(x: Tensor) -> Tensor:
+        if (x.data_ptr() == base_ptr and x.shape[0] <= rows and x.shape[1:] == annotations.shape[1:]
+                and x.stride() == annotations.stride()):
+            return cached[: x.shape[0]]
+        return nn.Linear.forward(proj, x)
+
+    proj.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del proj.forward
+
+
+class ShowAttendTellDecoder(nn.Module):
+    """LSTM decoder with attention over annotation vectors.
+
+    Args:
+        vocab_size: ``V``.
+        annotation_dim: ``D``, size of each annotation vector.
+        embed_dim: ``E``, word embedding size (also the deep output size).
+        hidden_dim: ``H``, LSTM size.
+        attention: registered attention mechanism name (``soft-spatial``, ``hard-spatial`` ...).
+        attention_options: extra keyword options for the mechanism.
+        dropout: dropout before the output layer.
+        gate: use the scalar gate ``beta``.
+    """
+
+    def __init__(self, vocab_size: int, annotation_dim: int, embed_dim: int = 128, hidden_dim: int = 256,
+                 attention: str = "soft-spatial", attention_options: dict[str, Any] | None = None,
+                 dropout: float = 0.5, gate: bool = True) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.init_h = nn.Linear(annotation_dim, hidden_dim)
+        self.init_c = nn.Linear(annotation_dim, hidden_dim)
+        self.attention = build_attention(attention, hidden_dim, annotation_dim, **(attention_options or {}))
+        self.gate = nn.Linear(hidden_dim, 1) if gate else None
+        self.cell = nn.LSTMCell(embed_dim + annotation_dim, hidden_dim)
+        self.out_h = nn.Linear(hidden_dim, embed_dim)
+        self.out_z = nn.Linear(annotation_dim, embed_dim)
+        self.out = nn.Linear(embed_dim, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def init_state(self, annotations: Tensor) -> tuple[Tensor, Tensor]:
+        """``[N, L, D]`` -> ``(h_0, c_0)``, each ``[N, H]``."""
+        mean = annotations.mean(dim=1)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+
+    def step(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor
+             ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+        """One word for ``N`` sequences.
+
+        Args:
+            prev_words: ``[N]`` previous word ids.
+            state: ``(h, c)``, each ``[N, H]``.
+            annotations: ``[N, L, D]``.
+
+        Returns:
+            logits ``[N, V]``, the new state, attention weights ``[N, L]``.
+        """
+        h, c = state
+        emb = self.embed(prev_words)
+        context, weights = self.attention(h, annotations)
+        if self.gate is not None:
+            context = torch.sigmoid(self.gate(h)) * context
+        h, c = self.cell(torch.cat([emb, context], dim=1), (h, c))
+        deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
+        return self.out(self.dropout(deep)), (h, c), weights
+
+    def last_hard_sample(self) -> Any:
+        """The mechanism's last hard-attention sample (``None`` for deterministic mechanisms)."""
+        return getattr(self.attention, "last", None)
+
+    def forward(self, annotations: Tensor, captions: Tensor, lengths: Tensor,
+                scheduled_sampling: float = 0.0) -> DecoderOutput:
+        """Teacher-forced pass.
+
+        Args:
+            annotations: ``[B, L, D]``.
+            captions: ``[B, T+1]`` ``<start> w1 .. wn <end> <pad>...``.
+            lengths: ``[B]`` tokens per caption including ``<start>`` and ``<end>``.
+            scheduled_sampling: probability of feeding the model's own previous (sampled) word
+                instead of the true one, per example and step (Bengio et al. 2015).
+        """
+        batch, steps = captions.shape[0], captions.shape[1] - 1
+        order = torch.argsort(lengths, descending=True)
+        annotations, captions = annotations[order].contiguous(), captions[order]
+        active = (lengths[order] - 1).tolist()  # steps each (sorted) caption needs
+        h, c = self.init_state(annotations)
+        logits = annotations.new_zeros(batch, steps, self.vocab_size)
+        weights = annotations.new_zeros(batch, steps, annotations.shape[1])
+        hard = self.training and hasattr(self.attention, "last")
+        log_prob = annotations.new_zeros(batch, steps) if hard else None
+        entropy = annotations.new_zeros(batch, steps) if hard else None
+        prev = captions[:, 0]
+        with shared_key_projection(self.attention, annotations):
+            for t in range(steps):
+                n = sum(1 for a in active if a > t)
+                if n == 0:
+                    break
+                step_logits, (h, c), step_weights = self.step(prev[:n], (h[:n], c[:n]), annotations[:n])
+                logits[:n, t] = step_logits
+                weights[:n, t] = step_weights
+                sample = self.last_hard_sample() if hard else None
+                if sample is not None and log_prob is not None and entropy is not None:
+                    log_prob[:n, t] = sample.log_prob
+                    entropy[:n, t] = sample.entropy
+                prev = captions[:n, t + 1]
+                if scheduled_sampling > 0 and self.training:
+                    own = torch.multinomial(torch.softmax(step_logits.detach(), -1), 1).squeeze(1)
+                    swap = torch.rand(n, device=own.device) < scheduled_sampling
+                    prev = torch.where(swap, own, prev)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(batch, device=order.device)
+        step_mask = torch.arange(steps, device=lengths.device)[None, :] < (lengths - 1)[:, None]
+        return DecoderOutput(
+            logits=logits[inverse],
+            weights=weights[inverse],
+            step_mask=step_mask,
+            log_prob=None if log_prob is None else log_prob[inverse],
+            entropy=None if entropy is None else entropy[inverse],
+        )

@@ -1,0 +1,186 @@
+"""Caption corpora as lists of :class:`CaptionRecord`: synthetic scenes, Karpathy JSON, JSONL, CSV.
+
+* ``synthetic``: scenes generated from a seed (:mod:`vlattn_caption.synthetic`), held in memory.
+* Karpathy-split JSON (``dataset_coco.json``, ``dataset_flickr8k.json`` ...):
+  ``{"images": [{"filename", "filepath"?, "split", "sentences": [{"tokens" | "raw"}]}]}``;
+  ``restval`` counts as train. Images are read from ``image_root/filepath/filename``.
+  An image may carry ``"objects": [{"colour", "shape", "size", "box"}]`` (the synthetic scenes
+  written to disk do), which enables the grounding metric.
+* JSONL (``{"image": ..., "caption": ..., "split"?: ...}`` per line) or CSV with ``image`` and
+  ``caption`` columns (and optionally ``split``): rows of the same image are grouped; without a
+  split column a stable hash of the image name puts about 5% in val and 5% in test.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vlattn.data.images import load_image
+from vlattn.errors import VlattnError
+from vlattn.fileio import atomic_write_text
+from vlattn_caption import synthetic
+from vlattn_caption.vocab import tokenize
+
+
+class CaptionDataError(VlattnError):
+    """A caption dataset that cannot be read."""
+
+
+@dataclass
+class CaptionRecord:
+    """One image and its reference captions.
+
+    Attributes:
+        name: the image's file name (or ``synthetic/<split>/<index>``).
+        captions: tokenised reference captions.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        path: image file, or ``None`` when ``pixels`` holds the image.
+        pixels: ``[H, W, 3]`` uint8 image held in memory (synthetic scenes).
+        objects: ``[{"colour", "shape", "size", "box": [x0, y0, x1, y1]}]`` in pixels, if known.
+        size: ``(width, height)`` of the image the boxes refer to.
+    """
+
+    name: str
+    captions: list[list[str]]
+    split: str
+    path: Path | None = None
+    pixels: np.ndarray | None = None
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+
+    def load(self) -> Image.Image:
+        """The image as RGB."""
+        if self.pixels is not None:
+            return Image.fromarray(self.pixels, mode="RGB")
+        assert self.path is not None
+        return load_image(self.path)
+
+
+def synthetic_records(split: str, count: int, seed: int = 0, image_size: int = 64) -> list[CaptionRecord]:
+    """``count`` synthetic scenes of ``split``, rendered in memory."""
+    records = []
+    for i in range(count):
+        scene = synthetic.make_scene(seed, split, i, image_size)
+        records.append(
+            CaptionRecord(
+                name=f"synthetic/{split}/{i}",
+                captions=[tokenize(c) for c in scene.captions],
+                split=split,
+                pixels=np.asarray(scene.image, dtype=np.uint8),
+                objects=[_object_json(o) for o in scene.objects],
+                size=(image_size, image_size),
+            )
+        )
+    return records
+
+
+def _object_json(obj: synthetic.SceneObject) -> dict[str, Any]:
+    return {"colour": obj.colour, "shape": obj.shape, "size": obj.size, "box": list(obj.box)}
+
+
+def write_synthetic(
+    out: str | Path, *, counts: dict[str, int], seed: int = 0, image_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write synthetic scenes as PNGs plus a Karpathy-style ``dataset.json`` under ``out``.
+
+    Returns the path of ``dataset.json`` (readable back with :func:`read_records`).
+    """
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise CaptionDataError(f"{root} exists and is not a directory")
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images = []
+    for split, count in counts.items():
+        for i in range(count):
+            scene = synthetic.make_scene(seed, split, i, image_size)
+            filename = f"{split}_{i:06d}.png"
+            scene.image.save(root / "images" / filename)
+            images.append(
+                {
+                    "filepath": "images",
+                    "filename": filename,
+                    "split": split,
+                    "sentences": [{"raw": c, "tokens": tokenize(c)} for c in scene.captions],
+                    "objects": [_object_json(o) for o in scene.objects],
+                    "size": [image_size, image_size],
+                }
+            )
+            if progress is not None:
+                progress(1)
+    meta = {"dataset": "synthetic-scenes", "seed": seed, "image_size": image_size, "images": images}
+    return atomic_write_text(root / "dataset.json", json.dumps(meta))
+
+
+def read_records(path: str | Path, image_root: str | Path | None = None) -> list[CaptionRecord]:
+    """Records of a Karpathy JSON, JSONL or CSV file; images are resolved against ``image_root``
+    (default: the file's folder). Raises :class:`CaptionDataError` for an unusable file."""
+    p = Path(path)
+    if p.is_dir():
+        candidate = p / "dataset.json"
+        if not candidate.exists():
+            raise CaptionDataError(f"{p} is a directory without a dataset.json")
+        p = candidate
+    if not p.exists():
+        raise CaptionDataError(f"caption dataset not found: {p}")
+    root = Path(image_root) if image_root else p.parent
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".json":
+            return _karpathy(json.loads(p.read_text(encoding="utf-8")), root, p)
+        if suffix == ".jsonl":
+            rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return _grouped(rows, root, p)
+        if suffix in (".csv", ".tsv"):
+            with p.open(newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+            return _grouped(rows, root, p)
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
+        raise CaptionDataError(f"{p} cannot be parsed: {exc}") from None
+    raise CaptionDataError(f"{p}: unknown caption file type (use .json (Karpathy), .jsonl or .csv)")
+
+
+def _karpathy(data: Any, root: Path, source: Path) -> list[CaptionRecord]:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CaptionDataError(f"{source} is not a Karpathy-split JSON (no 'images' list)")
+    records = []
+    for n, item in enumerate(data["images"]):
+        try:
+            captions = [s["tokens"] if s.get("tokens") else tokenize(s["raw"]) for s in item["sentences"]]
+            split = {"restval": "train"}.get(item.get("split", "train"), item.get("split", "train"))
+            path = root / item.get("filepath", "") / item["filename"]
+        except (KeyError, TypeError, AttributeError):
+            raise CaptionDataError(f"{source}: image entry {n} lacks 'filename' or 'sentences'") from None
+        size = tuple(item["size"]) if "size" in item else None
+        records.append(
+            CaptionRecord(item["filename"], captions, split, path=path, objects=item.get("objects", []), size=size)  # type: ignore[arg-type]
+        )
+    return records
+
+
+def _grouped(rows: list[dict[str, Any]], root: Path, source: Path) -> list[CaptionRecord]:
+    by_image: dict[str, CaptionRecord] = {}
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or not row.get("image") or not row.get("caption"):
+            raise CaptionDataError(f"{source}: row {n + 1} needs 'image' and 'caption' values")
+        name = str(row["image"])
+        split = str(row.get("split") or _hash_split(name))
+        record = by_image.setdefault(name, CaptionRecord(name, [], split, path=root / name))
+        record.captions.append(tokenize(str(row["caption"])))
+    return list(by_image.values())
+
+
+def _hash_split(name: str) -> str:
+    bucket = zlib.crc32(name.encode("utf-8")) % 100
+    return "val" if bucket < 5 else "test" if bucket < 10 else "train"

@@ -1,0 +1,188 @@
+"""Caption decoding: greedy, sampling, and a beam search batched across images and beams.
+
+Every function takes the model and a batch of images ``[B, 3, S, S]`` (or precomputed
+annotations ``[B, L, D]``) and returns :class:`Decoded`: for each image the word ids (without
+``<start>``/``<end>``), the sequence log-probability and the attention weights ``[n_words, L]``
+of the chosen words. The beam search keeps all ``B * K`` hypotheses in one tensor, so one
+decoder step serves every image: there is no per-image Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vlattn_caption.decoder import shared_key_projection
+from vlattn_caption.model import CaptionModel
+from vlattn_caption.vocab import Vocabulary
+
+
+@dataclass
+class Decoded:
+    """Decoded captions of a batch.
+
+    Attributes:
+        tokens: per image, the word ids (no ``<start>``, no ``<end>``).
+        scores: ``[B]`` summed log-probabilities (including ``<end>`` when it was produced).
+        weights: per image, ``[n_words, L]`` attention weights of the chosen words.
+    """
+
+    tokens: list[list[int]]
+    scores: Tensor
+    weights: list[Tensor]
+
+
+def _annotations(model: CaptionModel, inputs: Tensor) -> Tensor:
+    return inputs if inputs.dim() == 3 else model.encode(inputs)
+
+
+def _never(logits: Tensor) -> Tensor:
+    """Forbid ``<pad>`` and ``<start>`` as generated words."""
+    logits = logits.float().clone()
+    logits[:, [Vocabulary.pad_id, Vocabulary.start_id]] = float("-inf")
+    return logits
+
+
+def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
+    """GNMT length penalty ``((5 + len) / 6) ** alpha`` (1 when ``alpha`` is 0)."""
+    return ((5.0 + lengths.to(torch.float32)) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(model: CaptionModel, inputs: Tensor, beam_size: int = 5, max_len: int = 20,
+                alpha: float = 0.0) -> Decoded:
+    """Beam search over a whole batch at once.
+
+    Args:
+        model: the captioning model (put it in eval mode first).
+        inputs: images ``[B, 3, S, S]`` or annotations ``[B, L, D]``.
+        beam_size: ``K`` hypotheses kept per image.
+        max_len: most words per caption (``<end>`` not counted).
+        alpha: length penalty exponent; hypotheses are ranked by ``log p / lp(len)``.
+    """
+    decoder = model.decoder
+    annotations = _annotations(model, inputs)
+    batch, locations = annotations.shape[0], annotations.shape[1]
+    k = beam_size
+    flat = annotations.repeat_interleave(k, dim=0).contiguous()  # [B*K, L, D], image-major
+    h, c = decoder.init_state(flat)
+    device = flat.device
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    lengths = torch.zeros(batch, k, dtype=torch.long, device=device)
+    prev = torch.full((batch * k,), Vocabulary.start_id, dtype=torch.long, device=device)
+    tokens = torch.zeros(batch, k, 0, dtype=torch.long, device=device)
+    history = flat.new_zeros(batch, k, 0, locations)
+    offsets = (torch.arange(batch, device=device) * k)[:, None]
+    with shared_key_projection(decoder.attention, flat):
+        for _ in range(max_len + 1):
+            logits, (h, c), weights = decoder.step(prev, (h, c), flat)
+            vocab = logits.shape[-1]
+            logp = torch.log_softmax(_never(logits), dim=-1).view(batch, k, vocab)
+            done_row = torch.full((vocab,), float("-inf"), device=device)
+            done_row[Vocabulary.pad_id] = 0.0
+            logp = torch.where(finished[:, :, None], done_row, logp)
+            candidates = scores[:, :, None] + logp  # [B, K, V]
+            new_len = lengths + (~finished).long()
+            rank = candidates / length_penalty(new_len, alpha)[:, :, None] if alpha else candidates
+            _, best = rank.view(batch, k * vocab).topk(k, dim=1)
+            beam, word = best // vocab, best % vocab
+            scores = candidates.view(batch, k * vocab).gather(1, best)
+            source = (offsets + beam).view(-1)
+            was_finished = finished.gather(1, beam)
+            h, c = h[source], c[source]
+            step_weights = weights[source].view(batch, k, locations) * (~was_finished)[:, :, None]
+            tokens = torch.cat([tokens.gather(1, beam[:, :, None].expand(-1, -1, tokens.shape[2])),
+                                word[:, :, None]], dim=2)
+            history = torch.cat([history[torch.arange(batch, device=device)[:, None], beam],
+                                 step_weights[:, :, None]], dim=2)
+            lengths = lengths.gather(1, beam) + (~was_finished).long()
+            finished = was_finished | (word == Vocabulary.end_id)
+            prev = word.view(-1)
+            if bool(finished.all()):
+                break
+    final = scores / length_penalty(lengths, alpha) if alpha else scores
+    choice = final.argmax(dim=1)
+    rows = torch.arange(batch, device=device)
+    return _collect(tokens[rows, choice], history[rows, choice], scores[rows, choice])
+
+
+@torch.no_grad()
+def greedy(model: CaptionModel, inputs: Tensor, max_len: int = 20) -> Decoded:
+    """Most likely word at each step, for the whole batch at once."""
+    return _step_decode(model, inputs, max_len, temperature=0.0)
+
+
+@torch.no_grad()
+def sample(model: CaptionModel, inputs: Tensor, max_len: int = 20, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> Decoded:
+    """Words drawn from ``softmax(logits / temperature)`` at each step."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use greedy for argmax decoding)")
+    return _step_decode(model, inputs, max_len, temperature, generator)
+
+
+def _step_decode(model: CaptionModel, inputs: Tensor, max_len: int, temperature: float,
+                 generator: torch.Generator | None = None) -> Decoded:
+    decoder = model.decoder
+    annotations = _annotations(model, inputs).contiguous()
+    batch = annotations.shape[0]
+    h, c = decoder.init_state(annotations)
+    prev = torch.full((batch,), Vocabulary.start_id, dtype=torch.long, device=annotations.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=annotations.device)
+    scores = annotations.new_zeros(batch)
+    words, weights_seq = [], []
+    with shared_key_projection(decoder.attention, annotations):
+        for _ in range(max_len + 1):
+            logits, (h, c), weights = decoder.step(prev, (h, c), annotations)
+            logits = _never(logits)
+            logp = torch.log_softmax(logits, dim=-1)
+            if temperature == 0.0:
+                word = logp.argmax(dim=-1)
+            else:
+                word = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
+            word = torch.where(finished, Vocabulary.pad_id, word)
+            scores = scores + torch.where(finished, 0.0, logp.gather(1, word[:, None]).squeeze(1))
+            words.append(word)
+            weights_seq.append(weights * (~finished)[:, None])
+            finished = finished | (word == Vocabulary.end_id)
+            prev = word
+            if bool(finished.all()):
+                break
+    return _collect(torch.stack(words, 1), torch.stack(weights_seq, 1), scores)
+
+
+def _collect(tokens: Tensor, weights: Tensor, scores: Tensor) -> Decoded:
+    """Cut each row at its ``<end>``: tokens ``[B, T]``, weights ``[B, T, L]``."""
+    ids, maps = [], []
+    for row in range(tokens.shape[0]):
+        seq = tokens[row].tolist()
+        n = seq.index(Vocabulary.end_id) if Vocabulary.end_id in seq else len(seq)
+        ids.append([i for i in seq[:n] if i != Vocabulary.pad_id])
+        maps.append(weights[row, :n].cpu())
+    return Decoded(tokens=ids, scores=scores.cpu(), weights=maps)
+
+
+def decode(model: CaptionModel, inputs: Tensor, *, beam_size: int = 5, max_len: int = 20,
+           alpha: float = 0.0) -> Decoded:
+    """Beam search when ``beam_size > 1``, else greedy."""
+    if beam_size > 1:
+        return beam_search(model, inputs, beam_size=beam_size, max_len=max_len, alpha=alpha)
+    return greedy(model, inputs, max_len=max_len)
+
+
+def per_image_beam_search(model: CaptionModel, images: Tensor, beam_size: int = 5, max_len: int = 20,
+                          alpha: float = 0.0) -> Decoded:
+    """The usual public-implementation pattern: one beam search per image, in a Python loop.
+
+    Kept as the baseline that ``scripts/caption_speed.py`` measures the batched search against.
+    """
+    parts = [beam_search(model, images[i : i + 1], beam_size, max_len, alpha) for i in range(images.shape[0])]
+    return Decoded(
+        tokens=[p.tokens[0] for p in parts],
+        scores=torch.cat([p.scores for p in parts]),
+        weights=[p.weights[0] for p in parts],
+    )

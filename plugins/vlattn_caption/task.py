@@ -1,0 +1,230 @@
+"""The ``caption`` task: Show, Attend and Tell (Xu et al. 2015) for the common trainer.
+
+``vlattn train caption --attention soft-spatial --out runs/cap`` trains on synthetic scenes (no
+download); ``--data dataset_flickr8k.json --image-root Flicker8k_Dataset --encoder resnet50
+--pretrained`` trains on a Karpathy split. Validation decodes captions (beam search, never
+teacher forcing) and scores them; BLEU-4 picks the best checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from vlattn.config import option
+from vlattn.task import DataSplits, Task
+from vlattn_caption import records as rec
+from vlattn_caption.dataset import CaptionEvaluationSet, CaptionTrainingSet, collate
+from vlattn_caption.decoder import ShowAttendTellDecoder
+from vlattn_caption.encoder import Encoder
+from vlattn_caption.metrics import caption_scores, grounding_counts
+from vlattn_caption.model import CaptionModel
+from vlattn_caption.search import decode
+from vlattn_caption.vocab import Vocabulary
+
+
+@dataclass
+class CaptionConfig:
+    """Options of the ``caption`` task."""
+
+    data: str = option(
+        "synthetic", help="'synthetic', or a Karpathy JSON / JSONL / CSV file (or a folder with dataset.json)"
+    )
+    image_root: str = option("", help="folder the dataset's image paths are relative to (default: the file's folder)")
+    synthetic_train: int = option(6000, help="synthetic training scenes")
+    synthetic_val: int = option(300, help="synthetic validation scenes")
+    synthetic_test: int = option(500, help="synthetic test scenes")
+    synthetic_seed: int = option(0, help="seed of the synthetic scenes")
+    image_size: int = option(0, help="images are resized to this square side (0 = 64 for synthetic, 224 otherwise)")
+    grid: int = option(14, help="side of the annotation grid (L = grid * grid locations)")
+    encoder: str = option("small-cnn", help="'small-cnn' or a torchvision model (resnet50, vgg16, efficientnet_b0 ...)")
+    pretrained: bool = option(False, help="start a torchvision encoder from its ImageNet weights")
+    fine_tune_blocks: int = option(0, help="with --pretrained: last trunk blocks to train (0 = frozen, -1 = all)")
+    cnn_channels: int = option(96, help="width of small-cnn's annotation vectors")
+    attention: str = option("soft-spatial", help="attention mechanism by name (soft-spatial, hard-spatial, ...)")
+    attention_options: dict = option({}, help='extra mechanism options as JSON, e.g. {"hidden_dim": 128}')  # noqa: RUF009
+    embed_dim: int = option(128, help="word embedding size")
+    hidden_dim: int = option(256, help="LSTM size")
+    dropout: float = option(0.5, help="dropout before the output layer")
+    gate: bool = option(True, help="scalar gate beta on the context")
+    doubly_stochastic: float = option(
+        1.0, help="weight of the attention regulariser mean_i (1 - sum_t alpha_ti)^2"
+    )
+    entropy_weight: float = option(0.01, help="hard attention: entropy bonus weight")
+    baseline_decay: float = option(0.9, help="hard attention: moving-average baseline decay")
+    scheduled_sampling: float = option(0.0, help="probability of feeding back the model's own word")
+    train_captions: Literal["all", "first"] = option(
+        "all", help="train on every reference or only the first of each image"
+    )
+    min_word_freq: int = option(1, help="words seen fewer times become <unk>")
+    max_vocab: int = option(0, help="keep at most this many words (0 = all)")
+    max_caption_len: int = option(20, help="longer training captions are cut to this many words")
+    eval_beam_size: int = option(3, help="beam size of validation decoding")
+    eval_max_len: int = option(20, help="most words per decoded caption")
+    length_penalty: float = option(0.0, help="length penalty exponent of beam search")
+
+    def validate(self) -> None:
+        checks = [
+            (self.grid >= 1, "grid must be >= 1"),
+            (self.image_size >= 0, "image_size must be >= 0"),
+            (self.image_size == 0 or self.image_size >= 32, "image_size must be 0 (auto) or >= 32"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0.0 <= self.scheduled_sampling <= 1.0, "scheduled_sampling must be in [0, 1]"),
+            (self.eval_beam_size >= 1, "eval_beam_size must be >= 1"),
+            (self.max_caption_len >= 1 and self.eval_max_len >= 1, "caption lengths must be >= 1"),
+            (self.min_word_freq >= 1, "min_word_freq must be >= 1"),
+            (self.synthetic_train >= 1, "synthetic_train must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class CaptionEvalOptions:
+    """Extra ``vlattn eval`` options of the ``caption`` task."""
+
+    split: Literal["val", "test"] = option("test", help="which split of the dataset to score")
+    beam_size: int = option(5, help="beam size")
+    max_len: int = option(20, help="most words per caption")
+    alpha: float = option(0.0, help="length penalty exponent")
+    meteor: bool = option(False, help="also compute METEOR (needs Java)")
+
+
+class CaptionTask(Task):
+    """Show-Attend-Tell image captioning."""
+
+    Config: ClassVar[type[Any]] = CaptionConfig
+    EvalOptions: ClassVar[type[Any]] = CaptionEvalOptions
+    trainer_defaults: ClassVar[Mapping[str, Any]] = {"epochs": 20, "lr": 1e-3, "batch_size": 32, "grad_clip": 5.0}
+    best_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("bleu4", "max")
+
+    def __init__(self, config: CaptionConfig) -> None:
+        super().__init__(config)
+        self.config: CaptionConfig = config
+        self.vocab: Vocabulary | None = None
+        self.restoring = False
+
+    # -- data ------------------------------------------------------------------------------------
+    @property
+    def synthetic(self) -> bool:
+        return self.config.data == "synthetic"
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size or (64 if self.synthetic else 224)
+
+    def records(self, split: str, data: str | None = None) -> list[rec.CaptionRecord]:
+        """The records of ``split`` from the configured (or the given) dataset."""
+        source = data or self.config.data
+        if source == "synthetic":
+            cfg = self.config
+            count = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}[split]
+            return rec.synthetic_records(split, count, cfg.synthetic_seed, self.image_size)
+        found = [r for r in rec.read_records(source, self.config.image_root or None) if r.split == split]
+        if not found and split != "train":
+            raise rec.CaptionDataError(f"{source} has no {split!r} images")
+        return found
+
+    def setup_data(self) -> DataSplits:
+        train = self.records("train")
+        if not train:
+            raise rec.CaptionDataError(f"{self.config.data} has no training images")
+        if self.config.train_captions == "first":
+            for r in train:
+                r.captions = r.captions[:1]
+        if self.vocab is None:
+            self.vocab = Vocabulary.build((c for r in train for c in r.captions), self.config.min_word_freq,
+                                          self.config.max_vocab)
+        val = self.records("val")
+        cache = self.synthetic
+        size, max_len = self.image_size, self.config.max_caption_len
+        return DataSplits(
+            train=CaptionTrainingSet(train, self.vocab, size, max_len, cache_images=cache),
+            val=CaptionEvaluationSet(val, self.vocab, size, max_len, cache_images=cache) if val else None,
+        )
+
+    def eval_data(self, data: str | None, options: Any) -> CaptionEvaluationSet:
+        split = getattr(options, "split", "test")
+        assert self.vocab is not None, "load_artifacts or setup_data first"
+        found = self.records(split, data)
+        return CaptionEvaluationSet(found, self.vocab, self.image_size, self.config.max_caption_len,
+                                    cache_images=False)
+
+    def collate(self, items: list[Any]) -> Any:
+        return collate(items)
+
+    # -- model -----------------------------------------------------------------------------------
+    def build_model(self) -> CaptionModel:
+        if self.vocab is None:
+            raise RuntimeError("the vocabulary is built by setup_data() or restored by load_artifacts()")
+        cfg = self.config
+        encoder = Encoder(cfg.encoder, cfg.grid, pretrained=cfg.pretrained, fine_tune_blocks=cfg.fine_tune_blocks,
+                          channels=cfg.cnn_channels, load_weights=not self.restoring)
+        decoder = ShowAttendTellDecoder(
+            len(self.vocab), encoder.dim, cfg.embed_dim, cfg.hidden_dim, cfg.attention,
+            dict(cfg.attention_options), cfg.dropout, cfg.gate,
+        )
+        hard = hasattr(decoder.attention, "last")
+        return CaptionModel(encoder, decoder, hard=hard, baseline_decay=cfg.baseline_decay,
+                            entropy_weight=cfg.entropy_weight)
+
+    def training_step(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        out = model(batch["images"], batch["captions"], batch["lengths"], self.config.scheduled_sampling)
+        parts = _unwrap(model).loss(out, batch["captions"], self.config.doubly_stochastic)
+        logs: dict[str, Any] = {"nll": parts.nll, "attention_reg": parts.doubly_stochastic}
+        if _unwrap(model).reinforce is not None:
+            logs["reinforce"] = parts.reinforce
+        return parts.total, logs
+
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Any], options: Any = None) -> dict[str, float]:
+        assert self.vocab is not None
+        net = _unwrap(model)
+        cfg = self.config
+        beam = getattr(options, "beam_size", cfg.eval_beam_size)
+        max_len = getattr(options, "max_len", cfg.eval_max_len)
+        alpha = getattr(options, "alpha", cfg.length_penalty)
+        hypotheses: list[list[str]] = []
+        references: list[list[list[str]]] = []
+        nll_sum, tokens = 0.0, 0
+        grounded = groundable = mentioned = 0
+        for batch in batches:
+            annotations = net.encode(batch["images"])
+            out = net.decoder(annotations, batch["captions"], batch["lengths"])
+            parts = net.loss(out, batch["captions"], 0.0)
+            nll_sum += float(parts.nll) * parts.tokens
+            tokens += parts.tokens
+            decoded = decode(net, annotations, beam_size=beam, max_len=max_len, alpha=alpha)
+            for i, ids in enumerate(decoded.tokens):
+                words = self.vocab.decode(ids)
+                hypotheses.append(words)
+                references.append(batch["references"][i])
+                if batch["objects"][i] and batch["sizes"][i]:
+                    g, a, m = grounding_counts(words, decoded.weights[i].numpy(), batch["objects"][i],
+                                               batch["sizes"][i][0], net.grid)
+                    grounded, groundable, mentioned = grounded + g, groundable + a, mentioned + m
+        metrics = {"loss": nll_sum / max(tokens, 1)}
+        metrics.update(caption_scores(hypotheses, references, meteor=getattr(options, "meteor", False)))
+        if mentioned:
+            metrics["grounding"] = grounded / max(groundable, 1)
+            metrics["object_words_correct"] = groundable / mentioned
+        metrics["images"] = float(len(hypotheses))
+        return metrics
+
+    # -- model file --------------------------------------------------------------------------------
+    def artifacts(self) -> dict[str, Any]:
+        assert self.vocab is not None
+        return {"vocab": self.vocab.to_json(), "image_size": self.image_size}
+
+    def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:
+        self.vocab = Vocabulary.from_json(artifacts["vocab"])
+        self.restoring = True
+
+
+def _unwrap(model: torch.nn.Module) -> CaptionModel:
+    from vlattn.checkpoint import unwrap
+
+    return unwrap(model)  # type: ignore[return-value]
