@@ -35,9 +35,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, fra
 
 @pytest.mark.parametrize("args", [["--help"], ["plugins"], ["list"], ["train", "--help"], ["--version"]])
 def test_light_commands_import_no_torch(args: list[str]) -> None:
-    code = (
-        "import sys\nfrom vlattn.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n" % (args,)
+    code = "\n".join(
+        [
+            "import sys",
+            "from vlattn.cli import main",
+            "try:",
+            f"    main({args!r})",
+            "except SystemExit as e:",
+            "    assert not e.code, e.code",
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)",
+        ]
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60
