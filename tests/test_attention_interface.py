@@ -125,3 +125,15 @@ def test_state_round_trips_through_safetensors(name: str, tmp_path: Path) -> Non
     fresh.load_state_dict(load_file(str(path)))
     for out, ref in zip(fresh(query, keys, mask=mask), module(query, keys, mask=mask), strict=True):
         torch.testing.assert_close(out, ref)
+
+
+def test_registering_the_mechanisms_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vlattn.attention.plugin as p; "
+        "specs = []; p.register_attention(specs.append); "
+        "assert len(specs) == 13 and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
