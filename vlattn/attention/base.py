@@ -43,9 +43,14 @@ class Attention(nn.Module):
         mask: ``[B, S]`` boolean, True = a real position, False = padding.
 
     Returns:
-        context: ``[B, Dv]`` or ``[B, Tq, Dv]``: the weighted sum of ``values``.
+        context: ``[B, Dv]`` or ``[B, Tq, Dv]``: the weighted sum of ``values`` (``multihead``
+            projects it to ``[B, (Tq,) E]``); all 0 for a fully masked row.
         weights: ``[B, S]`` or ``[B, Tq, S]``: non-negative, summing to 1 over kept positions,
-            0 on padding, all 0 for a fully masked row.
+            0 on padding, all 0 for a fully masked row. Exceptions, each documented by its
+            class: ``local-p`` keeps the paper's Gaussian factor (sums below 1), ``tutorial``
+            ignores the mask unless built with ``mask_padding=True``, and mechanisms built with
+            ``need_weights=False`` (``scaled-dot``, ``multihead``, ``local-m``, ``local-p``)
+            skip computing them and return ``None``.
     """
 
     query_dim: int
@@ -57,7 +62,11 @@ class Attention(nn.Module):
         self.key_dim = key_dim
 
     def forward(  # type: ignore[override]
-        self, query: Tensor | None, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
+        self,
+        query: Tensor | None,
+        keys: Tensor,
+        values: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
