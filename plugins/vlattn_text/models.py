@@ -130,7 +130,7 @@ class TutorialAttention(TutorialLSTM):
                  hidden_size: int = 100, dropout: float = 0.2, attention: str = "tutorial",
                  attention_options: dict[str, Any] | None = None) -> None:
         super().__init__(vocab_size, num_classes, embed_dim, hidden_size, dropout)
-        options = {"max_len": max_len, **(attention_options or {})}
+        options = {"steps": max_len, **(attention_options or {})}
         self.attention = build_attention(attention, hidden_size, hidden_size, **options)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> ClassifierOutput:
