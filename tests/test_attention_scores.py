@@ -30,9 +30,7 @@ def check(name: str, score_fn) -> None:
     query, keys, mask = inputs(name)
     with torch.no_grad():
         context, weights = module(query, keys, mask=mask)
-        ref_context, ref_weights = reference(
-            lambda q, k, s: score_fn(module, q, k), query, keys, mask
-        )
+        ref_context, ref_weights = reference(lambda q, k, s: score_fn(module, q, k), query, keys, mask)
     torch.testing.assert_close(weights, ref_weights)
     torch.testing.assert_close(context, ref_context)
 
@@ -79,3 +77,16 @@ def test_soft_spatial_gate_scales_the_context() -> None:
         context, weights = module(query, keys, mask=mask)
         beta = torch.sigmoid(module.gate(query))
     torch.testing.assert_close(context, beta * torch.einsum("bs,bsd->bd", weights, keys))
+
+
+def test_additive_family_reuses_projected_keys() -> None:
+    for name in ("additive", "soft-spatial", "hard-spatial"):
+        module = build(name)
+        query, keys, mask = inputs(name)
+        projected = module.project_keys(keys)
+        for out, ref in zip(
+            module(query, keys, mask=mask, projected_keys=projected),
+            module(query, keys, mask=mask),
+            strict=True,
+        ):
+            torch.testing.assert_close(out, ref)

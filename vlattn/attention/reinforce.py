@@ -81,9 +81,7 @@ class ReinforceLoss(nn.Module):
         if self.training:
             with torch.no_grad():
                 decay = self.baseline_decay
-                self.baseline.mul_(decay).add_(
-                    (1.0 - decay) * reward.mean().to(self.baseline.dtype)
-                )
+                self.baseline.mul_(decay).add_((1.0 - decay) * reward.mean().to(self.baseline.dtype))
         return loss
 
 

@@ -25,8 +25,7 @@ def check_keys(keys: Tensor, values: Tensor | None, mask: Tensor | None) -> Tens
         values = keys
     elif values.dim() != 3 or values.shape[:2] != keys.shape[:2]:
         raise ValueError(
-            f"values must be [B, S, Dv] matching keys {tuple(keys.shape[:2])}, "
-            f"got shape {tuple(values.shape)}"
+            f"values must be [B, S, Dv] matching keys {tuple(keys.shape[:2])}, got shape {tuple(values.shape)}"
         )
     if mask is not None and tuple(mask.shape) != tuple(keys.shape[:2]):
         raise ValueError(f"mask must be [B, S] = {tuple(keys.shape[:2])}, got {tuple(mask.shape)}")
@@ -47,7 +46,7 @@ class ScoredAttention(Attention):
     ``weights [B, S]`` / ``[B, Tq, S]``; padding gets weight 0 and a fully masked row gives zeros.
     """
 
-    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, **options: Tensor) -> Tensor:
         """Raw scores ``[B, Tq, S]`` of ``query [B, Tq, Dq]`` against ``keys [B, S, Dk]``."""
         raise NotImplementedError
 
@@ -56,11 +55,17 @@ class ScoredAttention(Attention):
         return masked_softmax(scores, mask)
 
     def forward(  # type: ignore[override]
-        self, query: Tensor, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor | None = None,
+        mask: Tensor | None = None,
+        **score_options: Tensor,
     ) -> tuple[Tensor, Tensor]:
+        """See the class docstring; ``score_options`` go to :meth:`score` (e.g. ``projected_keys``)."""
         values = check_keys(keys, values, mask)
         queries, single = as_query_sequence(query)
-        weights = self.normalise(self.score(queries, keys), expand_mask(mask))
+        weights = self.normalise(self.score(queries, keys, **score_options), expand_mask(mask))
         context = weighted_sum(weights, values)
         if single:
             return context.squeeze(1), weights.squeeze(1)

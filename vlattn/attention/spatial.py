@@ -52,9 +52,7 @@ class SoftSpatialAttention(AdditiveAttention):
     Returns ``context [B, C]`` (``[B, Tq, C]``) and ``weights [B, S]`` (``[B, Tq, S]``).
     """
 
-    def __init__(
-        self, query_dim: int, key_dim: int, hidden_dim: int | None = None, gate: bool = False
-    ) -> None:
+    def __init__(self, query_dim: int, key_dim: int, hidden_dim: int | None = None, gate: bool = False) -> None:
         super().__init__(query_dim, key_dim, hidden_dim=hidden_dim)
         self.gate = nn.Linear(query_dim, 1) if gate else None
 
@@ -62,13 +60,23 @@ class SoftSpatialAttention(AdditiveAttention):
         """The weights actually applied to the values, given ``alpha [B, Tq, S]``."""
         return alpha
 
+    def project_keys(self, keys: Tensor) -> Tensor:
+        """``U a``: ``[B, S, C]`` or ``[B, C, H, W]`` -> ``[B, S, H']``, reusable across steps."""
+        return self.key_proj(flatten_feature_map(keys))
+
     def forward(  # type: ignore[override]
-        self, query: Tensor, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor | None = None,
+        mask: Tensor | None = None,
+        projected_keys: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """See the class docstring; ``projected_keys`` is :meth:`project_keys`'s result."""
         keys = flatten_feature_map(keys)
         values = check_keys(keys, None if values is None else flatten_feature_map(values), mask)
         queries, single = as_query_sequence(query)
-        alpha = self.normalise(self.score(queries, keys), expand_mask(mask))
+        alpha = self.normalise(self.score(queries, keys, projected_keys), expand_mask(mask))
         weights = self.select(alpha)
         context = weighted_sum(weights, values)
         if self.gate is not None:
@@ -162,9 +170,7 @@ class HardSpatialAttention(SoftSpatialAttention):
         else:
             index = safe.argmax(-1)
             use_expectation = torch.full_like(nonempty, self.eval_mode == "expectation")
-        one_hot = nn.functional.one_hot(index, alpha.shape[-1]).to(
-            alpha.dtype
-        ) * nonempty.unsqueeze(-1)
+        one_hot = nn.functional.one_hot(index, alpha.shape[-1]).to(alpha.dtype) * nonempty.unsqueeze(-1)
         weights = torch.where(use_expectation.unsqueeze(-1), alpha, one_hot)
         sampled = nonempty & ~use_expectation & self.training
         picked = alpha.gather(-1, index.unsqueeze(-1)).squeeze(-1)
@@ -174,9 +180,15 @@ class HardSpatialAttention(SoftSpatialAttention):
         return weights
 
     def forward(  # type: ignore[override]
-        self, query: Tensor, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor | None = None,
+        mask: Tensor | None = None,
+        projected_keys: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        context, weights = super().forward(query, keys, values, mask)
+        """See the class docstring; fills :attr:`last`."""
+        context, weights = super().forward(query, keys, values, mask, projected_keys)
         if query.dim() == 2 and self.last is not None:
             last = self.last
             self.last = HardAttentionSample(
