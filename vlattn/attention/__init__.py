@@ -14,8 +14,26 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vlattn.attention.base import Attention, lengths_to_mask, masked_softmax
+    from vlattn.attention.multihead import MultiHeadAttention
+    from vlattn.attention.reinforce import ReinforceLoss
+    from vlattn.attention.spatial import HardAttentionSample
+    from vlattn.attention.transformer import (
+        SinusoidalPositionalEncoding,
+        TransformerEncoder,
+        TransformerEncoderLayer,
+    )
 
-_LAZY = {"Attention": "base", "lengths_to_mask": "base", "masked_softmax": "base"}
+_LAZY = {
+    "Attention": "base",
+    "lengths_to_mask": "base",
+    "masked_softmax": "base",
+    "MultiHeadAttention": "multihead",
+    "ReinforceLoss": "reinforce",
+    "HardAttentionSample": "spatial",
+    "SinusoidalPositionalEncoding": "transformer",
+    "TransformerEncoder": "transformer",
+    "TransformerEncoderLayer": "transformer",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +53,15 @@ def build_attention(name: str, query_dim: int, key_dim: int, **options: Any) -> 
     return factory(query_dim, key_dim, **options)
 
 
-__all__ = ["Attention", "build_attention", "lengths_to_mask", "masked_softmax"]
+__all__ = [
+    "Attention",
+    "HardAttentionSample",
+    "MultiHeadAttention",
+    "ReinforceLoss",
+    "SinusoidalPositionalEncoding",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "build_attention",
+    "lengths_to_mask",
+    "masked_softmax",
+]
