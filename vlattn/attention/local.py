@@ -62,15 +62,16 @@ class WindowScorer(nn.Module):
         """``query [B, Tq, Dq]`` x ``key_windows [B, Tq, W, X]`` -> scores ``[B, Tq, W]``."""
         q = query if self.query_proj is None else self.query_proj(query)
         if self.v is None:
-            return torch.einsum("btx,btwx->btw", q, key_windows)
+            return (q.unsqueeze(2) * key_windows).sum(-1)
         return self.v(torch.tanh(q.unsqueeze(2) + key_windows)).squeeze(-1)
 
 
 def gather_windows(projected: Tensor, index: Tensor) -> Tensor:
     """``projected [B, S, X]`` at ``index [B, Tq, W]`` (valid positions) -> ``[B, Tq, W, X]``."""
-    batch, steps, width = index.shape
-    flat = index.reshape(batch, steps * width, 1).expand(-1, -1, projected.shape[-1])
-    return projected.gather(1, flat).view(batch, steps, width, -1)
+    batch, source, size = projected.shape
+    offsets = torch.arange(batch, device=index.device).view(batch, 1, 1) * source
+    rows = projected.reshape(batch * source, size).index_select(0, (index + offsets).flatten())
+    return rows.view(*index.shape, size)
 
 
 class LocalAttention(Attention):
@@ -146,7 +147,7 @@ class LocalAttention(Attention):
                 weights = weights / torch.where(total > 0, total, torch.ones_like(total))
 
         value_windows = gather_windows(values, index)  # [B, Tq, W, Dv]
-        context = torch.einsum("btw,btwd->btd", weights, value_windows)
+        context = (weights.unsqueeze(-1) * value_windows).sum(2)
         dense = None
         if self.need_weights:
             dense = weights.new_zeros(batch, queries.shape[1], source)
