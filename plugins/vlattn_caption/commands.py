@@ -39,22 +39,18 @@ def caption(images: tuple[str, ...], model: str | None, beam_size: int, max_len:
     shapes, colours, sizes and positions, not photographs. Train on COCO or Flickr for those
     (``vlattn train caption --data dataset_coco.json ...``).
     """
-    try:
-        from vlattn_caption.predict import Captioner
+    from vlattn_caption.predict import Captioner
 
-        captioner = Captioner.load(model, device=device)
-        results = captioner.caption_files(list(images), beam_size=beam_size, max_len=max_len,
-                                          alpha=length_penalty, batch_size=batch_size,
-                                          keep_pictures=attention_out is not None)
-        if attention_out is not None:
-            _write_figures(results, attention_out)
-    except VlattnError as exc:
-        raise click.ClickException(str(exc)) from None
+    captioner = Captioner.load(model, device=device)  # a bad model file: one line from the root CLI
+    results = captioner.caption_files(list(images), beam_size=beam_size, max_len=max_len, alpha=length_penalty,
+                                      batch_size=batch_size, keep_pictures=attention_out is not None)
+    if attention_out is not None:
+        _write_figures(results, attention_out)
     failed = 0
     for result in results:
         if result.error is not None:
             failed += 1
-            click.echo(f"vlattn caption: error: {result.error}", err=True)
+            click.echo(f"vlattn: error: {result.error}", err=True)
     if as_json:
         payload = [r.to_json() for r in results]
         click.echo(json.dumps(payload[0] if len(payload) == 1 else payload))
@@ -108,8 +104,6 @@ def caption_data(out: Path, n_train: int, n_val: int, n_test: int, seed: int, im
         with click.progressbar(length=total, label="scenes", file=sys.stderr) as bar:
             path = write_synthetic(out, counts={"train": n_train, "val": n_val, "test": n_test}, seed=seed,
                                    image_size=image_size, progress=bar.update)
-    except VlattnError as exc:
-        raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise VlattnError(f"cannot write to {out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {total} scenes to {path}")

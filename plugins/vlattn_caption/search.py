@@ -38,10 +38,15 @@ def _annotations(model: CaptionModel, inputs: Tensor) -> Tensor:
     return inputs if inputs.dim() == 3 else model.encode(inputs)
 
 
-def _never(logits: Tensor) -> Tensor:
-    """Forbid ``<pad>`` and ``<start>`` as generated words."""
+def _never(logits: Tensor, last: bool = False) -> Tensor:
+    """Forbid ``<pad>`` and ``<start>`` as generated words; at the ``last`` step allow only ``<end>``."""
     logits = logits.float().clone()
-    logits[:, [Vocabulary.pad_id, Vocabulary.start_id]] = float("-inf")
+    if last:
+        end = logits[:, Vocabulary.end_id].clone()
+        logits.fill_(float("-inf"))
+        logits[:, Vocabulary.end_id] = end
+    else:
+        logits[:, [Vocabulary.pad_id, Vocabulary.start_id]] = float("-inf")
     return logits
 
 
@@ -78,10 +83,11 @@ def beam_search(model: CaptionModel, inputs: Tensor, beam_size: int = 5, max_len
     history = flat.new_zeros(batch, k, 0, locations)
     offsets = (torch.arange(batch, device=device) * k)[:, None]
     with shared_key_projection(decoder.attention, flat):
-        for _ in range(max_len + 1):
+        for step in range(max_len + 1):
             logits, (h, c), weights = decoder.step(prev, (h, c), flat)
             vocab = logits.shape[-1]
-            logp = torch.log_softmax(_never(logits), dim=-1).view(batch, k, vocab)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            logp = _never(logp, last=step == max_len).view(batch, k, vocab)
             done_row = torch.full((vocab,), float("-inf"), device=device)
             done_row[Vocabulary.pad_id] = 0.0
             logp = torch.where(finished[:, :, None], done_row, logp)
@@ -136,14 +142,14 @@ def _step_decode(model: CaptionModel, inputs: Tensor, max_len: int, temperature:
     scores = annotations.new_zeros(batch)
     words, weights_seq = [], []
     with shared_key_projection(decoder.attention, annotations):
-        for _ in range(max_len + 1):
+        for step in range(max_len + 1):
             logits, (h, c), weights = decoder.step(prev, (h, c), annotations)
-            logits = _never(logits)
-            logp = torch.log_softmax(logits, dim=-1)
+            logp = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
             if temperature == 0.0:
                 word = logp.argmax(dim=-1)
             else:
-                word = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
+                probs = torch.softmax(logp / temperature, dim=-1)
+                word = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             word = torch.where(finished, Vocabulary.pad_id, word)
             scores = scores + torch.where(finished, 0.0, logp.gather(1, word[:, None]).squeeze(1))
             words.append(word)

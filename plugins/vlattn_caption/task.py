@@ -191,6 +191,7 @@ class CaptionTask(Task):
         references: list[list[list[str]]] = []
         nll_sum, tokens = 0.0, 0
         grounded = groundable = mentioned = 0
+        has_boxes = False
         for batch in batches:
             annotations = net.encode(batch["images"])
             out = net.decoder(annotations, batch["captions"], batch["lengths"])
@@ -203,14 +204,15 @@ class CaptionTask(Task):
                 hypotheses.append(words)
                 references.append(batch["references"][i])
                 if batch["objects"][i] and batch["sizes"][i]:
+                    has_boxes = True
                     g, a, m = grounding_counts(words, decoded.weights[i].numpy(), batch["objects"][i],
                                                batch["sizes"][i][0], net.grid)
                     grounded, groundable, mentioned = grounded + g, groundable + a, mentioned + m
         metrics = {"loss": nll_sum / max(tokens, 1)}
         metrics.update(caption_scores(hypotheses, references, meteor=getattr(options, "meteor", False)))
-        if mentioned:
-            metrics["grounding"] = grounded / max(groundable, 1)
-            metrics["object_words_correct"] = groundable / mentioned
+        if has_boxes:  # share of correctly named objects whose word attends inside the object's box
+            metrics["grounding"] = grounded / groundable if groundable else 0.0
+            metrics["object_words_correct"] = groundable / mentioned if mentioned else 0.0
         metrics["images"] = float(len(hypotheses))
         return metrics
 
