@@ -14,17 +14,21 @@ import pytest
 from tests.conftest import subprocess_env
 
 
-def vlattn(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vlattn", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(env),
-        cwd=cwd,
-        timeout=timeout,
-    )
+def vlattn(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in this process (``env`` is already applied by the fixtures) and capture its output."""
+    import contextlib
+    import io
+
+    from vlattn.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:

@@ -131,3 +131,26 @@ def test_no_validation_split_still_checkpoints(tmp_path: Path) -> None:
 def test_unknown_early_stop_metric_is_explained(tmp_path: Path) -> None:
     with pytest.raises(VlattnError, match="metric 'bleu' is not among the validation metrics"):
         fit("toy-regression", {}, quiet(epochs=1, early_stop="bleu"), tmp_path / "r")
+
+
+def test_trainer_events_reach_plugins(tmp_path: Path) -> None:
+    ToyPlugin.events.clear()
+    fit("toy-regression", {}, quiet(epochs=2), tmp_path / "r")
+    kinds = [k for k, _ in ToyPlugin.events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and ToyPlugin.events[-1] == ("end", "finished")
+    assert ("checkpoint", (16, True)) in ToyPlugin.events and "metrics" in kinds
+
+
+def test_eval_command_takes_task_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vlattn.cli import main
+
+    fit("toy-regression", {}, quiet(epochs=1), tmp_path / "r")
+    main(["eval", str(tmp_path / "r"), "--json"])
+    plain = json.loads(capsys.readouterr().out)["loss"]
+    main(["eval", str(tmp_path / "r"), "--json", "--scale", "3"])
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(3 * plain)
+    main(["eval", str(tmp_path / "r"), "--help-task"])  # returns: exit status 0
+    assert "--scale FLOAT" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(tmp_path / "r"), "--scal", "3"])
+    assert exc.value.code == 2 and "Did you mean '--scale'" in capsys.readouterr().err

@@ -26,10 +26,16 @@ class RegressionConfig:
     flat_metric: bool = option(False, help="report a validation 'score' that never improves")
 
 
+@dataclass
+class RegressionEvalOptions:
+    scale: float = option(1.0, help="multiply the reported loss by this")
+
+
 class RegressionTask(Task):
     """Fit y = x . w with a small MLP."""
 
     Config = RegressionConfig
+    EvalOptions = RegressionEvalOptions
     trainer_defaults: ClassVar[dict[str, int]] = {"epochs": 2, "batch_size": 8, "log_every": 1}
 
     def __init__(self, config: RegressionConfig) -> None:
@@ -59,14 +65,36 @@ class RegressionTask(Task):
         for x, y in batches:
             total += float(nn.functional.mse_loss(model(x).squeeze(-1), y, reduction="sum"))
             n += len(y)
-        metrics = {"loss": total / n}
+        metrics = {"loss": total / n * (options.scale if options is not None else 1.0)}
         if self.config.flat_metric:
             metrics["score"] = 1.0
         return metrics
 
 
 class ToyPlugin:
-    """Registers the ``toy-regression`` task."""
+    """Registers the ``toy-regression`` task and records trainer events in ``events``."""
+
+    events: ClassVar[list[tuple[str, object]]] = []
+
+    @staticmethod
+    @hookimpl
+    def on_train_start(run_dir: object, config: dict[str, object]) -> None:
+        ToyPlugin.events.append(("start", config["task"]))
+
+    @staticmethod
+    @hookimpl
+    def on_metrics(run_dir: object, step: int, metrics: dict[str, float]) -> None:
+        ToyPlugin.events.append(("metrics", sorted(metrics)[0]))
+
+    @staticmethod
+    @hookimpl
+    def on_checkpoint(run_dir: object, step: int, path: object, is_best: bool) -> None:
+        ToyPlugin.events.append(("checkpoint", (step, is_best)))
+
+    @staticmethod
+    @hookimpl
+    def on_train_end(run_dir: object, step: int, reason: str) -> None:
+        ToyPlugin.events.append(("end", reason))
 
     @staticmethod
     @hookimpl

@@ -147,7 +147,7 @@ class Trainer:
         bar = tqdm(
             total=self.total_steps,
             initial=p.step,
-            disable=cfg.quiet or not self.dist.is_main,
+            disable=True if cfg.quiet or not self.dist.is_main else None,  # None: off when not a TTY
             dynamic_ncols=True,
             desc=self.task_name,
             unit="step",
