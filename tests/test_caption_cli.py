@@ -18,10 +18,10 @@ from tests.conftest import subprocess_env
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small untrained caption model file (its captions are noise; the plumbing is real)."""
     import torch
+    from vlattn_caption.task import CaptionConfig, CaptionTask
 
     from vlattn.checkpoint import save_model
     from vlattn.config import from_mapping, to_dict
-    from vlattn_caption.task import CaptionConfig, CaptionTask
 
     torch.manual_seed(0)
     config = from_mapping(CaptionConfig, {"synthetic_train": 4, "synthetic_val": 1, "image_size": 32, "grid": 4,
@@ -85,7 +85,7 @@ def test_batched_captions_equal_one_at_a_time(model_file: Path, images: dict[str
 
 
 def test_json_has_tokens_and_attention_grids(model_file: Path, images: dict[str, Path]) -> None:
-    code, out, err = run("caption", str(images["rgb"]), str(images["missing"]), "--model", str(model_file),
+    code, out, _err = run("caption", str(images["rgb"]), str(images["missing"]), "--model", str(model_file),
                          "--json", "--beam-size", "3", "--max-len", "6")
     assert code == 1
     good, bad = json.loads(out)
@@ -100,7 +100,7 @@ def test_json_has_tokens_and_attention_grids(model_file: Path, images: dict[str,
 
 def test_attention_figures_are_written(model_file: Path, images: dict[str, Path], tmp_path: Path) -> None:
     out_dir = tmp_path / "figs"
-    code, out, _ = run("caption", str(images["rgb"]), str(images["grey"]), "--model", str(model_file),
+    code, _out, _ = run("caption", str(images["rgb"]), str(images["grey"]), "--model", str(model_file),
                        "--attention-out", str(out_dir))
     assert code == 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["grey.attention.png", "scene.attention.png"]
@@ -118,7 +118,7 @@ def test_bad_model_is_one_line(images: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_caption_data_writes_a_trainable_dataset(tmp_path: Path) -> None:
-    code, out, err = run("caption-data", str(tmp_path / "scenes"), "--train", "3", "--val", "1", "--test", "1",
+    code, _out, err = run("caption-data", str(tmp_path / "scenes"), "--train", "3", "--val", "1", "--test", "1",
                          "--image-size", "40")
     assert code == 0, err
     data = json.loads((tmp_path / "scenes" / "dataset.json").read_text())
@@ -129,7 +129,8 @@ def test_caption_data_writes_a_trainable_dataset(tmp_path: Path) -> None:
 
 def test_end_to_end_process_exit_codes(model_file: Path, images: dict[str, Path]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "vlattn", "caption", str(images["rgb"]), str(images["text"]), "--model", str(model_file)],
+        [sys.executable, "-m", "vlattn", "caption", str(images["rgb"]), str(images["text"]),
+         "--model", str(model_file)],
         capture_output=True, text=True, env=subprocess_env({"VLATTN_PLUGINS": "attention,caption"}), timeout=240,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

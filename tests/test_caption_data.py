@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from vlattn_caption import synthetic
 from vlattn_caption.records import CaptionDataError, read_records, synthetic_records, write_synthetic
 from vlattn_caption.vocab import Vocabulary, tokenize
@@ -138,7 +137,6 @@ def test_vocabulary_min_freq_unk_and_round_trip() -> None:
 
 def test_collate_pads_and_keeps_references() -> None:
     import torch
-
     from vlattn_caption.dataset import CaptionEvaluationSet, CaptionTrainingSet, collate
 
     records = synthetic_records("train", 4, seed=2, image_size=32)

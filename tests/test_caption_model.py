@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from vlattn.checkpoint import load_model, save_model
-from vlattn.config import from_mapping, to_dict
 from vlattn_caption import search
 from vlattn_caption.decoder import ShowAttendTellDecoder, shared_key_projection
 from vlattn_caption.encoder import Encoder, PretrainedUnavailableError
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.task import CaptionConfig, CaptionTask
 from vlattn_caption.vocab import Vocabulary
+
+from vlattn.checkpoint import load_model, save_model
+from vlattn.config import from_mapping, to_dict
 
 V, D, L = 12, 16, 9
 
@@ -224,7 +224,6 @@ def test_pretrained_fails_clearly_offline(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_fine_tune_blocks_freeze_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision
-
     from vlattn_caption import encoder as encoder_module
 
     monkeypatch.setattr(encoder_module, "_pretrained_state",
