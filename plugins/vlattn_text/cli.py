@@ -103,7 +103,7 @@ def classify(texts: tuple[str, ...], file: str | None, model_path: str | None, a
       cat reviews.txt | vlattn classify -
     """
     if not texts and file is None:
-        raise click.UsageError("give TEXT, --file PATH, or '-' to read stdin")
+        raise VlattnError("nothing to classify: give TEXT, --file PATH, or '-' to read stdin")
     from vlattn_text.predict import TextClassifier
     from vlattn_text.render import render_line
 

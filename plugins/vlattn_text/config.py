@@ -19,6 +19,7 @@ TUTORIAL_MODELS = ("tutorial-lstm", "tutorial-attention")
 _TUTORIAL: dict[str, Any] = {
     "embed_dim": 32, "hidden_size": 100, "dropout": 0.2, "embed_dropout": 0.0, "word_dropout": 0.0,
     "embedding_l2": 1e-3, "oov": False, "vocab_from": "all", "max_len": 32, "min_freq": 1,
+    "subword_buckets": 0,
 }
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tutorial-lstm": _TUTORIAL,
@@ -26,10 +27,12 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "rnn": {
         "embed_dim": 128, "hidden_size": 64, "dropout": 0.5, "embed_dropout": 0.3, "word_dropout": 0.1,
         "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "subword_buckets": 0,
     },
     "transformer": {
         "embed_dim": 128, "hidden_size": 256, "dropout": 0.3, "embed_dropout": 0.2, "word_dropout": 0.1,
         "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "subword_buckets": 0,
     },
 }
 
@@ -59,6 +62,8 @@ class TextClassifierConfig:
     vocab_from: Literal["train", "all"] | None = option(
         None, help="fit the vocabulary on the training split or on all of --data (the tutorial's way)")
     max_len: int | None = option(None, help="keep at most this many tokens (the last ones; 0 = all)")
+    subword_buckets: int | None = option(
+        None, help="hash buckets of character 3-5-gram vectors added to word vectors (0 = off; rnn / transformer)")
     # model
     model: Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer"] = option(
         "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer")
@@ -91,6 +96,8 @@ class TextClassifierConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
+        if self.subword_buckets is not None and self.subword_buckets < 0:
+            raise ValueError("subword_buckets must be >= 0")
         if self.max_len is not None and self.max_len < 0:
             raise ValueError("max_len must be >= 0")
         if self.model in TUTORIAL_MODELS and not self.resolved().max_len:

@@ -80,6 +80,10 @@ def read_text_file(path: Path) -> str:
     """The whole file as UTF-8 text, or a one-line error for binary or non-UTF-8 content."""
     try:
         raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TextDataError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise TextDataError(f"{path} is a directory, not a text file") from None
     except OSError as exc:
         raise TextDataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if b"\x00" in raw:

@@ -1,9 +1,10 @@
 """Sentence classifiers: the tutorial's two Keras models, and recurrent models with any attention.
 
-Every model is called as ``model(ids, lengths) -> ClassifierOutput`` with ``ids [B, T]`` (0 =
-padding) and ``lengths [B]``. ``logits`` is ``[B, 1]`` for two classes (a sigmoid output, as in the
-tutorial) and ``[B, C]`` otherwise; ``weights`` is ``[B, T]`` attention over the positions, or
-``None`` for a model without attention.
+Every model is called as ``model(ids, lengths, subwords=None) -> ClassifierOutput`` with
+``ids [B, T]`` (0 = padding), ``lengths [B]`` and optional hashed character n-grams
+``subwords [B, T, K]`` (used by models built with ``subword_buckets``). ``logits`` is ``[B, 1]``
+for two classes (a sigmoid output, as in the tutorial) and ``[B, C]`` otherwise; ``weights`` is
+``[B, T]`` attention over the positions, or ``None`` for a model without attention.
 
 The tutorial models (:class:`TutorialLSTM`, :class:`TutorialAttention`) reproduce the Keras
 recipe, padding included: the LSTM reads the post-padding, as a Keras LSTM without masking does.
@@ -65,6 +66,35 @@ def keras_dense_init(linear: nn.Linear) -> None:
         nn.init.zeros_(linear.bias)
 
 
+class WordEmbedding(nn.Module):
+    """Word vectors, optionally plus the mean of the word's hashed character n-gram vectors.
+
+    ``ids [B, T]`` (0 = padding) and ``subwords [B, T, K]`` (0 = no n-gram) -> ``[B, T, D]``.
+
+    Args:
+        vocab_size: word rows.
+        dim: ``D``.
+        subword_buckets: n-gram hash buckets (0 = words only; see :mod:`vlattn_text.subwords`).
+    """
+
+    def __init__(self, vocab_size: int, dim: int, subword_buckets: int = 0) -> None:
+        super().__init__()
+        self.words = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.subwords = nn.Embedding(subword_buckets + 1, dim, padding_idx=0) if subword_buckets > 0 else None
+
+    @property
+    def weight(self) -> Tensor:
+        """The word embedding matrix (what an embedding L2 penalty applies to)."""
+        return self.words.weight
+
+    def forward(self, ids: Tensor, subwords: Tensor | None = None) -> Tensor:
+        vectors = self.words(ids)
+        if self.subwords is None or subwords is None or subwords.shape[-1] == 0:
+            return vectors
+        counts = (subwords > 0).sum(-1, keepdim=True).clamp(min=1)
+        return vectors + self.subwords(subwords).sum(-2) / counts
+
+
 class SharedInputDropout(nn.Module):
     """Dropout with one mask per sequence, shared by every time step (Keras' LSTM ``dropout``).
 
@@ -109,7 +139,7 @@ class TutorialLSTM(nn.Module):
         states, (h_n, _) = self.lstm(self.input_dropout(self.embedding(ids)))
         return states, h_n[-1]
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> ClassifierOutput:
+    def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
         _, last = self.encode(ids)
         return ClassifierOutput(self.classifier(last), None)
 
@@ -133,7 +163,7 @@ class TutorialAttention(TutorialLSTM):
         options = {"steps": max_len, **(attention_options or {})}
         self.attention = build_attention(attention, hidden_size, hidden_size, **options)
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> ClassifierOutput:
+    def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
         states, _ = self.encode(ids)
         context, weights = self.attention(None, states)
         return ClassifierOutput(self.classifier(context), weights)
@@ -161,15 +191,16 @@ class RecurrentClassifier(nn.Module):
         embed_dropout: dropout on word vectors.
         word_dropout: in training, replace this fraction of tokens by ``unk_index``.
         unk_index: the OOV index used by word dropout (``None`` disables word dropout).
+        subword_buckets: add hashed character n-gram vectors to word vectors (0 = off).
     """
 
     def __init__(self, vocab_size: int, num_classes: int, *, embed_dim: int = 128, hidden_size: int = 100,
                  cell: Literal["lstm", "gru"] = "lstm", bidirectional: bool = True, layers: int = 1,
                  attention: str = "additive", attention_options: dict[str, Any] | None = None,
                  query: QueryKind = "learned", dropout: float = 0.5, embed_dropout: float = 0.3,
-                 word_dropout: float = 0.0, unk_index: int | None = None) -> None:
+                 word_dropout: float = 0.0, unk_index: int | None = None, subword_buckets: int = 0) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.embedding = WordEmbedding(vocab_size, embed_dim, subword_buckets)
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.word_dropout = word_dropout if unk_index is not None else 0.0
         self.unk_index = unk_index
@@ -186,15 +217,16 @@ class RecurrentClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, output_size(num_classes))
 
-    def encode(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``ids [B, T]``, ``lengths [B]`` -> ``(states [B, T, W], last [B, W], mask [B, T])``.
+    def encode(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``ids [B, T]``, ``lengths [B]`` (``subwords [B, T, K]``) -> ``(states [B, T, W], last [B, W],
+        mask [B, T])``.
 
         An empty sequence (length 0) gets zero states and an all-False mask.
         """
         if self.training and self.word_dropout > 0 and self.unk_index is not None:
             drop = torch.rand(ids.shape, device=ids.device) < self.word_dropout
             ids = ids.masked_fill(drop & (ids > 0), self.unk_index)
-        embedded = self.embed_dropout(self.embedding(ids))
+        embedded = self.embed_dropout(self.embedding(ids, subwords))
         total = ids.shape[1]
         packed = pack_padded_sequence(embedded, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         output, hidden = self.rnn(packed)
@@ -214,11 +246,11 @@ class RecurrentClassifier(nn.Module):
         counts = mask.sum(1, keepdim=True).clamp(min=1)
         return states.sum(1) / counts
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> ClassifierOutput:
-        states, last, mask = self.encode(ids, lengths)
+    def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
+        states, last, mask = self.encode(ids, lengths, subwords)
         if self.attention_name == "none":
             return ClassifierOutput(self.classifier(self.dropout(last)), None)
         context, weights = self.attention(self.make_query(states, last, mask), states, mask=mask)
-        if weights.dim() == 3:  # several heads or query steps: average them for display
+        if weights is not None and weights.dim() == 3:  # several heads or query steps: average them
             weights = weights.mean(1)
         return ClassifierOutput(self.classifier(self.dropout(context)), weights)

@@ -85,8 +85,8 @@ class TextClassifier:
     @torch.inference_mode()
     def _classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
         encoded = [self.task.encode(text) for text in texts]
-        batch = self.task.collate([(e.ids, 0) for e in encoded])
-        output = self.model(batch.ids, batch.lengths)
+        batch = self.task.collate([self.task.make_item(e) for e in encoded])
+        output = self.model(batch.ids, batch.lengths, batch.subwords)
         probs = class_probabilities(output.logits.float()).tolist()
         weights = output.weights.float().tolist() if output.weights is not None else None
         predictions = []

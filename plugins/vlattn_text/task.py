@@ -14,19 +14,28 @@ from vlattn.errors import VlattnError
 from vlattn.task import DataSplits, Task
 from vlattn_text.config import TUTORIAL_MODELS, TextClassifierConfig
 from vlattn_text.data import Example, TextDataError, label_order, read_examples, split_examples
+from vlattn_text.subwords import subword_ids
 from vlattn_text.tokenizer import Encoded, Tokenizer, truncate
 
 
 @dataclass
 class TextBatch:
-    """A padded batch: ``ids [B, T]`` (0 = padding), ``lengths [B]``, ``labels [B]`` (class indices)."""
+    """A padded batch: ``ids [B, T]`` (0 = padding), ``lengths [B]``, ``labels [B]`` (class indices),
+    and ``subwords [B, T, K]`` hashed character n-grams (``None`` when the model uses none)."""
 
     ids: Tensor
     lengths: Tensor
     labels: Tensor
+    subwords: Tensor | None = None
 
 
-Item = tuple[list[int], int]
+@dataclass
+class Item:
+    """One encoded text: word ``ids``, per-word n-gram buckets ``grams`` (empty if unused), ``label``."""
+
+    ids: list[int]
+    grams: list[list[int]]
+    label: int
 
 
 class TextClassifierTask(Task):
@@ -101,28 +110,41 @@ class TextClassifierTask(Task):
         start, stop = truncate(encoded.ids, max_len, "pre")
         return Encoded(encoded.ids[start:stop], encoded.words[start:stop])
 
+    def make_item(self, encoded: Encoded, label: int = 0) -> Item:
+        """An :class:`Item` of an encoded text (with its n-gram buckets when the model uses them)."""
+        buckets = self.settings.subword_buckets or 0
+        grams = [subword_ids(word, buckets) for word in encoded.words] if buckets else []
+        return Item(encoded.ids, grams, label)
+
     def to_items(self, examples: Sequence[Example]) -> list[Item]:
-        """Encode labelled examples as ``(ids, class index)`` pairs."""
+        """Encode labelled examples."""
         index = {name: i for i, name in enumerate(self.labels)}
         items = []
         for example in examples:
             if example.label not in index:
                 raise TextDataError(f"label {example.label!r} is not one of the model's classes {self.labels}")
-            items.append((self.encode(example.text).ids, index[example.label]))
+            items.append(self.make_item(self.encode(example.text), index[example.label]))
         return items
 
     def collate(self, items: list[Item]) -> TextBatch:
         """Pad to the batch's longest text (the tutorial models: always to ``max_len``, post-padding)."""
-        lengths = [len(ids) for ids, _ in items]
+        lengths = [len(item.ids) for item in items]
         width = max(lengths, default=0)
         if self.settings.model in TUTORIAL_MODELS:
             width = int(self.settings.max_len or width)
         width = max(width, 1)
         ids = torch.zeros(len(items), width, dtype=torch.long)
-        for row, (seq, _) in enumerate(items):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        for row, item in enumerate(items):
+            ids[row, : len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
+        subwords = None
+        if self.settings.subword_buckets:
+            depth = max((len(g) for item in items for g in item.grams), default=1)
+            subwords = torch.zeros(len(items), width, depth, dtype=torch.long)
+            for row, item in enumerate(items):
+                for col, grams in enumerate(item.grams):
+                    subwords[row, col, : len(grams)] = torch.tensor(grams, dtype=torch.long)
         return TextBatch(ids, torch.tensor(lengths, dtype=torch.long),
-                         torch.tensor([label for _, label in items], dtype=torch.long))
+                         torch.tensor([item.label for item in items], dtype=torch.long), subwords)
 
     # -- model -----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -143,7 +165,7 @@ class TextClassifierTask(Task):
         common: dict[str, Any] = {
             "embed_dim": s.embed_dim, "attention": s.attention, "attention_options": s.attention_options,
             "query": s.query, "dropout": s.dropout, "embed_dropout": s.embed_dropout,
-            "word_dropout": s.word_dropout, "unk_index": unk,
+            "word_dropout": s.word_dropout, "unk_index": unk, "subword_buckets": s.subword_buckets or 0,
         }
         if s.model == "transformer":
             from vlattn_text.transformer import TransformerClassifier
@@ -155,7 +177,7 @@ class TextClassifierTask(Task):
 
     def loss(self, model: nn.Module, batch: TextBatch) -> tuple[Tensor, Tensor]:
         """``(loss, logits)``: cross-entropy (binary for two classes) plus the embedding L2 penalty."""
-        logits = model(batch.ids, batch.lengths).logits
+        logits = model(batch.ids, batch.lengths, batch.subwords).logits
         if logits.shape[-1] == 1:
             loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), batch.labels.float())
         else:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vlattn.attention import build_attention, lengths_to_mask
 from vlattn.attention.transformer import SinusoidalPositionalEncoding, TransformerEncoder
-from vlattn_text.models import ClassifierOutput, QueryKind, output_size
+from vlattn_text.models import ClassifierOutput, QueryKind, WordEmbedding, output_size
 
 
 class TransformerClassifier(nn.Module):
@@ -34,15 +34,16 @@ class TransformerClassifier(nn.Module):
         embed_dropout: dropout on the embedded input.
         word_dropout: in training, replace this fraction of tokens by ``unk_index``.
         unk_index: the OOV index (``None`` disables word dropout).
+        subword_buckets: add hashed character n-gram vectors to word vectors (0 = off).
     """
 
     def __init__(self, vocab_size: int, num_classes: int, *, embed_dim: int = 128, ff_dim: int = 256,
                  layers: int = 1, heads: int = 4, max_len: int = 512, attention: str = "additive",
                  attention_options: dict[str, Any] | None = None, query: QueryKind = "learned",
                  dropout: float = 0.3, embed_dropout: float = 0.2, word_dropout: float = 0.0,
-                 unk_index: int | None = None) -> None:
+                 unk_index: int | None = None, subword_buckets: int = 0) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.embedding = WordEmbedding(vocab_size, embed_dim, subword_buckets)
         self.scale = embed_dim**0.5
         self.positions = SinusoidalPositionalEncoding(embed_dim, max_len=max(max_len, 1), dropout=embed_dropout)
         self.encoder = TransformerEncoder(embed_dim, num_layers=layers, num_heads=heads, ff_dim=ff_dim,
@@ -58,12 +59,12 @@ class TransformerClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embed_dim, output_size(num_classes))
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> ClassifierOutput:
+    def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
         if self.training and self.word_dropout > 0 and self.unk_index is not None:
             drop = torch.rand(ids.shape, device=ids.device) < self.word_dropout
             ids = ids.masked_fill(drop & (ids > 0), self.unk_index)
         mask = lengths_to_mask(lengths, ids.shape[1])
-        states = self.encoder(self.positions(self.embedding(ids) * self.scale), mask)
+        states = self.encoder(self.positions(self.embedding(ids, subwords) * self.scale), mask)
         states = states.masked_fill(~mask.unsqueeze(-1), 0.0)
         mean = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         if self.attention_name == "none":
