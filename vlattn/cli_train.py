@@ -70,6 +70,14 @@ def run_training(
         sys.exit(130)
 
 
+def plain_text(doc: str) -> str:
+    """A docstring paragraph without reStructuredText markup (``:mod:`x```, double backquotes)."""
+    import re
+
+    doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
+    return doc.replace("``", "")
+
+
 def make_task_command(task_name: str) -> click.Command:
     """The ``vlattn train TASK`` command, its options made from the task's and trainer's configs."""
     from vlattn.plugins import task_registry
@@ -106,7 +114,7 @@ def make_task_command(task_name: str) -> click.Command:
     ]
     params += click_options(task_cls.Config)
     params += click_options(TrainerConfig, defaults=dict(getattr(task_cls, "trainer_defaults", {})))
-    doc = (task_cls.__doc__ or spec.summary or "").strip().split("\n\n")[0]
+    doc = plain_text((task_cls.__doc__ or spec.summary or "").strip().split("\n\n")[0])
     return click.Command(
         task_name,
         params=params,

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import click
+
 from vlattn.errors import VlattnError
 
 T = TypeVar("T")
@@ -159,14 +161,28 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     return flat
 
 
+class OptionalNumber(click.ParamType):
+    """An int or float command-line option that also accepts ``none``."""
+
+    def __init__(self, tp: type) -> None:
+        self.tp = tp
+        self.name = f"{'integer' if tp is int else 'float'}|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return "none"
+        try:
+            return self.tp(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
+
+
 def click_options(cls: type, *, defaults: Mapping[str, Any] | None = None) -> list[Any]:
     """click options for every field of the dataclass ``cls``.
 
     Each option's default is ``None`` so that the caller can tell which ones the user set (and
     let them override a config file); the field default is shown in the help text.
     """
-    import click
-
     hints = _hints(cls)
     defaults = defaults or {}
     params: list[Any] = []
@@ -178,6 +194,7 @@ def click_options(cls: type, *, defaults: Mapping[str, Any] | None = None) -> li
             default = defaults.get(f.name, f.default_factory())
         help_text = f.metadata.get("help", "")
         shown = default if not isinstance(default, list | tuple) else ",".join(map(str, default))
+        shown = '""' if shown == "" else "none" if shown is None else shown
         help_text = f"{help_text} [default: {shown}]".strip()
         if tp is bool and not optional:
             params.append(click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text, show_default=False))
@@ -187,10 +204,8 @@ def click_options(cls: type, *, defaults: Mapping[str, Any] | None = None) -> li
             choices = typing.get_args(tp)
         if choices:
             kind: Any = click.Choice([str(c) for c in choices] + (["none"] if optional else []))
-        elif tp is int and not optional:
-            kind = click.INT
-        elif tp is float and not optional:
-            kind = click.FLOAT
+        elif tp in (int, float):
+            kind = (click.INT if tp is int else click.FLOAT) if not optional else OptionalNumber(tp)
         else:
             kind = click.STRING
         params.append(click.Option([flag], type=kind, default=None, help=help_text, metavar=None))
