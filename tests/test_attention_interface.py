@@ -99,17 +99,25 @@ def test_padding_content_does_not_change_the_result(name: str) -> None:
     torch.testing.assert_close(weights2, weights)
 
 
+@pytest.mark.parametrize("fast", [True, pytest.param(False, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", NAMES)
-def test_gradcheck_float64(name: str) -> None:
+def test_gradcheck_float64(name: str, fast: bool) -> None:
+    """Gradients with respect to the inputs and every parameter match finite differences.
+
+    The fast mode compares random projections of the Jacobians; ``-m slow`` checks them whole.
+    """
     module = build(name, dtype=torch.float64)
     query, keys, mask = inputs(name, batch=2, source=4, dtype=torch.float64)
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in module.parameters()]
     query.requires_grad_(True)
     keys.requires_grad_(True)
 
-    def run(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return module(q, k, mask=mask)
+    def run(q: torch.Tensor, k: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = dict(zip(names, flat, strict=True))
+        return torch.func.functional_call(module, state, (q, k), {"mask": mask})
 
-    assert torch.autograd.gradcheck(run, (query, keys))
+    assert torch.autograd.gradcheck(run, (query, keys, *params), fast_mode=fast)
 
 
 @pytest.mark.parametrize("name", NAMES)
