@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from vlattn_draw.model import importance_weighted_nll
+from vlattn_draw.task import DrawConfig, DrawTask
 
 from vlattn.checkpoint import load_model, save_model
 from vlattn.config import to_dict
-from vlattn_draw.model import importance_weighted_nll
-from vlattn_draw.task import DrawConfig, DrawTask
 
 BUNDLED = dict(steps=32, read_n=2, write_n=5, enc_size=128, dec_size=128, z_size=50)
 
@@ -120,7 +120,9 @@ def main() -> None:
     torch.manual_seed(args.seed + 1)
     result = bound(loaded.task, loaded.model, test)  # type: ignore[arg-type]
     with torch.no_grad():
-        iw = torch.cat([importance_weighted_nll(loaded.model, x, args.iw_samples, chunk=50) for x in batches(test, 100)])
+        iw = torch.cat(
+            [importance_weighted_nll(loaded.model, x, args.iw_samples, chunk=50) for x in batches(test, 100)]
+        )
     summary = {
         "test_nll_bound": round(result["nll_bound"], 3), "test_reconstruction": round(result["reconstruction"], 3),
         "test_kl": round(result["kl"], 3), f"test_iw_nll_k{args.iw_samples}": round(float(iw.mean()), 3),

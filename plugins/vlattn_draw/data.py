@@ -126,15 +126,12 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def load_image(path: str | Path, size: int, rgb: bool) -> torch.Tensor:
     """One image as ``uint8 [C, size, size]`` (resized; grayscale unless ``rgb``)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if rgb else "L").resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {path} ({exc})") from None
-    tensor = torch.from_numpy(array.copy())
+    from vlattn.data.images import load_image as load_rgb
+
+    picture = load_rgb(path).convert("RGB" if rgb else "L").resize((size, size), Image.Resampling.BILINEAR)
+    tensor = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())
     return tensor.permute(2, 0, 1) if rgb else tensor.unsqueeze(0)
 
 
@@ -147,7 +144,7 @@ def load_folder(files: Sequence[Path], size: int, rgb: bool, binarize: str, seed
 def split_files(files: Sequence[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """A seeded random split of ``files`` into train / validation lists."""
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = int(round(len(files) * val_fraction))
+    n_val = round(len(files) * val_fraction)
     val = [files[i] for i in order[:n_val]]
     train = [files[i] for i in order[n_val:]]
     return train, val

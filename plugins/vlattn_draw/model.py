@@ -144,6 +144,29 @@ class Draw(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(s.channels, s.height, s.width))
         self.h_enc0 = nn.Parameter(torch.zeros(s.enc_size))
         self.h_dec0 = nn.Parameter(torch.zeros(s.dec_size))
+        self._init_window(s.write_size, s.write_n, enabled=s.write_attention, stride_scale=1.0)
+        self._init_window(
+            s.write_size + self.write_params, s.read_n, enabled=s.read_attention, stride_scale=0.5
+        )
+
+    def _init_window(self, start: int, grid: int, *, enabled: bool, stride_scale: float) -> None:
+        """Initial bias of a window: centred, grid spacing ``stride_scale`` x the full-image spacing,
+        filters as wide as half the spacing (so the grid starts as a smooth cover, not dots).
+
+        With zero biases (``delta~ = 1``, ``sigma = 1``) an ``N = 2`` read grid sits on the four
+        corner pixels, which are blank in MNIST: the encoder would see nothing of ``x`` and the
+        posterior collapses onto the prior. Only the initial bias changes; the formulas are the paper's.
+        """
+        if not enabled:
+            return
+        s = self.shape
+        extent = max(s.width, s.height) - 1
+        stride = extent / max(grid - 1, 1) * stride_scale
+        sigma = max(stride / 2, 1.0) if grid > 1 else extent / 4
+        with torch.no_grad():
+            bias = self.dec_out.bias[start : start + 5]
+            bias[2] = 2 * math.log(sigma)  # log sigma^2
+            bias[3] = math.log(stride_scale)  # log delta~
 
     # -- pieces --------------------------------------------------------------------------------
     def _split_dec(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,10 +212,11 @@ class Draw(nn.Module):
         return nll.flatten(1).sum(dim=-1)
 
     # -- passes --------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, trace: DrawTrace | None = None) -> DrawOutput:
+    def forward(self, x: torch.Tensor, trace: DrawTrace | None = None, steps: int | None = None) -> DrawOutput:
         """Encode and redraw ``x [Bt, C, H, W]``; returns per-image loss terms (nats).
 
         If ``trace`` is given, it is filled with the canvas and windows of every step.
+        ``steps`` overrides T (for pictures; the bound is the model's only at T steps).
         """
         s = self.shape
         batch = x.shape[0]
@@ -202,7 +226,7 @@ class Draw(nn.Module):
         _, _, read_win, enc_from_dec = self._split_dec(self.dec_out(h_dec))
         kl = x.new_zeros(batch)
         log_ratio = x.new_zeros(batch)
-        for _ in range(s.steps):
+        for _ in range(s.steps if steps is None else steps):
             x_hat = x - torch.sigmoid(canvas)
             r, read_glimpse_t = self._read(x, x_hat, read_win)
             gates = self.enc_in(r) + self.enc_hidden(h_enc) + enc_from_dec

@@ -1,0 +1,121 @@
+"""``vlattn draw``: GIF and PNG output, notes, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from vlattn_draw.cli import BUNDLED_MODEL
+from vlattn_draw.task import DrawConfig, DrawTask
+
+from vlattn.checkpoint import save_model
+from vlattn.cli import build_cli
+from vlattn.config import from_mapping, to_dict
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = from_mapping(DrawConfig, {"steps": 4, "enc_size": 16, "dec_size": 16, "z_size": 4})
+    task = DrawTask(config)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return save_model(path, task.build_model(), task_name="draw", config=to_dict(config), artifacts=task.artifacts())
+
+
+def run(*args: str):
+    return CliRunner().invoke(build_cli(), ["draw", *args])
+
+
+def gif_frames(path: Path) -> int:
+    with Image.open(path) as img:
+        return img.n_frames
+
+
+def test_samples_gif_and_png(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.gif"
+    result = run("--model", str(model_file), "--num", "6", "--boxes", "--out", str(out), "--seed", "2")
+    assert result.exit_code == 0, result.output
+    assert gif_frames(out) == 4
+    with Image.open(out.with_suffix(".png")) as png:
+        assert png.size[0] > 3 * 28 and png.size[1] > 2 * 28
+    assert "note:" not in result.output
+
+
+def test_other_step_counts_run_and_say_how_they_differ(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.gif"
+    fewer = run("--model", str(model_file), "--steps", "2", "--num", "2", "--out", str(out))
+    assert fewer.exit_code == 0 and gif_frames(out) == 2
+    assert "trained for T=4" in fewer.output and "fewer" in fewer.output
+    more = run("--model", str(model_file), "--steps", "7", "--num", "2", "--out", str(out))
+    assert more.exit_code == 0 and gif_frames(out) == 7
+    assert "beyond T" in more.output
+
+
+def test_reconstruct_an_image(model_file: Path, tmp_path: Path) -> None:
+    picture = tmp_path / "digit.png"
+    Image.new("L", (40, 40), 255).save(picture)
+    out = tmp_path / "r.gif"
+    result = run("--model", str(model_file), "--reconstruct", str(picture), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert gif_frames(out) == 4
+    assert "reconstruction" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "--steps must be between"),
+        (["--steps", "-4"], "--steps must be between"),
+        (["--steps", "1000000"], "--steps must be between"),
+        (["--num", "0"], "--num must be between"),
+        (["--num", "100000"], "--num must be between"),
+        (["--out", "/nonexistent-folder/x.gif"], "does not exist"),
+        (["--out", "picture.png"], "must name a .gif"),
+        (["--reconstruct", "/nonexistent.png"], "no such file"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(model_file: Path, args: list[str], message: str, tmp_path: Path) -> None:
+    defaults = ["--model", str(model_file)]
+    if "--out" not in args:
+        defaults += ["--out", str(tmp_path / "x.gif")]
+    result = run(*defaults, *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0
+
+
+def test_corrupt_or_foreign_model_files(tmp_path: Path) -> None:
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    result = run("--model", str(corrupt), "--out", str(tmp_path / "x.gif"))
+    assert result.exit_code != 0 and "vlattn: error:" in result.output and "Traceback" not in result.output
+    missing = run("--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x.gif"))
+    assert missing.exit_code != 0 and "not found" in missing.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(model_file: Path, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run("--model", str(model_file), "--out", str(locked / "x.gif"))
+    assert result.exit_code != 0 and "not writable" in result.output
+
+
+@pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled weights not built")
+def test_bundled_model_draws_out_of_the_box(tmp_path: Path) -> None:
+    out = tmp_path / "b.gif"
+    result = run("--steps", "10", "--num", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert gif_frames(out) == 10
+
+
+def test_plugin_and_command_modules_import_no_torch() -> None:
+    code = "import sys, vlattn_draw.plugin, vlattn_draw.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
