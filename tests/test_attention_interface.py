@@ -145,3 +145,18 @@ def test_registering_the_mechanisms_imports_no_torch() -> None:
         "assert len(specs) == 13 and 'torch' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_options_are_one_line_user_errors() -> None:
+    from vlattn.attention.errors import AttentionConfigError
+    from vlattn.errors import VlattnError
+
+    with builtin_only():
+        with pytest.raises(AttentionConfigError, match=r"no option 'hiden_dim' \(options: "):
+            build_attention("additive", 4, 4, hiden_dim=3)
+        with pytest.raises(VlattnError, match="query_dim == key_dim"):
+            build_attention("dot", 4, 5)
+        with pytest.raises(VlattnError, match="divisible"):
+            build_attention("multihead", 10, 10, num_heads=3)
+        with pytest.raises(VlattnError, match="max_len=9"):
+            build_attention("location", 4, 4, max_len=8)(torch.randn(1, 4), torch.randn(1, 9, 4))

@@ -45,11 +45,34 @@ def __getattr__(name: str) -> Any:
 def build_attention(name: str, query_dim: int, key_dim: int, **options: Any) -> Attention:
     """Instantiate the mechanism registered as ``name`` (by any plugin).
 
-    Raises :class:`vlattn.errors.UnknownNameError` naming close matches for an unknown name.
+    Raises :class:`vlattn.errors.UnknownNameError` naming close matches for an unknown name,
+    and :class:`vlattn.attention.errors.AttentionConfigError` (a ``VlattnError``) naming the
+    accepted options when an option name is unknown.
     """
+    import inspect
+
+    from vlattn.attention.errors import AttentionConfigError
     from vlattn.plugins import attention_registry
 
     factory = attention_registry().get(name).load()
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some callables have no inspectable signature
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(query_dim, key_dim, **options)
+        except TypeError:
+            accepted = [
+                p.name
+                for p in list(signature.parameters.values())[2:]
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            unknown = sorted(set(options) - set(accepted))
+            raise AttentionConfigError(
+                f"attention mechanism {name!r} has no option {', '.join(map(repr, unknown))}"
+                f" (options: {', '.join(accepted) or 'none'})"
+            ) from None
     return factory(query_dim, key_dim, **options)
 
 

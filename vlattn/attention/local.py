@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from vlattn.attention.base import Attention, as_query_sequence, masked_softmax
+from vlattn.attention.errors import AttentionConfigError
 from vlattn.attention.scored import check_keys
 
 ScoreName = Literal["dot", "general", "concat"]
@@ -44,7 +45,7 @@ class WindowScorer(nn.Module):
         self.v: nn.Linear | None = None
         if kind == "dot":
             if query_dim != key_dim:
-                raise ValueError(f"the dot score needs query_dim == key_dim, got {query_dim} and {key_dim}")
+                raise AttentionConfigError(f"the dot score needs query_dim == key_dim, got {query_dim} and {key_dim}")
         elif kind == "general":
             self.query_proj = nn.Linear(query_dim, key_dim, bias=False)
         elif kind == "concat":
@@ -52,7 +53,7 @@ class WindowScorer(nn.Module):
             self.key_proj = nn.Linear(key_dim, key_dim, bias=False)
             self.v = nn.Linear(key_dim, 1, bias=False)
         else:
-            raise ValueError(f"score must be 'dot', 'general' or 'concat', got {kind!r}")
+            raise AttentionConfigError(f"score must be 'dot', 'general' or 'concat', got {kind!r}")
 
     def project_keys(self, keys: Tensor) -> Tensor:
         """``[B, S, Dk]`` -> ``[B, S, X]``."""
@@ -97,7 +98,7 @@ class LocalAttention(Attention):
     ) -> None:
         super().__init__(query_dim, key_dim)
         if window < 0:
-            raise ValueError(f"window must be >= 0, got {window}")
+            raise AttentionConfigError(f"window must be >= 0, got {window}")
         self.window = window
         self.need_weights = need_weights
         self.scorer = WindowScorer(score, query_dim, key_dim)

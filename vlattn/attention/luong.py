@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vlattn.attention.additive import mlp_scores
+from vlattn.attention.errors import AttentionConfigError
 from vlattn.attention.scored import ScoredAttention
 
 
@@ -30,7 +31,7 @@ class DotAttention(ScoredAttention):
     def __init__(self, query_dim: int, key_dim: int, scale: bool = False) -> None:
         super().__init__(query_dim, key_dim)
         if query_dim != key_dim:
-            raise ValueError(
+            raise AttentionConfigError(
                 f"dot attention needs query_dim == key_dim, got {query_dim} and {key_dim}; "
                 "use 'general' to learn a projection between them"
             )
@@ -106,7 +107,7 @@ class LocationAttention(ScoredAttention):
         """``[B, Tq, Dq]`` (and ``keys [B, S, Dk]`` for ``S``) -> ``[B, Tq, S]``."""
         source_len = keys.shape[1]
         if source_len > self.max_len:
-            raise ValueError(
+            raise AttentionConfigError(
                 f"location attention was built for sources of at most {self.max_len} positions, "
                 f"got {source_len}; build it with max_len={source_len} or more"
             )

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlattn.attention.base import Attention, as_query_sequence, masked_softmax
+from vlattn.attention.errors import AttentionConfigError
 from vlattn.attention.scored import check_keys
 
 
@@ -81,7 +82,7 @@ class ScaledDotAttention(Attention):
     def __init__(self, query_dim: int, key_dim: int, need_weights: bool = True, dropout: float = 0.0) -> None:
         super().__init__(query_dim, key_dim)
         if query_dim != key_dim:
-            raise ValueError(
+            raise AttentionConfigError(
                 f"scaled-dot attention needs query_dim == key_dim, got {query_dim} and {key_dim};"
                 " use 'multihead' (it projects both) or 'general'"
             )
@@ -147,7 +148,7 @@ class MultiHeadAttention(Attention):
         self.value_dim = value_dim or key_dim
         self.num_heads = num_heads or default_heads(embed)
         if embed % self.num_heads:
-            raise ValueError(f"embed_dim {embed} is not divisible by num_heads {self.num_heads}")
+            raise AttentionConfigError(f"embed_dim {embed} is not divisible by num_heads {self.num_heads}")
         self.head_dim = embed // self.num_heads
         self.dropout = dropout
         self.need_weights = need_weights

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vlattn.attention.errors import AttentionConfigError
+
 
 class ReinforceLoss(nn.Module):
     """Surrogate loss for REINFORCE with a moving-average baseline and an entropy bonus.
@@ -44,7 +46,7 @@ class ReinforceLoss(nn.Module):
     def __init__(self, baseline_decay: float = 0.9, entropy_weight: float = 0.01) -> None:
         super().__init__()
         if not 0.0 <= baseline_decay < 1.0:
-            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
+            raise AttentionConfigError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
         self.baseline_decay = baseline_decay
         self.entropy_weight = entropy_weight
         self.register_buffer("baseline", torch.zeros(()))

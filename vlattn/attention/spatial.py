@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from vlattn.attention.additive import AdditiveAttention
 from vlattn.attention.base import as_query_sequence, weighted_sum
+from vlattn.attention.errors import AttentionConfigError
 from vlattn.attention.scored import check_keys, expand_mask
 
 
@@ -152,9 +153,9 @@ class HardSpatialAttention(SoftSpatialAttention):
     ) -> None:
         super().__init__(query_dim, key_dim, hidden_dim=hidden_dim, gate=gate)
         if not 0.0 <= expectation_prob <= 1.0:
-            raise ValueError(f"expectation_prob must be in [0, 1], got {expectation_prob}")
+            raise AttentionConfigError(f"expectation_prob must be in [0, 1], got {expectation_prob}")
         if eval_mode not in ("argmax", "expectation"):
-            raise ValueError(f"eval_mode must be 'argmax' or 'expectation', got {eval_mode!r}")
+            raise AttentionConfigError(f"eval_mode must be 'argmax' or 'expectation', got {eval_mode!r}")
         self.expectation_prob = expectation_prob
         self.eval_mode = eval_mode
         self.last = None

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlattn.attention.errors import AttentionConfigError
 from vlattn.attention.multihead import MultiHeadAttention
 
 
@@ -47,7 +48,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         """``x [B, T, D]`` -> ``x + PE[offset : offset + T]``."""
         end = offset + x.shape[1]
         if end > self.table.shape[0]:
-            raise ValueError(f"sequence of {end} positions exceeds max_len {self.table.shape[0]}")
+            raise AttentionConfigError(f"sequence of {end} positions exceeds max_len {self.table.shape[0]}")
         return self.dropout(x + self.table[offset:end].to(x.dtype))
 
 
@@ -85,7 +86,7 @@ class TransformerEncoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ("relu", "gelu"):
-            raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+            raise AttentionConfigError(f"activation must be 'relu' or 'gelu', got {activation!r}")
         self.self_attn = MultiHeadAttention(dim, dim, num_heads=num_heads, dropout=dropout, need_weights=False)
         self.linear1 = nn.Linear(dim, ff_dim or 4 * dim)
         self.linear2 = nn.Linear(ff_dim or 4 * dim, dim)

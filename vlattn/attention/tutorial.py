@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from vlattn.attention.base import Attention, masked_softmax
+from vlattn.attention.errors import AttentionConfigError
 from vlattn.attention.scored import check_keys
 
 
@@ -75,7 +76,7 @@ class TutorialAttention(Attention):
         values = check_keys(keys, values, mask)
         length = keys.shape[1]
         if length > self.steps:
-            raise ValueError(
+            raise AttentionConfigError(
                 f"the tutorial layer has a bias per time step and was built for {self.steps} "
                 f"steps, got {length}; build it with steps={length} or use 'tutorial-corrected'"
             )
