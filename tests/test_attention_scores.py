@@ -35,12 +35,22 @@ def check(name: str, score_fn) -> None:
     torch.testing.assert_close(context, ref_context)
 
 
-def test_additive_is_v_tanh_wq_plus_uk_plus_b() -> None:
-    def score(m, q, k):
-        hidden = m.query_proj.weight @ q + m.query_proj.bias + m.key_proj.weight @ k
-        return m.v.weight[0] @ torch.tanh(hidden)
+def mlp_score(m, q, k):
+    hidden = m.query_proj.weight @ q + m.query_proj.bias + m.key_proj.weight @ k
+    return m.v.weight[0] @ torch.tanh(hidden)
 
-    check("additive", score)
+
+def test_additive_is_v_tanh_wq_plus_uk_plus_b() -> None:
+    check("additive", mlp_score)
+
+
+def test_soft_spatial_is_xu_f_att() -> None:
+    # Xu et al.: e_ti = f_att(a_i, h_{t-1}) (an MLP), alpha = softmax(e), z = sum alpha_i a_i
+    check("soft-spatial", mlp_score)
+
+
+def test_hard_spatial_expectation_mode_is_the_soft_expectation() -> None:
+    check("hard-spatial", mlp_score)
 
 
 def test_dot_is_inner_product() -> None:
