@@ -236,3 +236,21 @@ def test_fine_tune_blocks_freeze_the_rest(monkeypatch: pytest.MonkeyPatch) -> No
     assert not any(p.requires_grad for b in blocks[:-1] for p in b.parameters())
     tuned.train()
     assert not blocks[1].training and blocks[-1].training  # frozen batch norms stay in eval mode
+
+
+def test_annotation_cache_with_a_frozen_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = _tiny_task(cache_annotations=True)
+    splits = task.setup_data()
+    model = task.build_model().train()
+    model.encoder.requires_grad_(False)
+    calls = []
+    original = model.encoder.forward
+    monkeypatch.setattr(model.encoder, "forward", lambda x: calls.append(len(x)) or original(x))
+    batch = task.collate([splits.train[i] for i in range(4)])
+    task.training_step(model, batch)
+    task.training_step(model, batch)
+    images = {int(i) for i in batch["index"]}
+    assert calls == [4] and set(task.annotation_cache) == images  # each image encoded once
+    model.encoder.requires_grad_(True)  # a trainable encoder is never cached
+    task.training_step(model, batch)
+    assert calls == [4, 4]

@@ -47,9 +47,12 @@ class CaptionModel(nn.Module):
         """``[B, 3, S, S]`` -> ``[B, L, D]``."""
         return self.encoder(images)
 
-    def forward(self, images: Tensor, captions: Tensor, lengths: Tensor, scheduled_sampling: float = 0.0
-                ) -> DecoderOutput:
-        return self.decoder(self.encode(images), captions, lengths, scheduled_sampling)
+    def forward(self, images: Tensor, captions: Tensor, lengths: Tensor, scheduled_sampling: float = 0.0,
+                annotations: Tensor | None = None) -> DecoderOutput:
+        """Teacher-forced pass; ``annotations [B, L, D]``, when given, replace encoding ``images``."""
+        if annotations is None:
+            annotations = self.encode(images)
+        return self.decoder(annotations, captions, lengths, scheduled_sampling)
 
     def loss(self, out: DecoderOutput, captions: Tensor, doubly_stochastic: float = 1.0) -> LossParts:
         """Masked word cross-entropy (mean per word) + ``doubly_stochastic`` * the attention

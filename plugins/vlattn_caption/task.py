@@ -44,8 +44,11 @@ class CaptionConfig:
     pretrained: bool = option(False, help="start a torchvision encoder from its ImageNet weights")
     fine_tune_blocks: int = option(0, help="with --pretrained: last trunk blocks to train (0 = frozen, -1 = all)")
     cnn_channels: int = option(96, help="width of small-cnn's annotation vectors")
+    cache_annotations: bool = option(
+        False, help="with a frozen pretrained encoder: encode each training image once (kept in memory, fp16)"
+    )
     attention: str = option("soft-spatial", help="attention mechanism by name (soft-spatial, hard-spatial, ...)")
-    attention_options: dict = option({}, help='extra mechanism options as JSON, e.g. {"hidden_dim": 128}')  # noqa: RUF009
+    attention_options: dict = option({}, help='extra mechanism options as JSON, e.g. {"hidden_dim": 128}')
     embed_dim: int = option(128, help="word embedding size")
     hidden_dim: int = option(256, help="LSTM size")
     dropout: float = option(0.5, help="dropout before the output layer")
@@ -107,6 +110,7 @@ class CaptionTask(Task):
         self.config: CaptionConfig = config
         self.vocab: Vocabulary | None = None
         self.restoring = False
+        self.annotation_cache: dict[int, torch.Tensor] = {}
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -172,11 +176,30 @@ class CaptionTask(Task):
         return CaptionModel(encoder, decoder, hard=hard, baseline_decay=cfg.baseline_decay,
                             entropy_weight=cfg.entropy_weight)
 
+    def cached_annotations(self, net: CaptionModel, batch: Any) -> torch.Tensor | None:
+        """``[B, L, D]`` annotations of a training batch from the cache, when caching is on and the
+        encoder is frozen (else ``None``: the model encodes the images itself)."""
+        frozen = not any(p.requires_grad for p in net.encoder.parameters())
+        if not (self.config.cache_annotations and frozen):
+            return None
+        keys = batch["index"].tolist()
+        missing = [row for row, key in enumerate(keys) if key not in self.annotation_cache]
+        if missing:
+            with torch.no_grad():
+                fresh = net.encode(batch["images"][missing])
+            for row, vectors in zip(missing, fresh, strict=True):
+                self.annotation_cache[keys[row]] = vectors.to("cpu", torch.float16)
+        device = batch["images"].device
+        return torch.stack([self.annotation_cache[k] for k in keys]).to(device, torch.float32)
+
     def training_step(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        out = model(batch["images"], batch["captions"], batch["lengths"], self.config.scheduled_sampling)
-        parts = _unwrap(model).loss(out, batch["captions"], self.config.doubly_stochastic)
+        net = _unwrap(model)
+        annotations = self.cached_annotations(net, batch)
+        out = model(batch["images"], batch["captions"], batch["lengths"], self.config.scheduled_sampling,
+                    annotations=annotations)
+        parts = net.loss(out, batch["captions"], self.config.doubly_stochastic)
         logs: dict[str, Any] = {"nll": parts.nll, "attention_reg": parts.doubly_stochastic}
-        if _unwrap(model).reinforce is not None:
+        if net.reinforce is not None:
             logs["reinforce"] = parts.reinforce
         return parts.total, logs
 
