@@ -28,11 +28,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attention", default="soft-spatial")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train", type=int, default=6000, help="synthetic training scenes")
-    parser.add_argument("--val", type=int, default=300, help="synthetic validation scenes")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--train", type=int, default=4000, help="synthetic training scenes")
+    parser.add_argument("--val", type=int, default=200, help="synthetic validation scenes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--options", default="{}", help="extra caption task options as JSON")
@@ -42,9 +42,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     options = {
-        "synthetic_train": args.train, "synthetic_val": args.val, "grid": 16, "image_size": 64,
-        "attention": args.attention, "train_captions": "first", "dropout": 0.2, "hidden_dim": 192,
-        "embed_dim": 64, "eval_beam_size": 3, **json.loads(args.options),
+        "synthetic_train": args.train, "synthetic_val": args.val, "image_size": 48, "grid": 12,
+        "cnn_channels": 64, "attention": args.attention, "train_captions": "first", "dropout": 0.2,
+        "hidden_dim": 128, "embed_dim": 64, "eval_beam_size": 3, **json.loads(args.options),
     }
     config = from_mapping(CaptionConfig, options)
     task = CaptionTask(config)
