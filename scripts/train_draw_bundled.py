@@ -3,8 +3,8 @@
     OMP_NUM_THREADS=1 nice -n 5 python scripts/train_draw_bundled.py \
         --out plugins/vlattn_draw/weights/draw_mnist.safetensors
 
-Configuration: T = 32 steps, read 2x2, write 5x5, LSTM 128, z 50; Adam (lr 1e-3, cosine decay
-to 1e-5 over ``--epochs``), batch 128, gradient norm clipped at 5; the model with the best
+Configuration: T = 16 steps, read 5x5, write 5x5, LSTM 160, z 20; Adam (lr 1e-3, cosine decay
+to 1e-5 over ``--epochs``), batch 64, gradient norm clipped at 5; the model with the best
 validation bound (10,000 ``X_valid`` images) is kept. At the end the script prints the test
 bound on the 10,000 ``X_test`` images and the importance-weighted bound with ``--iw-samples``.
 The loop drives the ``draw`` task's own ``training_step`` / ``evaluate``; it stands alone so that
@@ -26,7 +26,7 @@ from vlattn_draw.task import DrawConfig, DrawTask
 from vlattn.checkpoint import load_model, save_model
 from vlattn.config import to_dict
 
-BUNDLED = dict(steps=32, read_n=2, write_n=5, enc_size=128, dec_size=128, z_size=50)
+BUNDLED = dict(steps=16, read_n=5, write_n=5, enc_size=160, dec_size=160, z_size=20)
 
 
 def batches(images: torch.Tensor, size: int, generator: torch.Generator | None = None):
@@ -50,11 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("plugins/vlattn_draw/weights/draw_mnist.safetensors"))
     parser.add_argument("--data-path", default="", help="binarized_mnist.npz (default: ../shared/data)")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--max-minutes", type=float, default=80.0, help="stop training after this long")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--max-minutes", type=float, default=75.0, help="stop training after this long")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--iw-samples", type=int, default=100)
+    parser.add_argument("--iw-samples", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the model at --out")

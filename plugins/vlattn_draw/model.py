@@ -144,18 +144,20 @@ class Draw(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(s.channels, s.height, s.width))
         self.h_enc0 = nn.Parameter(torch.zeros(s.enc_size))
         self.h_dec0 = nn.Parameter(torch.zeros(s.dec_size))
-        self._init_window(s.write_size, s.write_n, enabled=s.write_attention, stride_scale=1.0)
+        self._init_window(s.write_size, s.write_n, enabled=s.write_attention, stride_scale=1.0, write=True)
         self._init_window(
             s.write_size + self.write_params, s.read_n, enabled=s.read_attention, stride_scale=0.5
         )
 
-    def _init_window(self, start: int, grid: int, *, enabled: bool, stride_scale: float) -> None:
+    def _init_window(self, start: int, grid: int, *, enabled: bool, stride_scale: float, write: bool = False) -> None:
         """Initial bias of a window: centred, grid spacing ``stride_scale`` x the full-image spacing,
         filters as wide as half the spacing (so the grid starts as a smooth cover, not dots).
 
         With zero biases (``delta~ = 1``, ``sigma = 1``) an ``N = 2`` read grid sits on the four
         corner pixels, which are blank in MNIST: the encoder would see nothing of ``x`` and the
-        posterior collapses onto the prior. Only the initial bias changes; the formulas are the paper's.
+        posterior collapses onto the prior. A write spreads each patch value over about
+        ``stride^2`` pixels (rows of F sum to 1), so ``1 / gamma`` starts at ``stride^2`` to give
+        writes unit gain. Only the initial biases change; the formulas are the paper's.
         """
         if not enabled:
             return
@@ -167,6 +169,8 @@ class Draw(nn.Module):
             bias = self.dec_out.bias[start : start + 5]
             bias[2] = 2 * math.log(sigma)  # log sigma^2
             bias[3] = math.log(stride_scale)  # log delta~
+            if write:
+                bias[4] = -2 * math.log(max(stride, 1.0))  # log gamma
 
     # -- pieces --------------------------------------------------------------------------------
     def _split_dec(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
