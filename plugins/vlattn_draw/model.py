@@ -144,6 +144,9 @@ class Draw(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(s.channels, s.height, s.width))
         self.h_enc0 = nn.Parameter(torch.zeros(s.enc_size))
         self.h_dec0 = nn.Parameter(torch.zeros(s.dec_size))
+        with torch.no_grad():  # an untrained model leaves the canvas blank: NLL = |x| ln 2 on binary x
+            self.dec_out.weight[: s.write_size].zero_()
+            self.dec_out.bias[: s.write_size].zero_()
         self._init_window(s.write_size, s.write_n, enabled=s.write_attention, stride_scale=1.0, write=True)
         self._init_window(
             s.write_size + self.write_params, s.read_n, enabled=s.read_attention, stride_scale=0.5
