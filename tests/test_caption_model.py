@@ -254,3 +254,13 @@ def test_annotation_cache_with_a_frozen_encoder(monkeypatch: pytest.MonkeyPatch)
     model.encoder.requires_grad_(True)  # a trainable encoder is never cached
     task.training_step(model, batch)
     assert calls == [4, 4]
+
+
+def test_coordinates_are_appended_to_annotations() -> None:
+    plain = Encoder("small-cnn", grid=3, channels=8)
+    located = Encoder("small-cnn", grid=3, channels=8, coordinates=True)
+    assert located.dim == plain.dim + 2
+    out = located(torch.zeros(1, 3, 24, 24, dtype=torch.uint8))
+    xy = out[0, :, -2:]  # row-major: x varies fastest
+    torch.testing.assert_close(xy[:3, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    torch.testing.assert_close(xy[::3, 1], torch.tensor([-1.0, 0.0, 1.0]))

@@ -114,10 +114,13 @@ class Encoder(nn.Module):
         channels: width of ``small-cnn``.
         load_weights: with ``pretrained``, fetch the weights (``False`` when a model file is
             about to supply them).
+        coordinates: append each location's ``(x, y)`` in ``[-1, 1]`` to its annotation vector
+            (``D`` grows by 2), so that the attended context says where it came from.
     """
 
     def __init__(self, name: str = "small-cnn", grid: int = 14, pretrained: bool = False,
-                 fine_tune_blocks: int = 0, channels: int = 96, load_weights: bool = True) -> None:
+                 fine_tune_blocks: int = 0, channels: int = 96, load_weights: bool = True,
+                 coordinates: bool = False) -> None:
         super().__init__()
         if name == "small-cnn":
             if pretrained:
@@ -138,6 +141,12 @@ class Encoder(nn.Module):
                 self.frozen.append(block)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.grid = grid
+        self.coordinates = coordinates
+        if coordinates:
+            self.dim += 2
+            axis = torch.linspace(-1.0, 1.0, grid)
+            ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+            self.register_buffer("coords", torch.stack([xs, ys]).unsqueeze(0), persistent=False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -148,8 +157,11 @@ class Encoder(nn.Module):
         return self
 
     def forward(self, images: Tensor) -> Tensor:
-        """``[B, 3, S, S]`` uint8 (or float in 0..1) -> ``[B, grid*grid, D]`` annotation vectors."""
+        """``[B, 3, S, S]`` uint8 (or float in 0..1) -> ``[B, grid*grid, D]`` annotation vectors
+        (row-major locations)."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         x = (x - self.mean) / self.std
         features = self.pool(self.trunk(x))
+        if self.coordinates:
+            features = torch.cat([features, self.coords.expand(features.shape[0], -1, -1, -1)], dim=1)
         return features.flatten(2).transpose(1, 2)

@@ -44,6 +44,7 @@ class CaptionConfig:
     pretrained: bool = option(False, help="start a torchvision encoder from its ImageNet weights")
     fine_tune_blocks: int = option(0, help="with --pretrained: last trunk blocks to train (0 = frozen, -1 = all)")
     cnn_channels: int = option(96, help="width of small-cnn's annotation vectors")
+    coordinates: bool = option(True, help="append each location's (x, y) to its annotation vector")
     cache_annotations: bool = option(
         False, help="with a frozen pretrained encoder: encode each training image once (kept in memory, fp16)"
     )
@@ -167,7 +168,7 @@ class CaptionTask(Task):
             raise RuntimeError("the vocabulary is built by setup_data() or restored by load_artifacts()")
         cfg = self.config
         encoder = Encoder(cfg.encoder, cfg.grid, pretrained=cfg.pretrained, fine_tune_blocks=cfg.fine_tune_blocks,
-                          channels=cfg.cnn_channels, load_weights=not self.restoring)
+                          channels=cfg.cnn_channels, load_weights=not self.restoring, coordinates=cfg.coordinates)
         decoder = ShowAttendTellDecoder(
             len(self.vocab), encoder.dim, cfg.embed_dim, cfg.hidden_dim, cfg.attention,
             dict(cfg.attention_options), cfg.dropout, cfg.gate,
