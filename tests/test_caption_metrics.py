@@ -74,3 +74,13 @@ def test_word_figure_has_a_panel_per_word() -> None:
     assert wrapped.size == (300, 3 * 68)
     with pytest.raises(ValueError, match="words, h, w"):
         word_attention_figure(image, ["a"], np.ones((2, 2)))
+
+
+def test_missing_pycocoevalcap_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from vlattn.errors import VlattnError
+
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.bleu.bleu", None)
+    with pytest.raises(VlattnError, match="pip install pycocoevalcap"):
+        caption_scores([["a"]], [[["a"]]])

@@ -36,8 +36,8 @@ def caption(images: tuple[str, ...], model: str | None, beam_size: int, max_len:
     1 if any image failed.
 
     The bundled model was trained on synthetic scenes of coloured shapes only: it describes
-    shapes, colours, sizes and positions, not photographs. Train on COCO or Flickr for those
-    (``vlattn train caption --data dataset_coco.json ...``).
+    shapes, colours, sizes and positions, not photographs. Train on COCO or Flickr for those:
+    vlattn train caption --data dataset_coco.json ...
     """
     from vlattn_caption.predict import Captioner
 
@@ -95,7 +95,7 @@ def caption_data(out: Path, n_train: int, n_val: int, n_test: int, seed: int, im
     """Write the synthetic scene dataset to OUT: PNG images and a Karpathy-style dataset.json.
 
     Each scene has 1-3 coloured shapes with bounding boxes and two template captions. Train on
-    it with ``vlattn train caption --data OUT/dataset.json``.
+    it with: vlattn train caption --data OUT/dataset.json
     """
     from vlattn_caption.records import write_synthetic
 
