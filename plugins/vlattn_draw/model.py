@@ -13,9 +13,10 @@ Loss per image (nats): ``-log D(x | sigmoid(c_T)) + sum_t KL(Q(z_t|.) || N(0, I)
 ``KL = 1/2 sum_j (mu^2 + sigma^2 - log sigma^2) - |z| / 2`` per step, i.e. the constant is
 ``- T * |z| / 2`` over the sequence. ``c_0``, ``h_enc_0`` and ``h_dec_0`` are learned biases.
 
-Everything is batched: the only Python loop is over the T steps. For speed, every linear map
-that reads ``h_dec_t`` (the write patch and window, the next read window, and the encoder's
-input weights for ``h_dec``) is one fused matrix product; mathematically it is the paper's model.
+Everything is batched: the only Python loop is over the T steps. For speed, all linear maps
+that read ``h_dec_t`` (write patch and window, next read window, the encoder's and the decoder's
+recurrent inputs) are one matrix product, and so are those that read ``h_enc_t`` (mu, log sigma,
+the encoder's recurrent input); mathematically it is the paper's model.
 """
 
 from __future__ import annotations
@@ -107,10 +108,12 @@ class DrawTrace:
 
 
 def lstm_step(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM update from pre-activations ``gates [Bt, 4H]`` (order i, f, g, o) and ``cell [Bt, H]``."""
-    i, f, g, o = gates.chunk(4, dim=-1)
-    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(cell), cell
+    """One LSTM update from pre-activations ``gates [Bt, 4H]`` (order i, f, o, g) and ``cell [Bt, H]``."""
+    hidden = cell.shape[-1]
+    ifo = torch.sigmoid(gates[:, : 3 * hidden])
+    i, f, o = ifo.chunk(3, dim=-1)
+    cell = torch.addcmul(f * cell, i, torch.tanh(gates[:, 3 * hidden :]))
+    return o * torch.tanh(cell), cell
 
 
 def gaussian_kl(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -132,15 +135,17 @@ class Draw(nn.Module):
         s = shape
         self.write_params = 5 if s.write_attention else 0
         self.read_params = 5 if s.read_attention else 0
-        # Every map from h_dec: [write patch | write window | next read window | h_dec -> encoder gates].
-        self.dec_out = nn.Linear(
-            s.dec_size, s.write_size + self.write_params + self.read_params + 4 * s.enc_size
-        )
-        self.enc_in = nn.Linear(s.read_size, 4 * s.enc_size)
-        self.enc_hidden = nn.Linear(s.enc_size, 4 * s.enc_size, bias=False)
-        self.latent = nn.Linear(s.enc_size, 2 * s.z_size)
-        self.dec_in = nn.Linear(s.z_size, 4 * s.dec_size)
-        self.dec_hidden = nn.Linear(s.dec_size, 4 * s.dec_size, bias=False)
+        # Every map from h_dec_t, as ONE matrix product: [write patch | write window | read window
+        # of step t+1 | encoder gates of step t+1 | decoder gates of step t+1].
+        self.dec_sizes = [
+            s.write_size, self.write_params, self.read_params, 4 * s.enc_size, 4 * s.dec_size
+        ]
+        self.dec_out = nn.Linear(s.dec_size, sum(self.dec_sizes))
+        # Every map from h_enc_t: [mu_t | log sigma_t | encoder gates of step t+1].
+        self.enc_sizes = [s.z_size, s.z_size, 4 * s.enc_size]
+        self.enc_out = nn.Linear(s.enc_size, sum(self.enc_sizes))
+        self.enc_in = nn.Linear(s.read_size, 4 * s.enc_size, bias=False)
+        self.dec_in = nn.Linear(s.z_size, 4 * s.dec_size, bias=False)
         self.canvas0 = nn.Parameter(torch.zeros(s.channels, s.height, s.width))
         self.h_enc0 = nn.Parameter(torch.zeros(s.enc_size))
         self.h_dec0 = nn.Parameter(torch.zeros(s.dec_size))
@@ -176,11 +181,9 @@ class Draw(nn.Module):
                 bias[4] = -2 * math.log(max(stride, 1.0))  # log gamma
 
     # -- pieces --------------------------------------------------------------------------------
-    def _split_dec(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.shape
-        sizes = [s.write_size, self.write_params, self.read_params, 4 * s.enc_size]
-        write, write_win, read_win, enc_gates = out.split(sizes, dim=-1)
-        return write, write_win, read_win, enc_gates
+    def _split_dec(self, h_dec: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(write, write_window, read_window, encoder_gates, decoder_gates)`` from ``h_dec``."""
+        return self.dec_out(h_dec).split(self.dec_sizes, dim=-1)
 
     def _read(
         self, x: torch.Tensor, x_hat: torch.Tensor, read_win: torch.Tensor
@@ -202,12 +205,9 @@ class Draw(nn.Module):
         patch = write.view(-1, s.channels, s.write_n, s.write_n)
         return write_patch(patch, fx, fy, glimpse.intensity), glimpse
 
-    def _initial(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.shape
-        canvas = self.canvas0.expand(batch, -1, -1, -1)
-        h_dec = self.h_dec0.expand(batch, s.dec_size)
-        h_enc = self.h_enc0.expand(batch, s.enc_size)
-        return canvas, h_dec, h_enc
+    def _initial_dec(self, batch: int) -> tuple[torch.Tensor, ...]:
+        """``_split_dec(h_dec_0)`` for a batch (computed once, then broadcast)."""
+        return tuple(part.expand(batch, -1) for part in self._split_dec(self.h_dec0.unsqueeze(0)))
 
     def neg_log_likelihood(self, canvas_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``-log D(x | c_T)`` per image: ``[Bt, C, H, W] -> [Bt]`` (nats)."""
@@ -227,25 +227,26 @@ class Draw(nn.Module):
         """
         s = self.shape
         batch = x.shape[0]
-        canvas, h_dec, h_enc = self._initial(batch)
-        c_enc = torch.zeros(batch, s.enc_size, dtype=x.dtype, device=x.device)
-        c_dec = torch.zeros(batch, s.dec_size, dtype=x.dtype, device=x.device)
-        _, _, read_win, enc_from_dec = self._split_dec(self.dec_out(h_dec))
+        canvas = self.canvas0.expand(batch, -1, -1, -1)
+        c_enc = x.new_zeros(batch, s.enc_size)
+        c_dec = x.new_zeros(batch, s.dec_size)
+        _, _, read_win, enc_from_dec, dec_from_hidden = self._initial_dec(batch)
+        enc_from_hidden = self.enc_out(self.h_enc0.unsqueeze(0))[:, 2 * s.z_size :].expand(batch, -1)
+        enc_weight, dec_weight = self.enc_in.weight.t(), self.dec_in.weight.t()
         kl = x.new_zeros(batch)
         log_ratio = x.new_zeros(batch)
         for _ in range(s.steps if steps is None else steps):
             x_hat = x - torch.sigmoid(canvas)
             r, read_glimpse_t = self._read(x, x_hat, read_win)
-            gates = self.enc_in(r) + self.enc_hidden(h_enc) + enc_from_dec
-            h_enc, c_enc = lstm_step(gates, c_enc)
-            mu, log_sigma = self.latent(h_enc).chunk(2, dim=-1)
+            h_enc, c_enc = lstm_step(torch.addmm(enc_from_dec + enc_from_hidden, r, enc_weight), c_enc)
+            mu, log_sigma, enc_from_hidden = self.enc_out(h_enc).split(self.enc_sizes, dim=-1)
             eps = torch.randn_like(mu)
             z = mu + torch.exp(log_sigma) * eps
             kl = kl + gaussian_kl(mu, log_sigma)
             # log N(z; 0, 1) - log N(z; mu, sigma) = (eps^2 - z^2) / 2 + log sigma
             log_ratio = log_ratio + (0.5 * (eps.square() - z.square()) + log_sigma).sum(dim=-1)
-            h_dec, c_dec = lstm_step(self.dec_in(z) + self.dec_hidden(h_dec), c_dec)
-            write, write_win, read_win, enc_from_dec = self._split_dec(self.dec_out(h_dec))
+            h_dec, c_dec = lstm_step(torch.addmm(dec_from_hidden, z, dec_weight), c_dec)
+            write, write_win, read_win, enc_from_dec, dec_from_hidden = self._split_dec(h_dec)
             delta, write_glimpse_t = self._write(write, write_win)
             canvas = canvas + delta
             if trace is not None:
@@ -261,13 +262,14 @@ class Draw(nn.Module):
         s = self.shape
         steps = s.steps if steps is None else steps
         device = self.h_dec0.device
-        canvas, h_dec, _ = self._initial(num)
+        canvas = self.canvas0.expand(num, -1, -1, -1)
         c_dec = torch.zeros(num, s.dec_size, device=device)
+        dec_from_hidden = self._initial_dec(num)[-1]
         trace = DrawTrace()
         for _ in range(steps):
             z = torch.randn(num, s.z_size, generator=generator, device=device)
-            h_dec, c_dec = lstm_step(self.dec_in(z) + self.dec_hidden(h_dec), c_dec)
-            write, write_win, _, _ = self._split_dec(self.dec_out(h_dec))
+            h_dec, c_dec = lstm_step(torch.addmm(dec_from_hidden, z, self.dec_in.weight.t()), c_dec)
+            write, write_win, _, _, dec_from_hidden = self._split_dec(h_dec)
             delta, glimpse = self._write(write, write_win)
             canvas = canvas + delta
             _record(trace, canvas, None, glimpse, s)
