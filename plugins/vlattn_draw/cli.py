@@ -76,28 +76,28 @@ def draw_command(
     from vlattn.viz.gif import save_gif, save_png
     from vlattn_draw import render
 
-    torch.set_grad_enabled(False)
-    loaded = load_model(path, expect_task="draw")
-    model = loaded.model
-    trained_steps = model.shape.steps
-    steps = trained_steps if steps is None else steps
-    if steps != trained_steps:
-        how = (
-            "the canvas gets fewer writes than training used, so drawings stop early (unfinished)"
-            if steps < trained_steps
-            else "steps beyond T keep adding writes the model never learned to stop, so drawings may overshoot"
-        )
-        click.echo(f"note: this model was trained for T={trained_steps} steps; drawing {steps}: {how}", err=True)
-    if reconstruct is not None:
-        from vlattn.data.images import load_image
+    with torch.no_grad():
+        loaded = load_model(path, expect_task="draw")
+        model = loaded.model
+        trained_steps = model.shape.steps
+        steps = trained_steps if steps is None else steps
+        if steps != trained_steps:
+            how = (
+                "the canvas gets fewer writes than training used, so drawings stop early (unfinished)"
+                if steps < trained_steps
+                else "steps beyond T keep adding writes the model never learned to stop, so drawings may overshoot"
+            )
+            click.echo(f"note: this model was trained for T={trained_steps} steps; drawing {steps}: {how}", err=True)
+        if reconstruct is not None:
+            from vlattn.data.images import load_image
 
-        picture = load_image(reconstruct)
-        s = model.shape
-        image = render.prepare_image(picture, s.channels, s.height, s.width, s.likelihood == "bernoulli")
-        frames = render.reconstruction_frames(model, image, steps=steps, seed=seed, scale=max(scale, 2) * 2)
-    else:
-        frames = render.sample_frames(model, num=num, steps=steps, seed=seed, boxes=boxes, scale=scale)
-    save_gif(frames.frames, gif_path, duration_ms=frame_ms)
-    save_png(frames.final, png_path)
-    what = f"reconstruction of {reconstruct}" if reconstruct is not None else f"{num} samples"
-    click.echo(f"wrote {gif_path} ({len(frames.frames)} frames, {what}) and {png_path}")
+            picture = load_image(reconstruct)
+            s = model.shape
+            image = render.prepare_image(picture, s.channels, s.height, s.width, s.likelihood == "bernoulli")
+            frames = render.reconstruction_frames(model, image, steps=steps, seed=seed, scale=max(scale, 2) * 2)
+        else:
+            frames = render.sample_frames(model, num=num, steps=steps, seed=seed, boxes=boxes, scale=scale)
+        save_gif(frames.frames, gif_path, duration_ms=frame_ms)
+        save_png(frames.final, png_path)
+        what = f"reconstruction of {reconstruct}" if reconstruct is not None else f"{num} samples"
+        click.echo(f"wrote {gif_path} ({len(frames.frames)} frames, {what}) and {png_path}")
