@@ -211,7 +211,7 @@ class Trainer:
     def _forward_backward(self, batch: Any, *, sync: bool, window: _Window) -> None:
         batch = to_device(batch, self.device)
         no_sync = self.ddp_model.no_sync if (self.dist.enabled and not sync) else contextlib.nullcontext
-        with no_sync(), self._autocast():
+        with torch.enable_grad(), no_sync(), self._autocast():
             loss, logs = self.task.training_step(self.ddp_model, batch)
             if not torch.isfinite(loss.detach()).all():
                 self._diverged(float(loss.detach().float().mean()))
