@@ -24,8 +24,12 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = from_mapping(DrawConfig, {"steps": 4, "enc_size": 16, "dec_size": 16, "z_size": 4})
     task = DrawTask(config)
+    model = task.build_model()
+    with torch.no_grad():  # an untrained model writes nothing; give it random writes so frames differ
+        model.dec_out.weight[: model.shape.write_size].normal_(0.0, 1.0)
+        model.dec_out.bias[: model.shape.write_size].normal_(0.0, 1.0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_model(path, task.build_model(), task_name="draw", config=to_dict(config), artifacts=task.artifacts())
+    return save_model(path, model, task_name="draw", config=to_dict(config), artifacts=task.artifacts())
 
 
 def run(*args: str):
