@@ -1,136 +1,147 @@
-"""Train the DRAW model bundled with vlattn (CPU-sized) on binarized MNIST and report its test NLL.
+"""Train a DRAW model on binarized MNIST with the common trainer and report its test NLL.
+
+The bundled model (CPU-sized, about an hour on one core)::
 
     OMP_NUM_THREADS=1 nice -n 5 python scripts/train_draw_bundled.py \
-        --out plugins/vlattn_draw/weights/draw_mnist.safetensors
+        --run-dir runs/draw-bundled --out plugins/vlattn_draw/weights/draw_mnist.safetensors
 
-Configuration: T = 16 steps, read 5x5, write 5x5, LSTM 160, z 20; Adam (lr 1e-3, cosine decay
-to 1e-5 over ``--epochs``), batch 64, gradient norm clipped at 5; the model with the best
-validation bound (10,000 ``X_valid`` images) is kept. At the end the script prints the test
-bound on the 10,000 ``X_test`` images and the importance-weighted bound with ``--iw-samples``.
-The loop drives the ``draw`` task's own ``training_step`` / ``evaluate``; it stands alone so that
-it runs with one thread and a wall-clock budget (``--max-minutes``).
+Bundled configuration: T = 16 steps, read 2x2, write 5x5 (the paper's attention sizes), LSTM 160,
+z 20; Adam (lr 1e-3, cosine decay over ``--epochs``), batch 64, gradient norm clipped at 5.
+``--paper`` switches to the paper's configuration (T = 64, read 2x2, write 5x5, LSTM 256, z 100,
+batch 128; meant for a GPU: ``--device cuda``), ``--no-attention`` turns both attentions off
+(full-image read, full-canvas write) for the without-attention comparison.
+
+Training goes through ``vlattn.train.fit`` (the same trainer as ``vlattn train draw``): the
+training rows of ``RUN_DIR/metrics.jsonl`` hold the loss split into ``reconstruction`` and
+``kl`` (nats per image), the validation rows the bound on the 10,000 ``X_valid`` images;
+``best.safetensors`` keeps the best validation bound and ``--patience`` stops early.
+``--max-minutes`` is a wall-clock budget: the run is asked to stop (as by Ctrl-C) when it runs out,
+and keeps its best model.
+
+Finally the best model is copied to ``--out`` and scored on the 10,000 ``X_test`` images with the
+code of ``vlattn eval`` (the variational bound, and the importance-weighted bound with
+``--iw-samples K``); the results go into the model file's ``info`` and are printed as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 import torch
-from vlattn_draw.model import importance_weighted_nll
-from vlattn_draw.task import DrawConfig, DrawTask
 
-from vlattn.checkpoint import load_model, save_model
-from vlattn.config import to_dict
-
-BUNDLED = dict(steps=16, read_n=5, write_n=5, enc_size=160, dec_size=160, z_size=20)
+BUNDLED = dict(steps=16, read_n=2, write_n=5, enc_size=160, dec_size=160, z_size=20)
+PAPER = dict(steps=64, read_n=2, write_n=5, enc_size=256, dec_size=256, z_size=100)
 
 
-def batches(images: torch.Tensor, size: int, generator: torch.Generator | None = None):
-    """Yield ``[size, C, H, W]`` batches (shuffled when a generator is given)."""
-    n = images.shape[0]
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, size):
-        yield images[order[start : start + size]]
-
-
-@torch.no_grad()
-def bound(task: DrawTask, model: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> dict[str, float]:
-    """The task's evaluation metrics on ``images``."""
-    model.eval()
-    metrics = task.evaluate(model, batches(images, batch))
-    model.train()
-    return metrics
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("plugins/vlattn_draw/weights/draw_mnist.safetensors"))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("plugins/vlattn_draw/weights/draw_mnist.safetensors"),
+                        help="where the best model goes (with its test results)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/draw-bundled"), help="trainer run folder (new)")
     parser.add_argument("--data-path", default="", help="binarized_mnist.npz (default: ../shared/data)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--max-minutes", type=float, default=75.0, help="stop training after this long")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--paper", action="store_true", help="the paper's configuration (T=64, LSTM 256, z 100)")
+    parser.add_argument("--no-attention", action="store_true", help="full-image read and full-canvas write")
+    parser.add_argument("--steps", type=int, default=None, help="override T")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock training budget (0 = none)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 (128 with --paper)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--iw-samples", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
+    parser.add_argument("--iw-samples", type=int, default=10, help="K of the importance-weighted test bound")
+    parser.add_argument("--eval-batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--eval-only", action="store_true", help="only evaluate the model at --out")
-    parser.add_argument("--log", type=Path, default=None, help="also append JSON lines here")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval-only", action="store_true", help="only score the model at --out")
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    config = DrawConfig(data="binarized_mnist", data_path=args.data_path, **BUNDLED)
-    task = DrawTask(config)
-    splits = task.setup_data()
-    train = splits.train.images  # type: ignore[attr-defined]
-    valid = splits.val.images  # type: ignore[union-attr]
-    model = task.build_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps_per_epoch = math.ceil(train.shape[0] / args.batch_size)
-    total = args.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=args.lr / 100)
-    shuffle = torch.Generator().manual_seed(args.seed)
+
+def model_config(args: argparse.Namespace) -> dict:
+    """The ``draw`` task options for the chosen configuration."""
+    config = dict(PAPER if args.paper else BUNDLED)
+    if args.steps is not None:
+        config["steps"] = args.steps
+    if args.no_attention:
+        config.update(read_attention=False, write_attention=False)
+    return dict(data="binarized_mnist", data_path=args.data_path, **config)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train through the common trainer; returns the run's best model file."""
+    from vlattn.train import fit
+
+    trainer = dict(
+        epochs=args.epochs, batch_size=args.batch_size or (128 if args.paper else 64),
+        eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer="adam", schedule="cosine",
+        grad_clip=5.0, patience=args.patience, seed=args.seed, threads=args.threads, device=args.device,
+        log_every=100, quiet=True, tensorboard=False,
+    )
+    timer = None
+    if args.max_minutes > 0:  # the trainer treats SIGTERM like Ctrl-C: finish the step, save, stop
+        timer = threading.Timer(args.max_minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
     start = time.time()
-    best = math.inf
-    images_seen = 0
+    try:
+        result = fit("draw", model_config(args), trainer, args.run_dir)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    print(json.dumps({"run_dir": str(result.run_dir), "steps": result.step, "reason": result.reason,
+                      "best_val_nll_bound": result.best_value, "minutes": round((time.time() - start) / 60, 1)}),
+          flush=True)
+    if result.best_path is None:
+        raise SystemExit("training produced no best model")
+    return result.best_path
 
-    def log(row: dict) -> None:
-        print(json.dumps(row), flush=True)
-        if args.log:
-            with args.log.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
 
-    for epoch in range(1, 0 if args.eval_only else args.epochs + 1):
-        sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
-        count = 0
-        for x in batches(train, args.batch_size, shuffle):
-            loss, parts = task.training_step(model, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
-            n = x.shape[0]
-            sums["loss"] += float(loss.detach()) * n
-            sums["reconstruction"] += float(parts["reconstruction"]) * n
-            sums["kl"] += float(parts["kl"]) * n
-            count += n
-            images_seen += n
-        val = bound(task, model, valid)
-        elapsed = time.time() - start
-        row = {"epoch": epoch, "minutes": round(elapsed / 60, 2), "images_per_s": round(images_seen / elapsed, 1)}
-        row.update({f"train_{k}": round(v / count, 3) for k, v in sums.items()})
-        row.update({"val_nll_bound": round(val["nll_bound"], 3), "val_kl": round(val["kl"], 3)})
-        if val["nll_bound"] < best:
-            best = val["nll_bound"]
-            info = {"epoch": epoch, "val_nll_bound": val["nll_bound"], "recipe": "scripts/train_draw_bundled.py"}
-            save_model(args.out, model, task_name="draw", config=to_dict(config), artifacts=task.artifacts(), info=info)
-            row["saved"] = str(args.out)
-        log(row)
-        if elapsed > args.max_minutes * 60:
-            log({"stopped": "time budget", "epoch": epoch})
-            break
+def score(path: Path, out: Path, args: argparse.Namespace, extra_info: dict | None = None) -> dict:
+    """Test bound and importance-weighted bound of the model file ``path`` (as ``vlattn eval``);
+    writes the model with the results in its ``info`` to ``out`` (may be ``path``)."""
+    from vlattn_draw.task import DrawEvalOptions
 
-    loaded = load_model(args.out)
-    test = task._load("test").images  # type: ignore[attr-defined]
+    from vlattn.checkpoint import load_model, save_model
+    from vlattn.evaluate import evaluate_file
+
     torch.manual_seed(args.seed + 1)
-    result = bound(loaded.task, loaded.model, test)  # type: ignore[arg-type]
-    with torch.no_grad():
-        iw = torch.cat(
-            [importance_weighted_nll(loaded.model, x, args.iw_samples, chunk=50) for x in batches(test, 100)]
-        )
+    start = time.time()
+    bound = evaluate_file(path, device=args.device, batch_size=args.eval_batch_size)
+    options = DrawEvalOptions(iw_samples=args.iw_samples, iw_chunk=args.iw_samples)
+    iw = evaluate_file(path, device=args.device, batch_size=args.eval_batch_size, options=options) \
+        if args.iw_samples > 0 else {}
     summary = {
-        "test_nll_bound": round(result["nll_bound"], 3), "test_reconstruction": round(result["reconstruction"], 3),
-        "test_kl": round(result["kl"], 3), f"test_iw_nll_k{args.iw_samples}": round(float(iw.mean()), 3),
-        "best_epoch": loaded.header.info.get("epoch"), "test_images": int(test.shape[0]),
+        "test_images": int(bound["images"]),
+        "test_nll_bound": round(bound["nll_bound"], 3),
+        "test_reconstruction": round(bound["reconstruction"], 3),
+        "test_kl": round(bound["kl"], 3),
     }
-    log(summary)
-    info = dict(loaded.header.info, **summary)
-    save_model(args.out, loaded.model, task_name="draw", config=to_dict(config), artifacts=task.artifacts(), info=info)
+    if iw:
+        summary[f"test_iw_nll_k{args.iw_samples}"] = round(iw["iw_nll"], 3)
+    summary["eval_minutes"] = round((time.time() - start) / 60, 1)
+    loaded = load_model(path)
+    info = {**loaded.header.info, **(extra_info or {}), **summary}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(out, loaded.model, task_name="draw", config=loaded.header.config,
+               artifacts=loaded.task.artifacts(), info=info)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train (unless ``--eval-only``), copy the best model to ``--out`` and score it."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    best = args.out if args.eval_only else train(args)
+    recipe = "scripts/train_draw_bundled.py" + (" --paper" if args.paper else "") + \
+        (" --no-attention" if args.no_attention else "")
+    info = score(best, args.out, args, {"recipe": recipe})
+    print(json.dumps(info), flush=True)
 
 
 if __name__ == "__main__":
