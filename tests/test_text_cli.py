@@ -141,6 +141,12 @@ def test_huge_line_gives_a_defined_result(model_file: Path, tmp_path: Path) -> N
     record = json.loads(result.stdout)
     assert record["label"] == "positive" and len(record["tokens"]) == 128  # the last max_len tokens
     assert record["tokens"][-1] == "great"
+    solid = tmp_path / "solid.txt"
+    solid.write_text("x" * 10_000_000 + "\n")  # one 10 MB "word": n-grams stop early
+    result = classify("--model", str(model_file), "--json", "--file", str(solid))
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["label"] in {"positive", "negative"} and len(record["attention"]) == 1
 
 
 def test_python_api_batches_agree(model_file: Path) -> None:

@@ -42,8 +42,8 @@ class TextClassifierConfig:
     """Data, tokenizer and model options of ``vlattn train text-classifier``."""
 
     # data
-    data: list[str] = option([], help="training files or folders (UCI sentence<TAB>label, CSV, TSV, JSONL)")  # noqa: RUF009
-    val_data: list[str] = option([], help="validation files (default: split off --data)")  # noqa: RUF009
+    data: list[str] = option([], help="training files or folders (UCI sentence<TAB>label, CSV, TSV, JSONL)")
+    val_data: list[str] = option([], help="validation files (default: split off --data)")
     format: Literal["auto", "uci", "csv", "tsv", "jsonl"] = option(
         "auto", help="data format (auto: by extension; .txt is UCI)")
     text_column: str = option("text", help="CSV/TSV column or JSONL key of the text")
@@ -53,7 +53,7 @@ class TextClassifierConfig:
     folds: int = option(0, help="k-fold cross-validation: number of folds (0 = off)")
     fold: int = option(0, help="which fold is the validation set (0-based)")
     split_seed: int = option(0, help="seed of the random split and of the folds")
-    labels: list[str] = option([], help="class names in output order (default: sorted labels of the data)")  # noqa: RUF009
+    labels: list[str] = option([], help="class names in output order (default: sorted labels of the data)")
     # tokenizer
     lower: bool = option(True, help="lower-case the text")
     min_freq: int | None = option(None, help="words seen fewer times are unknown (default: per model)")
@@ -75,7 +75,7 @@ class TextClassifierConfig:
     heads: int = option(4, help="attention heads of the Transformer model")
     attention: str = option(
         "additive", help="pooling attention mechanism by registered name, or none (rnn / transformer)")
-    attention_options: dict[str, Any] = option({}, help="JSON options of the attention mechanism")  # noqa: RUF009
+    attention_options: dict[str, Any] = option({}, help="JSON options of the attention mechanism")
     query: Literal["learned", "last", "mean"] = option("learned", help="what queries the pooling attention")
     dropout: float | None = option(None, help="dropout before the classifier (default: per model)")
     embed_dropout: float | None = option(None, help="dropout on word vectors")

@@ -23,8 +23,15 @@ def _grams(word: str, buckets: int) -> tuple[int, ...]:
     marked = f"<{word}>"
     grams = [marked]
     for n in range(MIN_N, MAX_N + 1):
-        grams.extend(marked[i : i + n] for i in range(len(marked) - n + 1) if marked[i : i + n] != marked)
-    return tuple(1 + zlib.crc32(g.encode("utf-8")) % buckets for g in grams[:MAX_GRAMS])
+        # Stop as soon as MAX_GRAMS are collected: a very long "word" (a 10 MB line without a
+        # space) costs a few dozen slices, not one per character.
+        for i in range(len(marked) - n + 1):
+            if len(grams) >= MAX_GRAMS:
+                break
+            gram = marked[i : i + n]
+            if gram != marked:
+                grams.append(gram)
+    return tuple(1 + zlib.crc32(g.encode("utf-8")) % buckets for g in grams)
 
 
 def subword_ids(word: str, buckets: int) -> list[int]:

@@ -133,16 +133,16 @@ class TextClassifierTask(Task):
         if self.settings.model in TUTORIAL_MODELS:
             width = int(self.settings.max_len or width)
         width = max(width, 1)
-        ids = torch.zeros(len(items), width, dtype=torch.long)
-        for row, item in enumerate(items):
-            ids[row, : len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
+        # Pad as Python lists and convert once: one tensor per batch, not one per text or word.
+        ids = torch.tensor([item.ids[:width] + [0] * (width - len(item.ids)) for item in items],
+                           dtype=torch.long).view(len(items), width)
         subwords = None
         if self.settings.subword_buckets:
             depth = max((len(g) for item in items for g in item.grams), default=1)
-            subwords = torch.zeros(len(items), width, depth, dtype=torch.long)
-            for row, item in enumerate(items):
-                for col, grams in enumerate(item.grams):
-                    subwords[row, col, : len(grams)] = torch.tensor(grams, dtype=torch.long)
+            blank = [0] * depth
+            rows = [[g + [0] * (depth - len(g)) for g in item.grams[:width]] + [blank] * (width - len(item.grams))
+                    for item in items]
+            subwords = torch.tensor(rows, dtype=torch.long).view(len(items), width, depth)
         return TextBatch(ids, torch.tensor(lengths, dtype=torch.long),
                          torch.tensor([item.label for item in items], dtype=torch.long), subwords)
 
