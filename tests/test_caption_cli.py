@@ -137,3 +137,97 @@ def test_end_to_end_process_exit_codes(model_file: Path, images: dict[str, Path]
     (error,) = proc.stderr.strip().splitlines()
     assert error.startswith("vlattn: error:") and str(images["text"]) in error
     assert proc.stdout.startswith(str(images["rgb"]))
+
+
+def _png_with_size(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width x height`` pixels (the pixel data is never reached)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_every_image_mode_is_captioned(model_file: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    files = []
+    rgba = Image.new("RGBA", (40, 30), (0, 0, 255, 0))
+    rgba.paste((255, 0, 0, 255), (10, 10, 20, 20))
+    files.append(tmp_path / "rgba.png")
+    rgba.save(files[-1])
+    palette = Image.new("P", (33, 21), 1)
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    files.append(tmp_path / "palette.png")
+    palette.save(files[-1], transparency=0)
+    files.append(tmp_path / "grey16.png")
+    grey16 = Image.fromarray(np.arange(50 * 60, dtype=np.uint16).reshape(50, 60) * 20)
+    assert grey16.mode.startswith("I;16")
+    grey16.save(files[-1])
+    files.append(tmp_path / "bw.gif")
+    Image.new("1", (17, 9), 1).save(files[-1])
+    files.append(tmp_path / "cmyk.jpg")
+    Image.new("CMYK", (64, 48), (255, 0, 0, 0)).save(files[-1])
+    files.append(tmp_path / "tiny.png")
+    Image.new("RGB", (1, 1), (0, 200, 0)).save(files[-1])
+    files.append(tmp_path / "huge.jpg")
+    Image.new("RGB", (3000, 2000), (30, 60, 90)).save(files[-1], quality=50)
+    code, out, err = run("caption", *(str(f) for f in files), "--model", str(model_file), "--json")
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["image"] for r in results] == [str(f) for f in files]
+    assert all("error" not in r and r["caption"] == " ".join(r["tokens"]) for r in results)
+
+
+def test_exif_rotation_is_applied_before_captioning(model_file: Path, tmp_path: Path) -> None:
+    from vlattn_caption.predict import Captioner
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    path = tmp_path / "rotated.jpg"
+    Image.new("RGB", (120, 40), (250, 250, 250)).save(path, exif=exif.tobytes())
+    (result,) = Captioner.load(model_file).caption_files([str(path)], keep_pictures=True)
+    assert result.error is None and result.picture is not None
+    assert result.picture.size == (40, 120)
+
+
+def test_directory_and_decompression_bomb_are_one_line_errors(model_file: Path, images: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    bomb = _png_with_size(tmp_path / "bomb.png", 40000, 40000)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    code, out, err = run("caption", str(bomb), str(images["rgb"]), str(folder), "--model", str(model_file))
+    assert code == 1 and "Traceback" not in err
+    assert out.strip().splitlines() == [f"{images['rgb']}\t{out.split(chr(9))[1].strip()}"]
+    errors = err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("vlattn: error: ") for e in errors)
+    assert str(bomb) in errors[0] and "decompression bomb" in errors[0]
+    assert str(folder) in errors[1] and "directory" in errors[1]
+
+
+def test_all_images_bad_exits_non_zero_without_output(model_file: Path, images: dict[str, Path]) -> None:
+    code, out, err = run("caption", str(images["missing"]), str(images["empty"]), "--model", str(model_file))
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 2
+
+
+def test_pretrained_encoder_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    code, _out, err = run("train", "caption", "--encoder", "resnet18", "--pretrained", "--synthetic-train", "2",
+                         "--synthetic-val", "1", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert code != 0 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("vlattn: error:") and "cannot be downloaded" in line and "without --pretrained" in line

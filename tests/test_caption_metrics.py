@@ -36,6 +36,29 @@ def test_wrong_words_lower_every_score() -> None:
         assert worse[key] < perfect[key]
 
 
+def test_scores_match_hand_computed_values() -> None:
+    """BLEU, ROUGE-L and CIDEr-D worked out by hand for a two-image corpus."""
+    import math
+
+    one = caption_scores([["the", "cat", "sat", "on", "the", "mat"]], [[["the", "cat", "is", "on", "the", "mat"]]])
+    # clipped n-gram precisions 5/6, 3/5, 1/4, 0/3; equal lengths: no brevity penalty
+    assert one["bleu1"] == pytest.approx(5 / 6, abs=1e-8)
+    assert one["bleu2"] == pytest.approx(math.sqrt(5 / 6 * 3 / 5), abs=1e-8)
+    assert one["bleu3"] == pytest.approx(0.5, abs=1e-8)
+    assert one["bleu4"] < 1e-3  # no 4-gram matches (the scorer smooths zero counts by 1e-9)
+    assert one["rouge_l"] == pytest.approx(5 / 6, abs=1e-8)  # LCS 5 of 6 words both ways
+    two = caption_scores([["the", "cat", "sat", "on", "the", "mat"], ["a", "dog", "runs"]],
+                         [[["the", "cat", "is", "on", "the", "mat"]], [["a", "dog", "runs", "fast"]]])
+    # corpus BLEU-1: 8 of 9 words match, brevity penalty exp(1 - 10 / 9)
+    assert two["bleu1"] == pytest.approx(8 / 9 * math.exp(1 - 10 / 9), abs=1e-8)
+    # CIDEr-D: every n-gram has the same idf (log 2), so each n gives the cosine of term counts;
+    # image 1: (7/8 + 3/5 + 1/4 + 0) / 4; image 2: (3/sqrt(12) + 2/sqrt(6) + 1/sqrt(2) + 0) / 4 times
+    # the length penalty exp(-1 / 72); times 10, averaged over images.
+    image1 = (7 / 8 + 3 / 5 + 1 / 4) / 4
+    image2 = (3 / math.sqrt(12) + 2 / math.sqrt(6) + 1 / math.sqrt(2)) / 4 * math.exp(-1 / 72)
+    assert two["cider_d"] == pytest.approx(10 * (image1 + image2) / 2, abs=1e-6)
+
+
 def test_scores_need_one_hypothesis_per_image() -> None:
     with pytest.raises(ValueError, match="hypotheses"):
         caption_scores([["a"]], REFS)
