@@ -1,15 +1,23 @@
-"""Training throughput of DRAW on CPU (images/s), optionally side by side with a public implementation.
+"""Training throughput of DRAW on CPU (images/s), side by side with a reference implementation.
 
     OMP_NUM_THREADS=1 python scripts/bench_draw_throughput.py --threads 1
+    OMP_NUM_THREADS=2 python scripts/bench_draw_throughput.py --threads 2
     OMP_NUM_THREADS=1 python scripts/bench_draw_throughput.py --threads 1 \
-        --reference /tmp/ref_draw/draw.py     # kamenbliznashki/generative_models draw.py
+        --external /tmp/ref_draw/draw.py     # kamenbliznashki/generative_models draw.py
 
 One training step = forward + loss + backward + gradient clipping + Adam update on a batch of
 binary 28x28 images, at the paper's configuration by default (T = 64, read 2x2, write 5x5,
-LSTM 256, z 100, batch 128). Steps of the two implementations alternate, so both see the same
-machine load; the script prints the median images/s of each and their ratio.
+LSTM 256, z 100, batch 128). Steps of the implementations alternate, so all see the same
+machine load; the script prints the median images/s of each and the ratios.
 
-``--reference`` takes the path of the ``draw.py`` of kamenbliznashki/generative_models (PyTorch,
+``reference`` is :class:`ReferenceDraw` below: the same model written the way the public PyTorch
+implementations write it (``nn.LSTMCell`` encoder and decoder, one ``nn.Linear`` per head,
+filterbanks normalised by their sum, ``x`` and ``x_hat`` read separately, per-step ``mu`` /
+``sigma`` collected in lists, ``BCELoss`` on ``sigmoid(c_T)``). It is the same model with the
+same matrix sizes (:func:`copy_weights` gives it vlattn's weights and the same loss, which the
+tests check); only the code organisation differs.
+
+``--external`` takes the path of the ``draw.py`` of kamenbliznashki/generative_models (PyTorch,
 MIT licence), fetched by the user; this script only drives its ``DRAW`` module and ``loss_fn``
 and never ships its code.
 """
@@ -26,9 +34,152 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 from vlattn_draw.model import Draw, DrawShape
 
 Step = Callable[[torch.Tensor], None]
+
+
+class ReferenceDraw(nn.Module):
+    """DRAW in the style of the public PyTorch implementations (with the paper's grid and KL)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.T, self.A, self.B = args.steps, 28, 28
+        self.read_n, self.write_n, self.z_size = args.read_n, args.write_n, args.z
+        self.enc_size = self.dec_size = args.lstm
+        self.attention = not args.no_attention
+        read_size = 2 * self.read_n**2 if self.attention else 2 * self.A * self.B
+        write_size = self.write_n**2 if self.attention else self.A * self.B
+        self.encoder = nn.LSTMCell(read_size + self.dec_size, self.enc_size)
+        self.mu_linear = nn.Linear(self.enc_size, self.z_size)
+        self.sigma_linear = nn.Linear(self.enc_size, self.z_size)
+        self.decoder = nn.LSTMCell(self.z_size, self.dec_size)
+        self.write_linear = nn.Linear(self.dec_size, write_size)
+        self.read_attn_linear = nn.Linear(self.dec_size, 5)
+        self.write_attn_linear = nn.Linear(self.dec_size, 5)
+
+    def attn_window(self, h_dec: torch.Tensor, linear: nn.Linear, n: int):
+        params = linear(h_dec)
+        gx_, gy_, log_sigma2, log_delta, log_gamma = params.split(1, dim=1)
+        gx = (self.A + 1) / 2 * (gx_ + 1)
+        gy = (self.B + 1) / 2 * (gy_ + 1)
+        delta = (max(self.A, self.B) - 1) / (n - 1) * torch.exp(log_delta)
+        sigma2 = torch.exp(log_sigma2)
+        return (*self.filterbank(gx, gy, sigma2, delta, n), torch.exp(log_gamma))
+
+    def filterbank(self, gx, gy, sigma2, delta, n, eps: float = 1e-8):
+        grid_i = torch.arange(1, n + 1, dtype=torch.float32).view(1, -1)
+        mu_x = gx + (grid_i - n / 2 - 0.5) * delta  # [B, N]
+        mu_y = gy + (grid_i - n / 2 - 0.5) * delta
+        a = torch.arange(1, self.A + 1, dtype=torch.float32).view(1, 1, -1)
+        b = torch.arange(1, self.B + 1, dtype=torch.float32).view(1, 1, -1)
+        mu_x = mu_x.unsqueeze(2)
+        mu_y = mu_y.unsqueeze(2)
+        sigma2 = sigma2.view(-1, 1, 1)
+        fx = torch.exp(-torch.square(a - mu_x) / (2 * sigma2))
+        fy = torch.exp(-torch.square(b - mu_y) / (2 * sigma2))
+        fx = fx / (fx.sum(2, keepdim=True) + eps)
+        fy = fy / (fy.sum(2, keepdim=True) + eps)
+        return fx, fy
+
+    def read(self, x, x_hat, h_dec):
+        if not self.attention:
+            return torch.cat([x, x_hat], dim=1)
+        fx, fy, gamma = self.attn_window(h_dec, self.read_attn_linear, self.read_n)
+
+        def filter_img(img):
+            img = img.view(-1, self.B, self.A)
+            glimpse = fy.bmm(img.bmm(fx.transpose(1, 2)))
+            return glimpse.view(-1, self.read_n**2) * gamma
+
+        return torch.cat([filter_img(x), filter_img(x_hat)], dim=1)
+
+    def write(self, h_dec):
+        w = self.write_linear(h_dec)
+        if not self.attention:
+            return w
+        fx, fy, gamma = self.attn_window(h_dec, self.write_attn_linear, self.write_n)
+        w = w.view(-1, self.write_n, self.write_n)
+        image = fy.transpose(1, 2).bmm(w.bmm(fx))
+        return image.view(-1, self.A * self.B) / gamma
+
+    def forward(self, x: torch.Tensor):
+        batch = x.shape[0]
+        c = torch.zeros(batch, self.A * self.B)
+        h_enc = torch.zeros(batch, self.enc_size)
+        c_enc = torch.zeros(batch, self.enc_size)
+        h_dec = torch.zeros(batch, self.dec_size)
+        c_dec = torch.zeros(batch, self.dec_size)
+        mus, log_sigmas = [], []
+        for _ in range(self.T):
+            x_hat = x - torch.sigmoid(c)
+            r = self.read(x, x_hat, h_dec)
+            h_enc, c_enc = self.encoder(torch.cat([r, h_dec], dim=1), (h_enc, c_enc))
+            mu = self.mu_linear(h_enc)
+            log_sigma = self.sigma_linear(h_enc)
+            z = mu + torch.exp(log_sigma) * torch.randn_like(mu)
+            h_dec, c_dec = self.decoder(z, (h_dec, c_dec))
+            c = c + self.write(h_dec)
+            mus.append(mu)
+            log_sigmas.append(log_sigma)
+        return torch.sigmoid(c), mus, log_sigmas
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        x_recon, mus, log_sigmas = self(x)
+        reconstruction = F.binary_cross_entropy(x_recon, x, reduction="sum") / x.shape[0]
+        kl = 0.0
+        for mu, log_sigma in zip(mus, log_sigmas, strict=True):
+            kl = kl + 0.5 * torch.sum(mu**2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1) / x.shape[0]
+        return reconstruction + kl
+
+
+def _lstm_rows(weight: torch.Tensor) -> torch.Tensor:
+    """vlattn's gate order (i, f, o, g) -> ``nn.LSTMCell``'s (i, f, g, o), along the first axis."""
+    i, f, o, g = weight.chunk(4, dim=0)
+    return torch.cat([i, f, g, o], dim=0)
+
+
+@torch.no_grad()
+def copy_weights(reference: ReferenceDraw, model: Draw) -> None:
+    """Load an attention-on vlattn model (zero initial states and canvas) into ``reference``."""
+    if not (model.shape.read_attention and model.shape.write_attention):
+        raise ValueError("copy_weights needs read and write attention on")
+    write, write_win, read_win, enc_gates, dec_gates = model.dec_out.weight.split(model.dec_sizes)
+    b_write, b_write_win, b_read_win, b_enc_gates, b_dec_gates = model.dec_out.bias.split(model.dec_sizes)
+    mu, log_sigma, enc_hidden = model.enc_out.weight.split(model.enc_sizes)
+    b_mu, b_log_sigma, b_enc_hidden = model.enc_out.bias.split(model.enc_sizes)
+    ref = reference
+    ref.encoder.weight_ih.copy_(_lstm_rows(torch.cat([model.enc_in.weight, enc_gates], dim=1)))
+    ref.encoder.bias_ih.copy_(_lstm_rows(b_enc_gates))
+    ref.encoder.weight_hh.copy_(_lstm_rows(enc_hidden))
+    ref.encoder.bias_hh.copy_(_lstm_rows(b_enc_hidden))
+    ref.decoder.weight_ih.copy_(_lstm_rows(model.dec_in.weight))
+    ref.decoder.bias_ih.zero_()
+    ref.decoder.weight_hh.copy_(_lstm_rows(dec_gates))
+    ref.decoder.bias_hh.copy_(_lstm_rows(b_dec_gates))
+    for linear, weight, bias in (
+        (ref.mu_linear, mu, b_mu), (ref.sigma_linear, log_sigma, b_log_sigma), (ref.write_linear, write, b_write),
+        (ref.read_attn_linear, read_win, b_read_win), (ref.write_attn_linear, write_win, b_write_win),
+    ):
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+
+
+def public_style_step(args: argparse.Namespace) -> Step:
+    """One training step of :class:`ReferenceDraw`."""
+    model = ReferenceDraw(args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(x: torch.Tensor) -> None:
+        loss = model.loss(x.view(x.shape[0], -1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+
+    return step
 
 
 def vlattn_step(args: argparse.Namespace) -> Step:
@@ -51,8 +202,8 @@ def vlattn_step(args: argparse.Namespace) -> Step:
     return step
 
 
-def reference_step(path: Path, args: argparse.Namespace) -> Step:
-    """One training step of the reference ``draw.py`` (its model and loss, same settings)."""
+def external_step(path: Path, args: argparse.Namespace) -> Step:
+    """One training step of an external ``draw.py`` (its model and loss, same settings)."""
     sys.modules.setdefault("utils", types.ModuleType("utils"))  # its helpers need tensorboardX; unused here
     spec = importlib.util.spec_from_file_location("reference_draw", path)
     if spec is None or spec.loader is None:
@@ -90,15 +241,15 @@ def main() -> None:
     parser.add_argument("--no-attention", action="store_true")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per implementation")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--reference", type=Path, default=None, help="path of the reference draw.py")
+    parser.add_argument("--external", type=Path, default=None, help="path of an external draw.py (see above)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = (torch.rand(args.batch_size, 1, 28, 28) > 0.5).float()
-    steps = {"vlattn": vlattn_step(args)}
-    if args.reference is not None:
-        steps["reference"] = reference_step(args.reference, args)
+    steps = {"vlattn": vlattn_step(args), "reference": public_style_step(args)}
+    if args.external is not None:
+        steps["external"] = external_step(args.external, args)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for step in steps.values():  # warm-up
         step(x)
@@ -117,8 +268,9 @@ def main() -> None:
     for name, values in times.items():
         rates[name] = args.batch_size / statistics.median(values)
         print(f"{name:10s} {rates[name]:8.1f} images/s  (median of {len(values)} steps)")
-    if "reference" in rates:
-        print(f"ratio vlattn / reference: {rates['vlattn'] / rates['reference']:.2f}x")
+    for name in rates:
+        if name != "vlattn":
+            print(f"ratio vlattn / {name}: {rates['vlattn'] / rates[name]:.2f}x")
 
 
 if __name__ == "__main__":
