@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="override T")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock training budget (0 = none)")
+    parser.add_argument("--stop-after-epochs", type=int, default=0,
+                        help="stop after this many epochs (validations) without shortening the schedule "
+                        "(for short runs comparable with the first epochs of a full one; 0 = off)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 64 (128 with --paper)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
@@ -73,6 +76,20 @@ def model_config(args: argparse.Namespace) -> dict:
     return dict(data="binarized_mnist", data_path=args.data_path, **config)
 
 
+def _stop_after(run_dir: Path, validations: int, done: threading.Event) -> None:
+    """Ask the trainer to stop (SIGTERM: finish the step, save) once ``metrics.jsonl`` holds
+    ``validations`` validation rows (one per epoch)."""
+    metrics = run_dir / "metrics.jsonl"
+    while not done.wait(2.0):
+        try:
+            rows = metrics.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        if sum('"split": "val"' in row for row in rows) >= validations:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train through the common trainer; returns the run's best model file."""
     from vlattn.train import fit
@@ -88,10 +105,15 @@ def train(args: argparse.Namespace) -> Path:
         timer = threading.Timer(args.max_minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True
         timer.start()
+    done = threading.Event()
+    if args.stop_after_epochs > 0:
+        watcher = threading.Thread(target=_stop_after, args=(args.run_dir, args.stop_after_epochs, done), daemon=True)
+        watcher.start()
     start = time.time()
     try:
         result = fit("draw", model_config(args), trainer, args.run_dir)
     finally:
+        done.set()
         if timer is not None:
             timer.cancel()
     print(json.dumps({"run_dir": str(result.run_dir), "steps": result.step, "reason": result.reason,
