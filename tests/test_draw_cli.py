@@ -112,6 +112,18 @@ def test_unwritable_output_folder(model_file: Path, tmp_path: Path) -> None:
     assert result.exit_code != 0 and "not writable" in result.output
 
 
+def test_output_under_a_file_is_an_error(model_file: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("--model", str(model_file), "--out", str(blocker / "x.gif"))
+    assert result.exit_code != 0 and "vlattn: error:" in result.output and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0
+    folder = tmp_path / "taken.gif"
+    folder.mkdir()
+    result = run("--model", str(model_file), "--out", str(folder))
+    assert result.exit_code != 0 and "is a directory" in result.output
+
+
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled weights not built")
 def test_bundled_model_draws_out_of_the_box(tmp_path: Path) -> None:
     out = tmp_path / "b.gif"
