@@ -25,9 +25,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tutorial-lstm": {"task": {"model": "tutorial-lstm"}, "trainer": {"epochs": 10}},
     "tutorial-attention": {"task": {"model": "tutorial-attention"}, "trainer": {"epochs": 10}},
     "ours": {
-        "task": {"model": "rnn", "cell": "gru", "attention": "additive", "subword_buckets": 20000,
-                 "embed_dim": 128, "hidden_size": 64},
-        "trainer": {"epochs": 20},
+        "task": {"model": "rnn", "cell": "gru", "attention": "additive", "subword_buckets": 10000,
+                 "embed_dim": 64, "hidden_size": 64, "word_dropout": 0.2, "min_freq": 2},
+        "trainer": {"epochs": 15, "lr": 2e-3, "schedule": "cosine", "optimizer": "adamw", "weight_decay": 0.01},
     },
 }
 EXAMPLES = [
