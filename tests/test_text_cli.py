@@ -131,6 +131,14 @@ def test_bad_inputs_are_one_line_errors(model_file: Path, tmp_path: Path) -> Non
     one_line_error(classify(*m, "-", stdin=b"\xff\xfe bad"), "not UTF-8")
     one_line_error(classify("--model", str(tmp_path / "nope.safetensors"), "hi"), "model file not found")
     one_line_error(classify(*m), "give TEXT")
+    one_line_error(classify("--model", str(tmp_path), "hi"), "holds no best.safetensors")
+
+
+def test_model_may_be_a_run_folder(model_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "last.safetensors").write_bytes(model_file.read_bytes())
+    result = classify("--model", str(tmp_path), "--json", "love it")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["label"] == "positive"
 
 
 def test_huge_line_gives_a_defined_result(model_file: Path, tmp_path: Path) -> None:

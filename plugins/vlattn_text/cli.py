@@ -87,7 +87,7 @@ def use_colour(choice: bool | None) -> bool:
 @click.option("--file", "-f", "file", metavar="PATH",
               help="one text per line ('-' = stdin); lines 'text<TAB>label' also report accuracy")
 @click.option("--model", "-m", "model_path", metavar="PATH",
-              help="a text-classifier model file [default: the bundled sentiment model]")
+              help="a text-classifier model file or training run folder [default: the bundled sentiment model]")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON object per input: text, label, score, tokens, attention")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="texts per forward pass")

@@ -59,11 +59,18 @@ class TextClassifier:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TextClassifier:
-        """Load ``path``, or the bundled sentiment model when ``path`` is ``None``."""
+        """Load ``path`` (a model file, or a training run folder: its best, else last, model),
+        or the bundled sentiment model when ``path`` is ``None``."""
         if path is None:
             if not BUNDLED_MODEL.is_file():
                 raise VlattnError(f"the bundled model is missing ({BUNDLED_MODEL}); pass --model PATH")
             path = BUNDLED_MODEL
+        path = Path(path)
+        if path.is_dir():
+            found = next((p for p in (path / "best.safetensors", path / "last.safetensors") if p.is_file()), None)
+            if found is None:
+                raise VlattnError(f"{path} holds no best.safetensors or last.safetensors")
+            path = found
         return cls(load_model(path, expect_task=TASK_NAME))
 
     @property
