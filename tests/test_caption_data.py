@@ -153,3 +153,42 @@ def test_collate_pads_and_keeps_references() -> None:
     ev = collate([CaptionEvaluationSet(records, vocab, 48, 20)[i] for i in range(2)])
     assert ev["images"].shape == (2, 3, 48, 48)
     assert ev["references"][0] == records[0].captions and ev["objects"][0] == records[0].objects
+
+
+TINY = {"image_size": 32, "grid": 4, "cnn_channels": 8, "embed_dim": 8, "hidden_dim": 16, "eval_beam_size": 2}
+TINY_TRAINER = {"epochs": 1, "batch_size": 4, "quiet": True, "tensorboard": False, "device": "cpu"}
+
+
+def test_train_on_written_karpathy_json_and_jsonl(tmp_path: Path) -> None:
+    """The common trainer reads a dataset.json from ``vlattn caption-data`` and a JSONL of pairs."""
+    pytest.importorskip("pycocoevalcap", reason="validation scores need pycocoevalcap")
+    from vlattn.train import fit
+
+    data = write_synthetic(tmp_path / "scenes", counts={"train": 6, "val": 2, "test": 0}, seed=1, image_size=32)
+    result = fit("caption", {"data": str(data), **TINY}, TINY_TRAINER, tmp_path / "run-json")
+    assert result.best_path is not None and result.best_path.exists()
+    assert {"bleu4", "cider_d", "rouge_l", "grounding"} <= set(result.metrics)  # boxes come from the JSON
+
+    rows = [{"image": f"images/{img['filename']}", "caption": s["raw"], "split": img["split"]}
+            for img in json.loads(data.read_text())["images"] for s in img["sentences"]]
+    jsonl = tmp_path / "scenes" / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = fit("caption", {"data": str(jsonl), **TINY}, TINY_TRAINER, tmp_path / "run-jsonl")
+    assert result.best_path is not None and "grounding" not in result.metrics  # plain pairs carry no boxes
+    assert result.metrics["images"] == 2
+
+
+def test_training_script_uses_the_common_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+    import sys
+
+    pytest.importorskip("pycocoevalcap", reason="validation scores need pycocoevalcap")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_caption_synthetic.py"
+    out, run_dir = tmp_path / "model.safetensors", tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(out), "--run-dir", str(run_dir), "--epochs", "1",
+                                      "--train", "8", "--val", "2", "--batch-size", "4",
+                                      "--options", json.dumps(TINY)])
+    runpy.run_path(str(script), run_name="__main__")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["task"] == "caption" and config["trainer"]["schedule"] == "cosine"
+    assert out.read_bytes() == (run_dir / "best.safetensors").read_bytes()

@@ -172,6 +172,7 @@ def test_model_file_round_trip(tmp_path: Path) -> None:
 def test_task_registered_and_evaluates_decoded_captions() -> None:
     from vlattn.plugins import task_registry
 
+    pytest.importorskip("pycocoevalcap", reason="caption scores need pycocoevalcap")
     assert task_registry().get("caption").load() is CaptionTask
     task = _tiny_task()
     splits = task.setup_data()
@@ -264,3 +265,24 @@ def test_coordinates_are_appended_to_annotations() -> None:
     xy = out[0, :, -2:]  # row-major: x varies fastest
     torch.testing.assert_close(xy[:3, 0], torch.tensor([-1.0, 0.0, 1.0]))
     torch.testing.assert_close(xy[::3, 1], torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_context_dropout_hides_the_context_from_the_lstm_only_in_training() -> None:
+    decoder = ShowAttendTellDecoder(V, D, embed_dim=8, hidden_dim=20, dropout=0.0, context_dropout=1.0)
+    seen: list[torch.Tensor] = []
+    original = decoder.cell.forward
+    decoder.cell.forward = lambda x, state: seen.append(x) or original(x, state)  # type: ignore[method-assign]
+    annotations = torch.randn(3, L, D)
+    state = decoder.init_state(annotations)
+    prev = torch.full((3,), Vocabulary.start_id)
+    logits_train, _, _ = decoder.train().step(prev, state, annotations)
+    logits_eval, _, _ = decoder.eval().step(prev, state, annotations)
+    assert torch.all(seen[0][:, 8:] == 0) and torch.any(seen[1][:, 8:] != 0)  # [E y; z]: z hidden in training
+    assert logits_eval.shape == logits_train.shape == (3, V)
+    decoder.train()
+    other_logits, (other_h, _), _ = decoder.step(prev, state, annotations + 1.0)
+    _, (h, _), _ = decoder.step(prev, state, annotations)
+    torch.testing.assert_close(other_h, h)  # the LSTM saw no context ...
+    assert not torch.allclose(other_logits, logits_train)  # ... but the deep output did
+    with pytest.raises(ValueError, match="context_dropout"):
+        ShowAttendTellDecoder(V, D, context_dropout=1.5)

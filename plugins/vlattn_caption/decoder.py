@@ -10,7 +10,11 @@ through the *deep output layer*::
     h_t, c_t = LSTM([E y_{t-1}; z_t], (h_{t-1}, c_{t-1}))
     p(y_t) = softmax(L_o dropout(tanh(E y_{t-1} + L_h h_t + L_z z_t)))
 
-(The ``tanh`` in the deep output follows the authors' released code.) Training steps run on a
+(The ``tanh`` in the deep output follows the authors' released code.) Optional *context
+dropout* (not in the paper, off by default): in training, with probability ``p`` per example and
+step the LSTM reads ``[E y_{t-1}; 0]`` instead of ``[E y_{t-1}; z_t]`` (the deep output still sees
+``z_t``), so what a word needs from the image cannot always be remembered from an earlier
+glimpse and every word learns to attend to what it describes. Training steps run on a
 length-sorted batch and shrink it as captions end, so no LSTM or attention compute is spent on
 padding. With ``hard-spatial`` attention the per-step sample log-probabilities and entropies are
 collected for REINFORCE.
@@ -90,12 +94,17 @@ class ShowAttendTellDecoder(nn.Module):
         attention_options: extra keyword options for the mechanism.
         dropout: dropout before the output layer.
         gate: use the scalar gate ``beta``.
+        context_dropout: in training, probability of hiding the context from the LSTM input at
+            a step (per example; the deep output still sees it). No parameters.
     """
 
     def __init__(self, vocab_size: int, annotation_dim: int, embed_dim: int = 128, hidden_dim: int = 256,
                  attention: str = "soft-spatial", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.5, gate: bool = True) -> None:
+                 dropout: float = 0.5, gate: bool = True, context_dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= context_dropout <= 1.0:
+            raise ValueError(f"context_dropout must be in [0, 1], got {context_dropout}")
+        self.context_dropout = context_dropout
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.init_h = nn.Linear(annotation_dim, hidden_dim)
@@ -130,7 +139,11 @@ class ShowAttendTellDecoder(nn.Module):
         context, weights = self.attention(h, annotations)
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context
-        h, c = self.cell(torch.cat([emb, context], dim=1), (h, c))
+        seen = context
+        if self.training and self.context_dropout > 0:
+            keep = torch.rand(context.shape[0], 1, device=context.device) >= self.context_dropout
+            seen = context * keep.to(context.dtype)
+        h, c = self.cell(torch.cat([emb, seen], dim=1), (h, c))
         deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
         return self.out(self.dropout(deep)), (h, c), weights
 

@@ -54,6 +54,9 @@ class CaptionConfig:
     hidden_dim: int = option(256, help="LSTM size")
     dropout: float = option(0.5, help="dropout before the output layer")
     gate: bool = option(True, help="scalar gate beta on the context")
+    context_dropout: float = option(
+        0.0, help="training: probability of hiding the context from the LSTM input at a step (0 = the paper)"
+    )
     doubly_stochastic: float = option(
         1.0, help="weight of the attention regulariser mean_i (1 - sum_t alpha_ti)^2"
     )
@@ -76,6 +79,7 @@ class CaptionConfig:
             (self.image_size >= 0, "image_size must be >= 0"),
             (self.image_size == 0 or self.image_size >= 32, "image_size must be 0 (auto) or >= 32"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0.0 <= self.context_dropout <= 1.0, "context_dropout must be in [0, 1]"),
             (0.0 <= self.scheduled_sampling <= 1.0, "scheduled_sampling must be in [0, 1]"),
             (self.eval_beam_size >= 1, "eval_beam_size must be >= 1"),
             (self.max_caption_len >= 1 and self.eval_max_len >= 1, "caption lengths must be >= 1"),
@@ -171,7 +175,7 @@ class CaptionTask(Task):
                           channels=cfg.cnn_channels, load_weights=not self.restoring, coordinates=cfg.coordinates)
         decoder = ShowAttendTellDecoder(
             len(self.vocab), encoder.dim, cfg.embed_dim, cfg.hidden_dim, cfg.attention,
-            dict(cfg.attention_options), cfg.dropout, cfg.gate,
+            dict(cfg.attention_options), cfg.dropout, cfg.gate, context_dropout=cfg.context_dropout,
         )
         hard = hasattr(decoder.attention, "last")
         return CaptionModel(encoder, decoder, hard=hard, baseline_decay=cfg.baseline_decay,
