@@ -63,6 +63,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
         "final_sd": statistics.stdev(final) if len(final) > 1 else 0.0,
         "best_mean": statistics.mean(best),
         "n": len(runs),
+        "finals": [round(a, 4) for a in final],
         "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in runs),
     }
 
@@ -130,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                          if s else "-")
         seconds = next(iter(parts.values()))["sec_per_epoch"]
         print(f"| {name} | {cells[0]} | {cells[1]} | {seconds:.1f} |")
+    print("\nLast-epoch accuracy of every run (seeds 0.., folds 0..):\n")
+    for name, parts in summary.items():
+        for key, label in (("split", "tutorial split"), ("cv", "CV folds")):
+            if key in parts:
+                print(f"* {name}, {label}: " + ", ".join(f"{100 * a:.1f}" for a in parts[key]["finals"]))
     for name, path in last_cv_model.items():
         lines = heaviest_tokens(path, EXAMPLES)
         if lines:
