@@ -16,20 +16,16 @@ Loss per image (nats): ``-log D(x | sigmoid(c_T)) + sum_t KL(Q(z_t|.) || N(0, I)
 Everything is batched: the only Python loop is over the T steps. For speed, all linear maps
 that read ``h_dec_t`` (write patch and window, next read window, the encoder's and the decoder's
 recurrent inputs) are one matrix product, and so are those that read ``h_enc_t`` (mu, log sigma,
-the encoder's recurrent input); mathematically it is the paper's model. In training, the weight
-gradients of these maps are not computed step by step but once for all T steps (one large matrix
-product per weight, see :class:`_TimeBatchedLinear`); the gradients are the same.
+the encoder's recurrent input); mathematically it is the paper's model.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd import Function
 from torch.nn import functional as F
 
 from vlattn_draw.filterbank import Glimpse, filterbank, glimpse_from_params, read_glimpse, write_patch
@@ -125,101 +121,11 @@ def gaussian_kl(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(dim=-1)
 
 
-class _Tape:
-    """What the per-step products of one weight saw in the backward pass: inputs and output grads."""
-
-    def __init__(self) -> None:
-        self.inputs: list[torch.Tensor] = []
-        self.grads: list[torch.Tensor] = []
-
-
-class _CollectWeight(Function):
-    """Identity on ``(weight, bias)`` whose backward computes their gradients for all steps at once.
-
-    Its backward runs after every step's :class:`_StepProduct` (they all consume its outputs), so the
-    tape is complete then: ``dW = G^T H`` and ``db = sum G`` with ``G``, ``H`` stacked over steps.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, tape: _Tape, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
-        ctx.tape, ctx.has_bias = tape, bias is not None
-        return weight.view_as(weight), (bias.view_as(bias) if bias is not None else weight.new_zeros(0))
-
-    @staticmethod
-    def backward(ctx: Any, _grad_weight: Any, _grad_bias: Any) -> Any:
-        tape = ctx.tape
-        if not tape.grads:
-            return None, None, None
-        grads, inputs = torch.cat(tape.grads), torch.cat(tape.inputs)
-        tape.grads.clear()
-        tape.inputs.clear()
-        return None, grads.t() @ inputs, grads.sum(0) if ctx.has_bias else None
-
-
-class _StepProduct(Function):
-    """``addend + x W^T`` for one step; its backward gives ``dx`` (and ``d addend``) and tapes the rest."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor, tape: _Tape, addend_is_bias: bool
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.tape, ctx.addend_is_bias = tape, addend_is_bias
-        return torch.addmm(addend, x, weight.t())
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        ctx.tape.grads.append(grad)
-        ctx.tape.inputs.append(x)
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_addend = None if ctx.addend_is_bias or not ctx.needs_input_grad[2] else grad
-        return grad_x, None, grad_addend, None, None
-
-
-class _TimeBatchedLinear:
-    """A linear layer applied at every step, with weight gradients computed once for all steps.
-
-    Autograd computes ``dW`` of ``x_t W^T`` step by step (T products with ``K = batch``); here each
-    step only computes ``dx_t`` and the weight gradient is one product with ``K = T x batch``,
-    which runs closer to the machine's peak on CPU. Not for double backward.
-    """
-
-    def __init__(self, layer: nn.Linear) -> None:
-        self.tape = _Tape()
-        self.has_bias = layer.bias is not None
-        self.weight, self.bias = _CollectWeight.apply(self.tape, layer.weight, layer.bias)
-
-    def __call__(self, x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
-        """``x W^T + b`` (``addend`` replaces ``b`` for a layer without bias): ``[Bt, in] -> [Bt, out]``."""
-        if self.has_bias:
-            return _StepProduct.apply(x, self.weight, self.bias, self.tape, True)
-        assert addend is not None
-        return _StepProduct.apply(x, self.weight, addend, self.tape, False)
-
-
-class _PlainLinear:
-    """The same interface over an ordinary ``nn.Linear`` (evaluation, autocast, no grad)."""
-
-    def __init__(self, layer: nn.Linear) -> None:
-        self.layer = layer
-
-    def __call__(self, x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
-        if addend is None:
-            return self.layer(x)
-        return torch.addmm(addend, x, self.layer.weight.t())
-
-
 class Draw(nn.Module):
     """DRAW with independently switchable read and write attention.
 
     Input images are ``[Bt, C, H, W]`` in ``[0, 1]`` (binary for the Bernoulli likelihood).
-    ``time_batched_grads`` (default True) computes the weight gradients of the recurrent linear
-    maps once for all steps; False uses plain autograd (same gradients, slower on CPU).
     """
-
-    time_batched_grads: bool = True
 
     def __init__(self, shape: DrawShape) -> None:
         super().__init__()
@@ -326,26 +232,21 @@ class Draw(nn.Module):
         c_dec = x.new_zeros(batch, s.dec_size)
         _, _, read_win, enc_from_dec, dec_from_hidden = self._initial_dec(batch)
         enc_from_hidden = self.enc_out(self.h_enc0.unsqueeze(0))[:, 2 * s.z_size :].expand(batch, -1)
-        taped = (
-            self.time_batched_grads and torch.is_grad_enabled() and not torch.is_autocast_enabled()
-            and self.dec_out.weight.requires_grad
-        )
-        linear = _TimeBatchedLinear if taped else _PlainLinear
-        dec_out, enc_out, enc_in, dec_in = (linear(m) for m in (self.dec_out, self.enc_out, self.enc_in, self.dec_in))
+        enc_weight, dec_weight = self.enc_in.weight.t(), self.dec_in.weight.t()
         kl = x.new_zeros(batch)
         log_ratio = x.new_zeros(batch)
         for _ in range(s.steps if steps is None else steps):
             x_hat = x - torch.sigmoid(canvas)
             r, read_glimpse_t = self._read(x, x_hat, read_win)
-            h_enc, c_enc = lstm_step(enc_in(r, enc_from_dec + enc_from_hidden), c_enc)
-            mu, log_sigma, enc_from_hidden = enc_out(h_enc).split(self.enc_sizes, dim=-1)
+            h_enc, c_enc = lstm_step(torch.addmm(enc_from_dec + enc_from_hidden, r, enc_weight), c_enc)
+            mu, log_sigma, enc_from_hidden = self.enc_out(h_enc).split(self.enc_sizes, dim=-1)
             eps = torch.randn_like(mu)
             z = mu + torch.exp(log_sigma) * eps
             kl = kl + gaussian_kl(mu, log_sigma)
             # log N(z; 0, 1) - log N(z; mu, sigma) = (eps^2 - z^2) / 2 + log sigma
             log_ratio = log_ratio + (0.5 * (eps.square() - z.square()) + log_sigma).sum(dim=-1)
-            h_dec, c_dec = lstm_step(dec_in(z, dec_from_hidden), c_dec)
-            write, write_win, read_win, enc_from_dec, dec_from_hidden = dec_out(h_dec).split(self.dec_sizes, dim=-1)
+            h_dec, c_dec = lstm_step(torch.addmm(dec_from_hidden, z, dec_weight), c_dec)
+            write, write_win, read_win, enc_from_dec, dec_from_hidden = self._split_dec(h_dec)
             delta, write_glimpse_t = self._write(write, write_win)
             canvas = canvas + delta
             if trace is not None:
