@@ -71,7 +71,9 @@ class DrawEvalOptions:
     iw_samples: int = option(
         0, help="also report the importance-weighted bound with K posterior samples (0 = off)"
     )
-    iw_chunk: int = option(0, help="posterior samples evaluated at once for --iw-samples (0 = all)")
+    iw_chunk: int = option(
+        0, help="posterior samples evaluated at once for --iw-samples (0 = automatic, about 4096 images a pass)"
+    )
 
 
 class DrawTask(Task):
@@ -173,6 +175,8 @@ class DrawTask(Task):
         chunk = int(getattr(options, "iw_chunk", 0) or 0)
         if iw < 0:
             raise draw_data.DataError("--iw-samples must be >= 0")
+        if chunk < 0:
+            raise draw_data.DataError("--iw-chunk must be >= 0")
         totals = {"reconstruction": 0.0, "kl": 0.0, "iw_nll": 0.0}
         count = 0
         for batch in batches:
@@ -180,7 +184,8 @@ class DrawTask(Task):
             totals["reconstruction"] += float(out.reconstruction.sum())
             totals["kl"] += float(out.kl.sum())
             if iw:
-                totals["iw_nll"] += float(importance_weighted_nll(model, batch, iw, chunk).sum())
+                per_pass = chunk or max(1, 4096 // batch.shape[0])
+                totals["iw_nll"] += float(importance_weighted_nll(model, batch, iw, per_pass).sum())
             count += batch.shape[0]
         if count == 0:
             raise draw_data.DataError("the evaluation set is empty")
