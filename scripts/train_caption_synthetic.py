@@ -33,6 +33,7 @@ RECIPE = {
     "synthetic_train": 6000, "synthetic_val": 200, "image_size": 48, "grid": 12, "cnn_channels": 64,
     "coordinates": True, "embed_dim": 64, "hidden_dim": 128, "dropout": 0.2, "train_captions": "first",
     "eval_beam_size": 3, "doubly_stochastic": 0.0, "context_dropout": 0.75,
+    "attention_entropy": 0.05,
 }
 
 

@@ -286,3 +286,16 @@ def test_context_dropout_hides_the_context_from_the_lstm_only_in_training() -> N
     assert not torch.allclose(other_logits, logits_train)  # ... but the deep output did
     with pytest.raises(ValueError, match="context_dropout"):
         ShowAttendTellDecoder(V, D, context_dropout=1.5)
+
+
+def test_attention_entropy_term_is_the_mean_entropy_of_real_steps() -> None:
+    model = _model().eval()
+    images = torch.randint(0, 255, (4, 3, 12, 12), dtype=torch.uint8)
+    captions, lengths = _captions()
+    out = model(images, captions, lengths)
+    plain = model.loss(out, captions, doubly_stochastic=0.0)
+    sharp = model.loss(out, captions, doubly_stochastic=0.0, attention_entropy=0.5)
+    mask = out.step_mask
+    entropy = -(out.weights * out.weights.clamp_min(1e-12).log()).sum(-1)[mask].mean()
+    assert 0 < float(entropy) <= float(torch.log(torch.tensor(float(L)))) + 1e-5
+    torch.testing.assert_close(sharp.total, plain.total + 0.5 * entropy)

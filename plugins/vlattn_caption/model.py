@@ -54,9 +54,12 @@ class CaptionModel(nn.Module):
             annotations = self.encode(images)
         return self.decoder(annotations, captions, lengths, scheduled_sampling)
 
-    def loss(self, out: DecoderOutput, captions: Tensor, doubly_stochastic: float = 1.0) -> LossParts:
+    def loss(self, out: DecoderOutput, captions: Tensor, doubly_stochastic: float = 1.0,
+             attention_entropy: float = 0.0) -> LossParts:
         """Masked word cross-entropy (mean per word) + ``doubly_stochastic`` * the attention
-        regulariser ``mean_i (1 - sum_t alpha_ti)^2`` + the REINFORCE term for hard attention."""
+        regulariser ``mean_i (1 - sum_t alpha_ti)^2`` + ``attention_entropy`` * the mean entropy
+        ``-sum_i alpha_ti log alpha_ti`` of the real steps' attention (soft attention; a positive
+        weight makes each glimpse sharper) + the REINFORCE term for hard attention."""
         targets = captions[:, 1 : out.logits.shape[1] + 1]
         mask = out.step_mask
         token_nll = F.cross_entropy(out.logits.transpose(1, 2), targets, reduction="none") * mask
@@ -65,6 +68,10 @@ class CaptionModel(nn.Module):
         coverage = out.weights.sum(dim=1)  # [B, L]
         regulariser = ((1.0 - coverage) ** 2).mean()
         total = nll + doubly_stochastic * regulariser
+        if attention_entropy and self.reinforce is None:
+            weights = out.weights.clamp_min(1e-12)
+            entropy = -(out.weights * weights.log()).sum(-1)  # [B, T]
+            total = total + attention_entropy * (entropy * mask).sum() / max(tokens, 1)
         reinforce = nll.new_zeros(())
         if self.reinforce is not None and out.log_prob is not None:
             reward = -token_nll.sum(dim=1)  # log p(y | s, a) of each caption

@@ -60,6 +60,9 @@ class CaptionConfig:
     doubly_stochastic: float = option(
         1.0, help="weight of the attention regulariser mean_i (1 - sum_t alpha_ti)^2"
     )
+    attention_entropy: float = option(
+        0.0, help="soft attention: weight of the mean attention entropy in the loss (> 0: sharper glimpses)"
+    )
     entropy_weight: float = option(0.01, help="hard attention: entropy bonus weight")
     baseline_decay: float = option(0.9, help="hard attention: moving-average baseline decay")
     scheduled_sampling: float = option(0.0, help="probability of feeding back the model's own word")
@@ -202,7 +205,7 @@ class CaptionTask(Task):
         annotations = self.cached_annotations(net, batch)
         out = model(batch["images"], batch["captions"], batch["lengths"], self.config.scheduled_sampling,
                     annotations=annotations)
-        parts = net.loss(out, batch["captions"], self.config.doubly_stochastic)
+        parts = net.loss(out, batch["captions"], self.config.doubly_stochastic, self.config.attention_entropy)
         logs: dict[str, Any] = {"nll": parts.nll, "attention_reg": parts.doubly_stochastic}
         if net.reinforce is not None:
             logs["reinforce"] = parts.reinforce
