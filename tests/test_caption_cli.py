@@ -231,3 +231,14 @@ def test_pretrained_encoder_offline_is_one_line(tmp_path: Path, monkeypatch: pyt
     assert code != 0 and "Traceback" not in err
     (line,) = err.strip().splitlines()
     assert line.startswith("vlattn: error:") and "cannot be downloaded" in line and "without --pretrained" in line
+
+
+def test_model_may_be_a_run_folder(model_file: Path, images: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.safetensors").write_bytes(model_file.read_bytes())
+    code, out, err = run("caption", str(images["rgb"]), "--model", str(run_dir), "--beam-size", "1")
+    assert code == 0, err
+    assert out.strip() == run("caption", str(images["rgb"]), "--model", str(model_file), "--beam-size", "1")[1].strip()
+    code, _out, err = run("caption", str(images["rgb"]), "--model", str(tmp_path))
+    assert code == 1 and "without best.safetensors" in err
