@@ -30,6 +30,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "trainer": {"epochs": 15, "lr": 2e-3, "schedule": "cosine", "optimizer": "adamw", "weight_decay": 0.01},
     },
 }
+# Ablations of "ours": one ingredient removed.
+RECIPES["ours-no-subwords"] = {"task": {**RECIPES["ours"]["task"], "subword_buckets": 0},
+                               "trainer": RECIPES["ours"]["trainer"]}
+RECIPES["ours-no-attention"] = {"task": {**RECIPES["ours"]["task"], "attention": "none"},
+                                "trainer": RECIPES["ours"]["trainer"]}
 EXAMPLES = [
     "The battery lasts all day and the screen is gorgeous.",
     "Worst customer service I have ever experienced.",
