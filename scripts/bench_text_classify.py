@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-epochs", type=int, default=3, help="epochs timed per recipe (0 = skip)")
-    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--recipes", default="tutorial-lstm,tutorial-attention,ours",
+                        help=f"comma-separated, of: {', '.join(RECIPES)}")
     args = parser.parse_args(argv)
     data = [p for p in args.data.split(",") if p]
 
