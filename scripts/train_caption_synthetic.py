@@ -2,17 +2,27 @@
 
     python scripts/train_caption_synthetic.py --attention soft-spatial \
         --out plugins/vlattn_caption/weights/synthetic-soft.safetensors
-    python scripts/train_caption_synthetic.py --attention hard-spatial --epochs 12 \
+    python scripts/train_caption_synthetic.py --attention hard-spatial \
         --out plugins/vlattn_caption/weights/synthetic-hard.safetensors
 
-Runs ``vlattn.train.fit("caption", ...)`` into a run folder (``--run-dir``, default
-``runs/caption-synthetic-<attention>``): Adam with a cosine schedule, gradient clipping,
+Two runs of ``vlattn.train.fit("caption", ...)`` under ``--run-dir`` (default
+``runs/caption-synthetic-<attention>``), each with Adam, a cosine schedule, gradient clipping and
 validation on decoded captions (beam search, never teacher forcing) after every epoch, the best
-checkpoint and early stopping on ``--early-stop`` (BLEU-4 by default). The run's
-``best.safetensors`` is then copied to ``--out``. The same run from the command line::
+checkpoint and early stopping on ``--early-stop`` (BLEU-4 by default):
+
+1. ``language/``: ``--epochs`` epochs of the plain recipe (no doubly stochastic term);
+2. ``sharpen/``: ``--sharpen-epochs`` more from the first run's best model (``init_from``) with
+   context dropout and the attention-entropy term, which teach each word to look at what it
+   names (``--sharpen-epochs 0`` skips it).
+
+The last run's ``best.safetensors`` is copied to ``--out``. The same runs from the command line::
 
     vlattn train caption --attention soft-spatial --image-size 48 --grid 12 --cnn-channels 64 \
-        --embed-dim 64 --hidden-dim 128 --dropout 0.2 --train-captions first ... --out runs/scenes
+        --embed-dim 64 --hidden-dim 128 --dropout 0.2 --train-captions first --doubly-stochastic 0 \
+        --synthetic-train 8000 --synthetic-val 200 --eval-beam-size 3 --epochs 9 --batch-size 64 \
+        --lr 2e-3 --schedule cosine --warmup-steps 50 --grad-clip 5 --out runs/scenes/language
+    vlattn train caption ...the same options... --init-from runs/scenes/language/best.safetensors \
+        --context-dropout 0.75 --attention-entropy 0.1 --epochs 8 --lr 1e-3 --out runs/scenes/sharpen
 """
 
 from __future__ import annotations
@@ -27,14 +37,16 @@ import torch
 
 from vlattn.fileio import atomic_write
 from vlattn.train import fit
+from vlattn.train.loop import RunResult
 
 #: The bundled model's architecture and data (the model file stores them; change with --options).
 RECIPE = {
-    "synthetic_train": 6000, "synthetic_val": 200, "image_size": 48, "grid": 12, "cnn_channels": 64,
+    "synthetic_train": 8000, "synthetic_val": 200, "image_size": 48, "grid": 12, "cnn_channels": 64,
     "coordinates": True, "embed_dim": 64, "hidden_dim": 128, "dropout": 0.2, "train_captions": "first",
-    "eval_beam_size": 3, "doubly_stochastic": 0.0, "context_dropout": 0.75,
-    "attention_entropy": 0.05,
+    "eval_beam_size": 3, "doubly_stochastic": 0.0,
 }
+#: What the second run adds.
+SHARPEN = {"context_dropout": 0.75, "attention_entropy": 0.1}
 
 
 def main() -> None:
@@ -42,7 +54,9 @@ def main() -> None:
     parser.add_argument("--attention", default="soft-spatial")
     parser.add_argument("--out", type=Path, required=True, help="where to copy the run's best model file")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default runs/caption-synthetic-ATT)")
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=9, help="epochs of the first run")
+    parser.add_argument("--sharpen-epochs", type=int, default=8, help="epochs of the second run (0 = none)")
+    parser.add_argument("--sharpen-lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "linear"])
@@ -65,21 +79,33 @@ def main() -> None:
         "threads": args.threads, "early_stop": args.early_stop, "patience": args.patience, "log_every": 20,
         "quiet": True, "tensorboard": False, "device": "cpu",
     }
-    run_dir = args.run_dir or Path("runs") / f"caption-synthetic-{args.attention}"
+    root = args.run_dir or Path("runs") / f"caption-synthetic-{args.attention}"
+    result = _run(task_config, trainer_config, root / "language")
+    if args.sharpen_epochs > 0:
+        assert result.best_path is not None
+        sharpen = {**task_config, **SHARPEN, "init_from": str(result.best_path), **json.loads(args.options)}
+        result = _run(sharpen, {**trainer_config, "epochs": args.sharpen_epochs, "lr": args.sharpen_lr},
+                      root / "sharpen")
+    best = result.best_path
+    assert best is not None
+    atomic_write(args.out, lambda tmp: shutil.copyfile(best, tmp))
+    print(f"best val {result.best_metric} {result.best_value:.4f}: {best} -> {args.out}", flush=True)
+
+
+def _run(task_config: dict, trainer_config: dict, run_dir: Path) -> RunResult:
+    """One ``fit`` run; prints its validation rows."""
     start = time.perf_counter()
     result = fit("caption", task_config, trainer_config, run_dir)
-    minutes = (time.perf_counter() - start) / 60
     for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if row.get("split") == "val":
             shown = " ".join(f"{k}={row[k]:.4f}" for k in ("loss", "bleu4", "cider_d", "grounding") if k in row)
-            print(f"epoch {row.get('epoch')} step {row.get('step')} val {shown}")
+            print(f"{run_dir.name} epoch {row.get('epoch')} step {row.get('step')} val {shown}")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"{run_dir}: {result.reason} after {result.step} steps in {minutes:.1f} min", flush=True)
     if result.best_path is None:
         raise SystemExit(f"no best model in {run_dir} ({result.reason})")
-    best = result.best_path
-    atomic_write(args.out, lambda tmp: shutil.copyfile(best, tmp))
-    print(f"{result.reason} after {result.step} steps in {minutes:.1f} min; best val {result.best_metric} "
-          f"{result.best_value:.4f}: {result.best_path} -> {args.out}", flush=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -186,9 +186,43 @@ def test_training_script_uses_the_common_trainer(tmp_path: Path, monkeypatch: py
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_caption_synthetic.py"
     out, run_dir = tmp_path / "model.safetensors", tmp_path / "run"
     monkeypatch.setattr(sys, "argv", [str(script), "--out", str(out), "--run-dir", str(run_dir), "--epochs", "1",
-                                      "--train", "8", "--val", "2", "--batch-size", "4",
+                                      "--sharpen-epochs", "1", "--train", "8", "--val", "2", "--batch-size", "4",
                                       "--options", json.dumps(TINY)])
     runpy.run_path(str(script), run_name="__main__")
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["task"] == "caption" and config["trainer"]["schedule"] == "cosine"
-    assert out.read_bytes() == (run_dir / "best.safetensors").read_bytes()
+    first = json.loads((run_dir / "language" / "config.json").read_text())
+    assert first["task"] == "caption" and first["trainer"]["schedule"] == "cosine"
+    second = json.loads((run_dir / "sharpen" / "config.json").read_text())["task_config"]
+    assert second["init_from"] == str(run_dir / "language" / "best.safetensors")
+    assert second["context_dropout"] > 0 and second["attention_entropy"] > 0
+    assert out.read_bytes() == (run_dir / "sharpen" / "best.safetensors").read_bytes()
+
+
+def test_init_from_copies_weights_and_vocabulary(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from vlattn_caption.task import CaptionConfig, CaptionTask
+
+    from vlattn.checkpoint import save_model
+    from vlattn.config import from_mapping, to_dict
+    from vlattn.errors import ModelFileError
+
+    config = from_mapping(CaptionConfig, {"synthetic_train": 4, "synthetic_val": 1, **TINY})
+    task = CaptionTask(config)
+    task.setup_data()
+    path = save_model(tmp_path / "m.safetensors", task.build_model(), task_name="caption",
+                      config=to_dict(config), artifacts=task.artifacts())
+    again = CaptionTask(from_mapping(CaptionConfig, {**to_dict(config), "init_from": str(path),
+                                                     "synthetic_train": 2, "synthetic_seed": 9}))
+    again.setup_data()
+    assert again.vocab is not None and task.vocab is not None and again.vocab.words == task.vocab.words
+    saved = load_file(str(path))
+    assert all(torch_equal(saved[k], v) for k, v in again.build_model().state_dict().items())
+    wider = CaptionTask(from_mapping(CaptionConfig, {**to_dict(config), "init_from": str(path), "hidden_dim": 24}))
+    wider.setup_data()
+    with pytest.raises(ModelFileError, match="another architecture"):
+        wider.build_model()
+
+
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))  # type: ignore[arg-type]

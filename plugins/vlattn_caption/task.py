@@ -69,6 +69,9 @@ class CaptionConfig:
     train_captions: Literal["all", "first"] = option(
         "all", help="train on every reference or only the first of each image"
     )
+    init_from: str = option(
+        "", help="start from this caption model file's weights and vocabulary (same architecture), e.g. to fine-tune"
+    )
     min_word_freq: int = option(1, help="words seen fewer times become <unk>")
     max_vocab: int = option(0, help="keep at most this many words (0 = all)")
     max_caption_len: int = option(20, help="longer training captions are cut to this many words")
@@ -148,6 +151,8 @@ class CaptionTask(Task):
         if self.config.train_captions == "first":
             for r in train:
                 r.captions = r.captions[:1]
+        if self.vocab is None and self.config.init_from and not self.restoring:
+            self.vocab = Vocabulary.from_json(self._init_header().artifacts["vocab"])
         if self.vocab is None:
             self.vocab = Vocabulary.build((c for r in train for c in r.captions), self.config.min_word_freq,
                                           self.config.max_vocab)
@@ -181,8 +186,35 @@ class CaptionTask(Task):
             dict(cfg.attention_options), cfg.dropout, cfg.gate, context_dropout=cfg.context_dropout,
         )
         hard = hasattr(decoder.attention, "last")
-        return CaptionModel(encoder, decoder, hard=hard, baseline_decay=cfg.baseline_decay,
-                            entropy_weight=cfg.entropy_weight)
+        model = CaptionModel(encoder, decoder, hard=hard, baseline_decay=cfg.baseline_decay,
+                             entropy_weight=cfg.entropy_weight)
+        if cfg.init_from and not self.restoring:
+            self._load_initial_weights(model)
+        return model
+
+    def _init_header(self) -> Any:
+        from vlattn.checkpoint import read_header
+
+        header = read_header(self.config.init_from)
+        if header.task != "caption" or "vocab" not in header.artifacts:
+            raise rec.CaptionDataError(f"--init-from {self.config.init_from} is not a caption model file")
+        return header
+
+    def _load_initial_weights(self, model: CaptionModel) -> None:
+        """Copy ``init_from``'s weights into ``model``; the architectures must match exactly."""
+        from safetensors.torch import load_file
+
+        from vlattn.errors import ModelFileError
+
+        self._init_header()
+        state = load_file(self.config.init_from)
+        own = model.state_dict()
+        if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+            raise ModelFileError(
+                f"--init-from {self.config.init_from} has another architecture than these options "
+                "(encoder, grid, sizes, attention and vocabulary must match)"
+            )
+        model.load_state_dict(state)
 
     def cached_annotations(self, net: CaptionModel, batch: Any) -> torch.Tensor | None:
         """``[B, L, D]`` annotations of a training batch from the cache, when caching is on and the
