@@ -141,3 +141,22 @@ def test_embedding_l2_is_added_to_the_loss(tmp_path: Path) -> None:
         losses.append((loss, model.embedding.weight.pow(2).sum()))
     (plain, _), (penalised, squares) = losses
     torch.testing.assert_close(penalised - plain, 0.5 * squares)
+
+
+def test_subword_packing_and_bag_sum_match_the_plain_computation() -> None:
+    from vlattn_text.models import WordEmbedding
+    from vlattn_text.task import pack_subwords
+
+    grams = [[(3, 4), (5,), ()], [(7, 8, 9)]]
+    packed = pack_subwords(grams, width=3)
+    expected = torch.tensor([[[3, 4, 0], [5, 0, 0], [0, 0, 0]], [[7, 8, 9], [0, 0, 0], [0, 0, 0]]])
+    assert torch.equal(packed, expected)
+    assert pack_subwords([[], []], width=2).shape == (2, 2, 1)
+    torch.manual_seed(0)
+    embedding = WordEmbedding(6, 4, subword_buckets=10)
+    ids = torch.tensor([[1, 2, 3], [4, 0, 0]])
+    got = embedding(ids, packed)
+    table = embedding.subwords.weight
+    counts = (packed > 0).sum(-1, keepdim=True).clamp(min=1)
+    plain = embedding.words(ids) + (table[packed] * (packed > 0).unsqueeze(-1)).sum(-2) / counts
+    assert torch.allclose(got, plain, atol=1e-6)

@@ -91,8 +91,11 @@ class WordEmbedding(nn.Module):
         vectors = self.words(ids)
         if self.subwords is None or subwords is None or subwords.shape[-1] == 0:
             return vectors
+        # One bag of n-grams per word, summed without building the [B, T, K, D] tensor of their vectors.
+        flat = subwords.reshape(-1, subwords.shape[-1])
+        summed = nn.functional.embedding_bag(flat, self.subwords.weight, mode="sum", padding_idx=0)
         counts = (subwords > 0).sum(-1, keepdim=True).clamp(min=1)
-        return vectors + self.subwords(subwords).sum(-2) / counts
+        return vectors + summed.view(*subwords.shape[:-1], -1) / counts
 
 
 class SharedInputDropout(nn.Module):

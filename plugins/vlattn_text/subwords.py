@@ -34,8 +34,8 @@ def _grams(word: str, buckets: int) -> tuple[int, ...]:
     return tuple(1 + zlib.crc32(g.encode("utf-8")) % buckets for g in grams)
 
 
-def subword_ids(word: str, buckets: int) -> list[int]:
-    """Bucket indices (1..buckets) of ``word`` and its character 3- to 5-grams."""
+def subword_ids(word: str, buckets: int) -> tuple[int, ...]:
+    """Bucket indices (1..buckets) of ``word`` and its character 3- to 5-grams (a shared, cached tuple)."""
     if buckets <= 0:
-        return []
-    return list(_grams(word, buckets))
+        return ()
+    return _grams(word, buckets)

@@ -34,7 +34,7 @@ class Item:
     """One encoded text: word ``ids``, per-word n-gram buckets ``grams`` (empty if unused), ``label``."""
 
     ids: list[int]
-    grams: list[list[int]]
+    grams: list[tuple[int, ...]]
     label: int
 
 
@@ -138,11 +138,7 @@ class TextClassifierTask(Task):
                            dtype=torch.long).view(len(items), width)
         subwords = None
         if self.settings.subword_buckets:
-            depth = max((len(g) for item in items for g in item.grams), default=1)
-            blank = [0] * depth
-            rows = [[g + [0] * (depth - len(g)) for g in item.grams[:width]] + [blank] * (width - len(item.grams))
-                    for item in items]
-            subwords = torch.tensor(rows, dtype=torch.long).view(len(items), width, depth)
+            subwords = pack_subwords([item.grams for item in items], width)
         return TextBatch(ids, torch.tensor(lengths, dtype=torch.long),
                          torch.tensor([item.label for item in items], dtype=torch.long), subwords)
 
@@ -219,6 +215,28 @@ class TextClassifierTask(Task):
             raise VlattnError("the model file has no tokenizer or label list")
         self.tokenizer = Tokenizer.from_dict(artifacts["tokenizer"])
         self.labels = [str(x) for x in artifacts["labels"]]
+
+
+def pack_subwords(grams: Sequence[Sequence[Sequence[int]]], width: int) -> Tensor:
+    """``grams[b][t]``: the n-gram buckets of word ``t`` of text ``b`` -> ``[B, width, K]``, 0-padded.
+
+    Built from one flat tensor of the real n-grams (vectorised placement), not from nested lists.
+    """
+    counts = [0] * (len(grams) * width)
+    flat: list[int] = []
+    for row, words in enumerate(grams):
+        for col, word_grams in enumerate(words[:width]):
+            counts[row * width + col] = len(word_grams)
+            flat.extend(word_grams)
+    depth = max(max(counts, default=0), 1)
+    out = torch.zeros(len(counts), depth, dtype=torch.long)
+    if flat:
+        sizes = torch.tensor(counts, dtype=torch.long)
+        token = torch.repeat_interleave(torch.arange(len(counts)), sizes)
+        starts = torch.cumsum(sizes, 0) - sizes
+        offset = torch.arange(len(flat)) - torch.repeat_interleave(starts, sizes)
+        out[token, offset] = torch.tensor(flat, dtype=torch.long)
+    return out.view(len(grams), width, depth)
 
 
 def predict_classes(logits: Tensor) -> Tensor:
