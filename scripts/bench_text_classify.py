@@ -4,7 +4,8 @@
 
 * classify: 10,000 sentences (the UCI sentences repeated) through the bundled model, in-process
   (``TextClassifier.classify``) and end to end (``vlattn classify --file ... --json`` in a fresh
-  process, start-up and model loading included); medians of ``--repeats`` runs.
+  process, start-up and model loading included), and one sentence in a fresh process (the fixed
+  start-up cost); medians of ``--repeats`` runs.
 * training: seconds per epoch of each recipe of ``scripts/text_results.py`` on the tutorial split
   (1,600 training sentences, validation included), median over the epochs of one short run.
 """
@@ -57,7 +58,14 @@ def bench_classify(texts: list[str], repeats: int, threads: int) -> dict[str, fl
         end_to_end.append(time.perf_counter() - start)
         assert len(proc.stdout.splitlines()) == len(texts)
     Path(path).unlink()
-    return {"in_process_s": statistics.median(in_process), "end_to_end_s": statistics.median(end_to_end)}
+    start_up = []  # the fixed cost of a new process: Python, torch, plugins, the model file; one sentence
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vlattn", "classify", "--json", "ok"],
+                       capture_output=True, text=True, env=env, check=True)
+        start_up.append(time.perf_counter() - start)
+    return {"in_process_s": statistics.median(in_process), "end_to_end_s": statistics.median(end_to_end),
+            "one_sentence_s": statistics.median(start_up)}
 
 
 def bench_training(data: list[str], recipe_names: list[str], epochs: int, threads: int) -> dict[str, float]:
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"classify {args.count} sentences, {args.threads} thread(s), bundled model:")
     print(f"  in-process: {classify['in_process_s']:.2f} s ({args.count / classify['in_process_s']:,.0f} sentences/s)")
     print(f"  vlattn classify --file --json (new process): {classify['end_to_end_s']:.2f} s")
+    print(f"  vlattn classify --json 'ok' (new process, one sentence): {classify['one_sentence_s']:.2f} s")
     training = {}
     if args.train_epochs:
         training = bench_training(data, [r for r in args.recipes.split(",") if r], args.train_epochs, args.threads)

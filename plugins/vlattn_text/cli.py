@@ -112,6 +112,7 @@ def classify(texts: tuple[str, ...], file: str | None, model_path: str | None, a
     colour_on = use_colour(colour)
     width = max(len(label) for label in classifier.labels)
     correct = labelled = 0
+    pending: list[str] = []  # output lines, written a batch at a time
     predictions = classifier.iter_classify([item.text for item in inputs], batch_size=batch_size)
     for item, prediction in zip(inputs, predictions, strict=True):
         if item.label is not None:
@@ -121,10 +122,15 @@ def classify(texts: tuple[str, ...], file: str | None, model_path: str | None, a
             record = prediction.to_dict()
             if item.label is not None:
                 record["true_label"] = item.label
-            click.echo(json.dumps(record, ensure_ascii=False))
+            pending.append(json.dumps(record, ensure_ascii=False))
         else:
-            click.echo(render_line(prediction.label, prediction.score, prediction.tokens, prediction.attention,
-                                   colour=colour_on, label_width=width), color=colour_on)
+            pending.append(render_line(prediction.label, prediction.score, prediction.tokens, prediction.attention,
+                                       colour=colour_on, label_width=width))
+        if len(pending) >= batch_size:
+            click.echo("\n".join(pending), color=colour_on)
+            pending.clear()
+    if pending:
+        click.echo("\n".join(pending), color=colour_on)
     if labelled:
         summary = f"accuracy {correct / labelled:.4f} ({correct}/{labelled} labelled lines)"
         click.echo(summary, err=as_json)

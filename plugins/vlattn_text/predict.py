@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ class Prediction:
     attention: list[float] | None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
+        """JSON-ready fields (a shallow copy: the lists are shared, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class TextClassifier:
