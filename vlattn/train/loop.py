@@ -60,7 +60,9 @@ class Trainer:
             raise VlattnError("--precision fp16 needs a CUDA device; use bf16 on CPU")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+        if cfg.deterministic or torch.are_deterministic_algorithms_enabled():
+            # only when it changes something: the call imports torch._inductor (seconds on a CPU)
+            torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
         torch.backends.cudnn.benchmark = not cfg.deterministic
         self.metric_name, self.metric_mode = self._metric()
         self.progress = Progress()
