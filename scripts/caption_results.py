@@ -50,7 +50,9 @@ def main() -> None:
             metrics = task.evaluate(loaded.model, loader, options)
         seconds = time.perf_counter() - start
         cells = [f"{metrics[c]:.3f}" if c in metrics else "n/a" for c in COLUMNS]
-        print(f"| {path.name} | {task.config.attention} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
+        run_file = path.name in ("best.safetensors", "last.safetensors")
+        label = f"{path.parent.name}/{path.name}" if run_file else path.name
+        print(f"| {label} | {task.config.attention} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9, help="epochs of the first run")
     parser.add_argument("--sharpen-epochs", type=int, default=8, help="epochs of the second run (0 = none)")
     parser.add_argument("--sharpen-lr", type=float, default=1e-3)
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="skip the first run: sharpen this model file (e.g. to train a model further)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "linear"])
@@ -70,6 +72,8 @@ def main() -> None:
     parser.add_argument("--options", default="{}", help="extra caption task options as JSON")
     args = parser.parse_args()
 
+    if args.init_from is not None and args.sharpen_epochs == 0:
+        raise SystemExit("--init-from needs --sharpen-epochs > 0")
     torch.set_num_threads(args.threads)
     task_config = {**RECIPE, "attention": args.attention, "synthetic_train": args.train,
                    "synthetic_val": args.val, **json.loads(args.options)}
@@ -80,10 +84,12 @@ def main() -> None:
         "quiet": True, "tensorboard": False, "device": "cpu",
     }
     root = args.run_dir or Path("runs") / f"caption-synthetic-{args.attention}"
-    result = _run(task_config, trainer_config, root / "language")
+    start_from = args.init_from
+    if start_from is None:
+        result = _run(task_config, trainer_config, root / "language")
+        start_from = result.best_path
     if args.sharpen_epochs > 0:
-        assert result.best_path is not None
-        sharpen = {**task_config, **SHARPEN, "init_from": str(result.best_path), **json.loads(args.options)}
+        sharpen = {**task_config, **SHARPEN, "init_from": str(start_from), **json.loads(args.options)}
         result = _run(sharpen, {**trainer_config, "epochs": args.sharpen_epochs, "lr": args.sharpen_lr},
                       root / "sharpen")
     best = result.best_path
