@@ -299,3 +299,14 @@ def test_attention_entropy_term_is_the_mean_entropy_of_real_steps() -> None:
     entropy = -(out.weights * out.weights.clamp_min(1e-12).log()).sum(-1)[mask].mean()
     assert 0 < float(entropy.detach()) <= float(torch.log(torch.tensor(float(L)))) + 1e-5
     torch.testing.assert_close(sharp.total, plain.total + 0.5 * entropy)
+
+
+def test_beam_search_in_chunks_matches_one_batch() -> None:
+    model = _model().eval()
+    images = torch.randint(0, 255, (5, 3, 12, 12), dtype=torch.uint8)
+    whole = search.beam_search(model, images, beam_size=3, max_len=6, chunk=0)
+    chunked = search.beam_search(model, images, beam_size=3, max_len=6, chunk=2)
+    assert chunked.tokens == whole.tokens
+    torch.testing.assert_close(chunked.scores, whole.scores)
+    for a, b in zip(chunked.weights, whole.weights, strict=True):
+        torch.testing.assert_close(a, b)
