@@ -1,0 +1,79 @@
+"""The bundled synthetic-scenes caption models (skipped when the weight files are absent).
+
+Thresholds sit below the figures that ``scripts/caption_results.py`` measures on 500 held-out
+scenes (docs/caption.md), leaving room for the smaller sample used here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from vlattn_caption.predict import BUNDLED_MODEL, WEIGHTS_DIR, Captioner
+from vlattn_caption.records import synthetic_records
+
+HARD_MODEL = WEIGHTS_DIR / "synthetic-hard.safetensors"
+# measured on these 60 scenes (beam 3): soft BLEU-4 0.863, CIDEr-D 7.86, grounding 0.983; hard BLEU-4 0.393
+BLEU4_SOFT, CIDER_SOFT, GROUNDING_SOFT = 0.8, 7.0, 0.9
+BLEU4_HARD = 0.3
+
+pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.exists(), reason="bundled caption model not trained")
+
+
+def _held_out_scores(path: Path, scenes: int = 60) -> dict[str, float]:
+    """Scores of the model file on held-out synthetic test scenes (beam 3, decoded captions)."""
+    pytest.importorskip("pycocoevalcap", reason="caption scores need pycocoevalcap")
+    from vlattn_caption.task import CaptionEvalOptions
+
+    from vlattn.checkpoint import load_model
+
+    torch.set_num_threads(1)
+    loaded = load_model(path, expect_task="caption")
+    task = loaded.task
+    task.config.synthetic_test = scenes  # type: ignore[attr-defined]
+    options = CaptionEvalOptions(split="test", beam_size=3)
+    data = task.eval_data(None, options)
+    batch = task.collate([data[i] for i in range(len(data))])
+    with torch.no_grad():
+        return task.evaluate(loaded.model, [batch], options)
+
+
+def test_bundled_files_are_small() -> None:
+    for path in WEIGHTS_DIR.glob("*.safetensors"):
+        assert path.stat().st_size < 5 * 2**20, path
+
+
+def test_bundled_model_describes_held_out_scenes() -> None:
+    scores = _held_out_scores(BUNDLED_MODEL)
+    assert scores["bleu4"] > BLEU4_SOFT, scores
+    assert scores["cider_d"] > CIDER_SOFT, scores
+    assert scores["grounding"] > GROUNDING_SOFT, scores
+
+
+@pytest.mark.skipif(not HARD_MODEL.exists(), reason="bundled hard-attention model not trained")
+def test_bundled_hard_attention_model_describes_held_out_scenes() -> None:
+    scores = _held_out_scores(HARD_MODEL)
+    assert scores["bleu4"] > BLEU4_HARD, scores
+
+
+def test_captioner_names_the_objects_of_simple_scenes() -> None:
+    torch.set_num_threads(1)
+    captioner = Captioner.load()
+    records = [r for r in synthetic_records("test", 60, seed=0, image_size=captioner.image_size)
+               if len(r.objects) == 1][:15]
+    captions = captioner.caption_images([r.load() for r in records], beam_size=3)
+    exact = sum(words in r.captions for (words, _, _), r in zip(captions, records, strict=True))
+    assert exact >= len(records) - 2, [" ".join(words) for words, _, _ in captions]
+
+
+def test_cli_uses_the_bundled_model_by_default(tmp_path: Path) -> None:
+    from vlattn.cli import build_cli
+
+    record = synthetic_records("test", 1, seed=0, image_size=48)[0]
+    path = tmp_path / "scene.png"
+    record.load().resize((300, 300)).save(path)
+    result = CliRunner().invoke(build_cli(), ["caption", str(path)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split()[0] in ("a", "there")
