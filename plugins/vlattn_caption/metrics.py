@@ -23,7 +23,7 @@ import numpy as np
 from vlattn.errors import VlattnError
 from vlattn_caption import synthetic
 
-INSTALL_HINT = "pip install pycocoevalcap  (or: pip install 'vlattn[caption]')"
+INSTALL_HINT = "pip install pycocoevalcap"
 
 
 def _scorers(meteor: bool) -> list[tuple[Any, list[str]]]:
