@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from vlattn.attention import build_attention
+from vlattn.attention.spatial import SoftSpatialAttention
 
 
 @dataclass
@@ -122,21 +123,27 @@ class ShowAttendTellDecoder(nn.Module):
         mean = annotations.mean(dim=1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
 
-    def step(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor
-             ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+    def step(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor,
+             projected_keys: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One word for ``N`` sequences.
 
         Args:
             prev_words: ``[N]`` previous word ids.
             state: ``(h, c)``, each ``[N, H]``.
             annotations: ``[N, L, D]``.
+            projected_keys: ``[N, L, H']``, the mechanism's ``project_keys(annotations)`` computed
+                once per decode (only for mechanisms that take ``projected_keys``, see
+                :meth:`key_projection`); ``None`` projects as usual.
 
         Returns:
             logits ``[N, V]``, the new state, attention weights ``[N, L]``.
         """
         h, c = state
         emb = self.embed(prev_words)
-        context, weights = self.attention(h, annotations)
+        if projected_keys is None:
+            context, weights = self.attention(h, annotations)
+        else:
+            context, weights = self.attention(h, annotations, projected_keys=projected_keys)
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context
         seen = context
@@ -146,6 +153,57 @@ class ShowAttendTellDecoder(nn.Module):
         h, c = self.cell(torch.cat([emb, seen], dim=1), (h, c))
         deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
         return self.out(self.dropout(deep)), (h, c), weights
+
+    def step_rows(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor,
+                  projected_keys: Tensor | None, rows: Tensor, per_image: int
+                  ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+        """One word for ``N`` hypotheses that share their images' annotations (inference only).
+
+        The hypotheses are ``rows`` of a ``[B * per_image]`` grid, image-major: row ``r`` reads
+        image ``r // per_image``. Unlike :meth:`step` nothing of size ``[N, L, D]`` is copied per
+        hypothesis: the scoring MLP works in one reused buffer and the context is taken from one
+        batched product per image. The results equal :meth:`step` on the gathered rows.
+
+        Args:
+            prev_words: ``[N]`` previous word ids.
+            state: ``(h, c)``, each ``[N, H]``.
+            annotations: ``[B, L, D]``, one per image.
+            projected_keys: ``[B, L, H']`` from :meth:`key_projection`, or ``None`` (then the
+                rows' annotations are gathered and :meth:`step` runs).
+            rows: ``[N]`` grid rows of the hypotheses, ascending.
+            per_image: hypotheses per image in the grid (the beam size).
+
+        Returns:
+            logits ``[N, V]``, the new state, attention weights ``[N, L]``.
+        """
+        images = torch.div(rows, per_image, rounding_mode="floor")
+        attention = self.attention
+        if projected_keys is None or not isinstance(attention, SoftSpatialAttention) or attention.gate is not None:
+            gathered = annotations.index_select(0, images)
+            keys = None if projected_keys is None else projected_keys.index_select(0, images)
+            return self.step(prev_words, state, gathered, keys)
+        h, c = state
+        emb = self.embed(prev_words)
+        batch, locations = annotations.shape[0], annotations.shape[1]
+        hidden = projected_keys.index_select(0, images)  # [N, L, H'], scored in place
+        hidden.add_(attention.query_proj(h)[:, None, :]).tanh_()
+        alpha = attention.normalise(torch.matmul(hidden, attention.v.weight[0])[:, None, :], None)
+        weights = attention.select(alpha).squeeze(1)  # [N, L]
+        grid = weights.new_zeros(batch * per_image, locations)
+        grid[rows] = weights
+        context = torch.bmm(grid.view(batch, per_image, locations), annotations).view(batch * per_image, -1)[rows]
+        if self.gate is not None:
+            context = torch.sigmoid(self.gate(h)) * context
+        h, c = self.cell(torch.cat([emb, context], dim=1), (h, c))
+        deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
+        return self.out(self.dropout(deep)), (h, c), weights
+
+    def key_projection(self, annotations: Tensor) -> Tensor | None:
+        """``U a`` of the scoring MLP for ``annotations [N, L, D]`` -> ``[N, L, H']``, to pass to
+        :meth:`step` as ``projected_keys``; ``None`` for mechanisms without ``project_keys``."""
+        if isinstance(self.attention, SoftSpatialAttention):
+            return self.attention.project_keys(annotations)
+        return None
 
     def last_hard_sample(self) -> Any:
         """The mechanism's last hard-attention sample (``None`` for deterministic mechanisms)."""

@@ -87,45 +87,60 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
     decoder = model.decoder
     batch, locations = annotations.shape[0], annotations.shape[1]
     k = beam_size
-    flat = annotations.repeat_interleave(k, dim=0).contiguous()  # [B*K, L, D], image-major
-    h, c = decoder.init_state(flat)
-    device = flat.device
+    annotations = annotations.contiguous()
+    device = annotations.device
+    projected = decoder.key_projection(annotations)  # U a once per image, [B, L, H'] (None: not an MLP scorer)
+    h, c = (s.repeat_interleave(k, dim=0) for s in decoder.init_state(annotations))  # [B*K, H], image-major
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, k, dtype=torch.long, device=device)
     prev = torch.full((batch * k,), Vocabulary.start_id, dtype=torch.long, device=device)
     tokens = torch.zeros(batch, k, 0, dtype=torch.long, device=device)
-    history = flat.new_zeros(batch, k, 0, locations)
+    history = annotations.new_zeros(batch, k, 0, locations)
     offsets = (torch.arange(batch, device=device) * k)[:, None]
-    with shared_key_projection(decoder.attention, flat):
-        for step in range(max_len + 1):
-            logits, (h, c), weights = decoder.step(prev, (h, c), flat)
-            vocab = logits.shape[-1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            logp = _never(logp, last=step == max_len).view(batch, k, vocab)
-            done_row = torch.full((vocab,), float("-inf"), device=device)
-            done_row[Vocabulary.pad_id] = 0.0
-            logp = torch.where(finished[:, :, None], done_row, logp)
-            candidates = scores[:, :, None] + logp  # [B, K, V]
-            new_len = lengths + (~finished).long()
-            rank = candidates / length_penalty(new_len, alpha)[:, :, None] if alpha else candidates
-            _, best = rank.view(batch, k * vocab).topk(k, dim=1)
-            beam, word = best // vocab, best % vocab
-            scores = candidates.view(batch, k * vocab).gather(1, best)
-            source = (offsets + beam).view(-1)
-            was_finished = finished.gather(1, beam)
-            h, c = h[source], c[source]
-            step_weights = weights[source].view(batch, k, locations) * (~was_finished)[:, :, None]
-            tokens = torch.cat([tokens.gather(1, beam[:, :, None].expand(-1, -1, tokens.shape[2])),
-                                word[:, :, None]], dim=2)
-            history = torch.cat([history[torch.arange(batch, device=device)[:, None], beam],
-                                 step_weights[:, :, None]], dim=2)
-            lengths = lengths.gather(1, beam) + (~was_finished).long()
-            finished = was_finished | (word == Vocabulary.end_id)
-            prev = word.view(-1)
-            if bool(finished.all()):
-                break
+    batch_rows = torch.arange(batch, device=device)[:, None]
+    longest = length_penalty(torch.tensor(max_len + 1), alpha) if alpha else None
+    vocab = decoder.vocab_size
+    done_row = torch.full((vocab,), float("-inf"), device=device)
+    done_row[Vocabulary.pad_id] = 0.0
+    for step in range(max_len + 1):
+        # only live hypotheses (not finished, finite score) run the decoder; the rest are frozen
+        rows = (~finished & (scores > float("-inf"))).view(-1).nonzero().squeeze(1)
+        logits, (h_live, c_live), weights_live = decoder.step_rows(prev[rows], (h[rows], c[rows]), annotations,
+                                                                   projected, rows, k)
+        logp = done_row.expand(batch * k, vocab).clone()
+        logp[rows] = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
+        logp = logp.view(batch, k, vocab)
+        h[rows], c[rows] = h_live, c_live
+        weights = annotations.new_zeros(batch * k, locations)
+        weights[rows] = weights_live
+        candidates = scores[:, :, None] + logp  # [B, K, V]
+        new_len = lengths + (~finished).long()
+        rank = candidates / length_penalty(new_len, alpha)[:, :, None] if alpha else candidates
+        _, best = rank.view(batch, k * vocab).topk(k, dim=1)
+        beam, word = best // vocab, best % vocab
+        scores = candidates.view(batch, k * vocab).gather(1, best)
+        source = (offsets + beam).view(-1)
+        was_finished = finished.gather(1, beam)
+        h, c = h[source], c[source]
+        step_weights = weights[source].view(batch, k, locations) * (~was_finished)[:, :, None]
+        tokens = torch.cat([tokens.gather(1, beam[:, :, None].expand(-1, -1, tokens.shape[2])),
+                            word[:, :, None]], dim=2)
+        history = torch.cat([history[batch_rows, beam], step_weights[:, :, None]], dim=2)
+        lengths = lengths.gather(1, beam) + (~was_finished).long()
+        finished = was_finished | (word == Vocabulary.end_id)
+        prev = word.view(-1)
+        # An image is settled once a finished hypothesis ranks strictly above anything a live one
+        # can still reach (log-probabilities only fall as words are added; the length penalty is at
+        # most lp(max_len + 1)): its result can no longer change, so its live beams are frozen.
+        done_rank = scores / length_penalty(lengths, alpha) if alpha else scores
+        live_bound = scores / longest if longest is not None else scores
+        best_done = torch.where(finished, done_rank, float("-inf")).amax(dim=1)
+        best_live = torch.where(finished, float("-inf"), live_bound).amax(dim=1)
+        finished = finished | (best_done > best_live)[:, None]
+        if bool(finished.all()):
+            break
     final = scores / length_penalty(lengths, alpha) if alpha else scores
     choice = final.argmax(dim=1)
     rows = torch.arange(batch, device=device)
