@@ -89,7 +89,7 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
     k = beam_size
     annotations = annotations.contiguous()
     device = annotations.device
-    projected = decoder.key_projection(annotations)  # U a once per image, [B, L, H'] (None: not an MLP scorer)
+    keys = decoder.scoring_keys(annotations)  # 2 U a once per image, [B, L, H'] (None: not an MLP scorer)
     h, c = (s.repeat_interleave(k, dim=0) for s in decoder.init_state(annotations))  # [B*K, H], image-major
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -108,7 +108,7 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
         # only live hypotheses (not finished, finite score) run the decoder; the rest are frozen
         rows = (~finished & (scores > float("-inf"))).view(-1).nonzero().squeeze(1)
         logits, (h_live, c_live), weights_live = decoder.step_rows(prev[rows], (h[rows], c[rows]), annotations,
-                                                                   projected, rows, k)
+                                                                   keys, rows, k)
         logp = done_row.expand(batch * k, vocab).clone()
         logp[rows] = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
         logp = logp.view(batch, k, vocab)
