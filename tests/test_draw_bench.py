@@ -25,8 +25,7 @@ def bench():
     return module
 
 
-def test_reference_with_vlattns_weights_gives_the_same_loss(bench) -> None:
-    torch.set_num_threads(1)
+def test_reference_with_vlattns_weights_gives_the_same_loss(bench, one_thread) -> None:
     args = argparse.Namespace(steps=5, read_n=2, write_n=5, lstm=24, z=6, no_attention=False)
     torch.manual_seed(0)
     model = Draw(DrawShape(steps=5, read_n=2, write_n=5, enc_size=24, dec_size=24, z_size=6))

@@ -18,12 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--enc-size", "16", "--dec-size", "16", "--z-size", "4", "--read-n", "2", "--write-n", "3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

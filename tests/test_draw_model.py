@@ -12,12 +12,7 @@ from vlattn_draw.model import Draw, DrawShape, DrawTrace, gaussian_kl, importanc
 TINY = DrawShape(steps=4, enc_size=32, dec_size=32, z_size=8, read_n=2, write_n=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_kl_matches_torch_distributions() -> None:

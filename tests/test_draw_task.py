@@ -19,12 +19,7 @@ MNIST = SHARED / "mnist" / "binarized_mnist.npz"
 TINY = {"steps": 3, "enc_size": 16, "dec_size": 16, "z_size": 4, "read_n": 2, "write_n": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
