@@ -96,10 +96,10 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
     finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, k, dtype=torch.long, device=device)
     prev = torch.full((batch * k,), Vocabulary.start_id, dtype=torch.long, device=device)
-    tokens = torch.zeros(batch, k, 0, dtype=torch.long, device=device)
-    history = annotations.new_zeros(batch, k, 0, locations)
+    parents: list[Tensor] = []  # per step [B, K]: the beam each hypothesis extends
+    words: list[Tensor] = []  # per step [B, K]: its new word
+    glimpses: list[Tensor] = []  # per step [B, K, L]: the attention weights of that word
     offsets = (torch.arange(batch, device=device) * k)[:, None]
-    batch_rows = torch.arange(batch, device=device)[:, None]
     longest = length_penalty(torch.tensor(max_len + 1), alpha) if alpha else None
     vocab = decoder.vocab_size
     done_row = torch.full((vocab,), float("-inf"), device=device)
@@ -125,9 +125,9 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
         was_finished = finished.gather(1, beam)
         h, c = h[source], c[source]
         step_weights = weights[source].view(batch, k, locations) * (~was_finished)[:, :, None]
-        tokens = torch.cat([tokens.gather(1, beam[:, :, None].expand(-1, -1, tokens.shape[2])),
-                            word[:, :, None]], dim=2)
-        history = torch.cat([history[batch_rows, beam], step_weights[:, :, None]], dim=2)
+        parents.append(beam)
+        words.append(word)
+        glimpses.append(step_weights)
         lengths = lengths.gather(1, beam) + (~was_finished).long()
         finished = was_finished | (word == Vocabulary.end_id)
         prev = word.view(-1)
@@ -144,7 +144,13 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
     final = scores / length_penalty(lengths, alpha) if alpha else scores
     choice = final.argmax(dim=1)
     rows = torch.arange(batch, device=device)
-    return _collect(tokens[rows, choice], history[rows, choice], scores[rows, choice])
+    chosen_score = scores[rows, choice]
+    tokens, history = [], []
+    for beam, word, step_weights in zip(reversed(parents), reversed(words), reversed(glimpses), strict=True):
+        tokens.append(word[rows, choice])
+        history.append(step_weights[rows, choice])
+        choice = beam[rows, choice]
+    return _collect(torch.stack(tokens[::-1], 1), torch.stack(history[::-1], 1), chosen_score)
 
 
 @torch.no_grad()
