@@ -4,7 +4,10 @@ Every function takes the model and a batch of images ``[B, 3, S, S]`` (or precom
 annotations ``[B, L, D]``) and returns :class:`Decoded`: for each image the word ids (without
 ``<start>``/``<end>``), the sequence log-probability and the attention weights ``[n_words, L]``
 of the chosen words. The beam search keeps all ``B * K`` hypotheses in one tensor, so one
-decoder step serves every image: there is no per-image Python loop.
+decoder step serves every image: there is no per-image Python loop. Each step runs the decoder
+on the live hypotheses only (finished ones are frozen, and an image is settled as soon as no live
+hypothesis can beat its best finished one), projects the annotations once per image, and keeps
+back-pointers instead of copying every hypothesis' history.
 """
 
 from __future__ import annotations
@@ -34,8 +37,18 @@ class Decoded:
     weights: list[Tensor]
 
 
+#: Images encoded per call on CPU: the convolutions' activations of a few images stay in cache
+#: (100 bundled-model scenes: 0.10 s in chunks of 10 against 0.15 s in one call, same values).
+ENCODE_CHUNK = 10
+
+
 def _annotations(model: CaptionModel, inputs: Tensor) -> Tensor:
-    return inputs if inputs.dim() == 3 else model.encode(inputs)
+    """Annotations ``[B, L, D]`` of images ``[B, 3, S, S]`` (annotations pass through)."""
+    if inputs.dim() == 3:
+        return inputs
+    if inputs.device.type != "cpu" or inputs.shape[0] <= ENCODE_CHUNK:
+        return model.encode(inputs)
+    return torch.cat([model.encode(inputs[i : i + ENCODE_CHUNK]) for i in range(0, inputs.shape[0], ENCODE_CHUNK)])
 
 
 def _never(logits: Tensor, last: bool = False) -> Tensor:
@@ -55,10 +68,10 @@ def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
     return ((5.0 + lengths.to(torch.float32)) / 6.0) ** alpha
 
 
-#: Images whose beams are decoded in one tensor by :func:`beam_search`. On CPU the attention over
-#: ``chunk * K * L`` cells is memory-bound, so chunks that stay in cache are faster than one huge
-#: batch (100 images, beam 5: 25 per chunk took 0.83 s against 1.48 s for all 100 at once).
-BEAM_CHUNK = 25
+#: Most images whose beams are decoded in one tensor by :func:`beam_search` (bounds the memory of
+#: the ``chunk * K * L`` attention scores; 100 bundled-model scenes at beam 5 decode about as fast
+#: in chunks of 50 as in one tensor, and 20% slower in chunks of 25).
+BEAM_CHUNK = 50
 
 
 @torch.no_grad()
