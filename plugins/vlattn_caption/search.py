@@ -37,18 +37,23 @@ class Decoded:
     weights: list[Tensor]
 
 
-#: Images encoded per call on CPU: the convolutions' activations of a few images stay in cache
-#: (100 bundled-model scenes: 0.10 s in chunks of 10 against 0.15 s in one call, same values).
-ENCODE_CHUNK = 10
+#: Images encoded per call on CPU. Their channels-last activations stay in cache (100 bundled-model
+#: scenes: 0.07 s in chunks of 25 against 0.15 s in one channels-first call).
+ENCODE_CHUNK = 25
 
 
 def _annotations(model: CaptionModel, inputs: Tensor) -> Tensor:
-    """Annotations ``[B, L, D]`` of images ``[B, 3, S, S]`` (annotations pass through)."""
+    """Annotations ``[B, L, D]`` of images ``[B, 3, S, S]`` (annotations pass through).
+
+    On CPU the images go through the encoder in channels-last layout (the fast layout of CPU
+    convolutions and pooling), ``ENCODE_CHUNK`` at a time.
+    """
     if inputs.dim() == 3:
         return inputs
-    if inputs.device.type != "cpu" or inputs.shape[0] <= ENCODE_CHUNK:
+    if inputs.device.type != "cpu":
         return model.encode(inputs)
-    return torch.cat([model.encode(inputs[i : i + ENCODE_CHUNK]) for i in range(0, inputs.shape[0], ENCODE_CHUNK)])
+    return torch.cat([model.encode(inputs[i : i + ENCODE_CHUNK].contiguous(memory_format=torch.channels_last))
+                      for i in range(0, inputs.shape[0], ENCODE_CHUNK)])
 
 
 def _never(logits: Tensor, last: bool = False) -> Tensor:
