@@ -70,6 +70,7 @@ def _reference_beam_search(model: CaptionModel, annotations: torch.Tensor, k: in
     ("soft-spatial", 2, 2.0, 3, 12, 1.5),
     ("soft-spatial", 3, 4.0, 4, 3, 0.7),
     ("soft-spatial", 4, 1.0, 1, 10, 0.0),
+    ("soft-spatial", 8, 1.0, 4, 10, -0.5),
     ("hard-spatial", 5, 2.0, 5, 10, 0.0),
     ("hard-spatial", 6, 2.0, 4, 10, 1.0),
     ("additive", 7, 2.0, 3, 8, 0.0),

@@ -118,7 +118,7 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
     words: list[Tensor] = []  # per step [B, K]: its new word
     glimpses: list[Tensor] = []  # per step [B, K, L]: the attention weights of that word
     offsets = (torch.arange(batch, device=device) * k)[:, None]
-    longest = length_penalty(torch.tensor(max_len + 1), alpha) if alpha else None
+    longest = length_penalty(torch.tensor(max_len + 1, device=device), alpha) if alpha else None
     vocab = decoder.vocab_size
     done_row = torch.full((vocab,), float("-inf"), device=device)
     done_row[Vocabulary.pad_id] = 0.0
@@ -151,12 +151,14 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
         prev = word.view(-1)
         # An image is settled once a finished hypothesis ranks strictly above anything a live one
         # can still reach (log-probabilities only fall as words are added; the length penalty is at
-        # most lp(max_len + 1)): its result can no longer change, so its live beams are frozen.
-        done_rank = scores / length_penalty(lengths, alpha) if alpha else scores
-        live_bound = scores / longest if longest is not None else scores
-        best_done = torch.where(finished, done_rank, float("-inf")).amax(dim=1)
-        best_live = torch.where(finished, float("-inf"), live_bound).amax(dim=1)
-        finished = finished | (best_done > best_live)[:, None]
+        # most lp(max_len + 1) when alpha >= 0): its result can no longer change, so its live beams
+        # are frozen.
+        if alpha >= 0:  # (a shrinking penalty gives no such bound)
+            done_rank = scores / length_penalty(lengths, alpha) if alpha else scores
+            live_bound = scores / longest if longest is not None else scores
+            best_done = torch.where(finished, done_rank, float("-inf")).amax(dim=1)
+            best_live = torch.where(finished, float("-inf"), live_bound).amax(dim=1)
+            finished = finished | (best_done > best_live)[:, None]
         if bool(finished.all()):
             break
     final = scores / length_penalty(lengths, alpha) if alpha else scores
