@@ -135,9 +135,15 @@ class ShowAttendTellDecoder(nn.Module):
         Returns:
             logits ``[N, V]``, the new state, attention weights ``[N, L]``.
         """
+        context, weights = self.attention(state[0], annotations)
+        logits, state = self._advance(self.embed(prev_words), context, state)
+        return logits, state, weights
+
+    def _advance(self, emb: Tensor, context: Tensor, state: tuple[Tensor, Tensor]
+                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Gate, LSTM update and deep output: ``emb [N, E]``, ``context [N, D]``, ``state`` (each
+        ``[N, H]``) -> logits ``[N, V]`` and the new state."""
         h, c = state
-        emb = self.embed(prev_words)
-        context, weights = self.attention(h, annotations)
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context
         seen = context
@@ -146,7 +152,7 @@ class ShowAttendTellDecoder(nn.Module):
             seen = context * keep.to(context.dtype)
         h, c = self.cell(torch.cat([emb, seen], dim=1), (h, c))
         deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
-        return self.out(self.dropout(deep)), (h, c), weights
+        return self.out(self.dropout(deep)), (h, c)
 
     def scoring_keys(self, annotations: Tensor) -> Tensor | None:
         """``2 U a``, twice the scoring MLP's key projection, for :meth:`step_rows`.
@@ -189,8 +195,7 @@ class ShowAttendTellDecoder(nn.Module):
         attention = self.attention
         if scoring_keys is None or not isinstance(attention, SoftSpatialAttention):
             return self.step(prev_words, state, annotations.index_select(0, images))
-        h, c = state
-        emb = self.embed(prev_words)
+        h = state[0]
         batch, locations = annotations.shape[0], annotations.shape[1]
         hidden = scoring_keys.index_select(0, images)  # [N, L, H'] = 2 U a, scored in place
         hidden.add_(attention.query_proj(h).mul_(2.0)[:, None, :]).sigmoid_()
@@ -200,11 +205,8 @@ class ShowAttendTellDecoder(nn.Module):
         grid = weights.new_zeros(batch * per_image, locations)
         grid[rows] = weights
         context = torch.bmm(grid.view(batch, per_image, locations), annotations).view(batch * per_image, -1)[rows]
-        if self.gate is not None:
-            context = torch.sigmoid(self.gate(h)) * context
-        h, c = self.cell(torch.cat([emb, context], dim=1), (h, c))
-        deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
-        return self.out(self.dropout(deep)), (h, c), weights
+        logits, state = self._advance(self.embed(prev_words), context, state)
+        return logits, state, weights
 
     def last_hard_sample(self) -> Any:
         """The mechanism's last hard-attention sample (``None`` for deterministic mechanisms)."""
