@@ -241,4 +241,4 @@ def test_model_may_be_a_run_folder(model_file: Path, images: dict[str, Path], tm
     assert code == 0, err
     assert out.strip() == run("caption", str(images["rgb"]), "--model", str(model_file), "--beam-size", "1")[1].strip()
     code, _out, err = run("caption", str(images["rgb"]), "--model", str(tmp_path))
-    assert code == 1 and "without best.safetensors" in err
+    assert code == 1 and "holds no best.safetensors or last.safetensors" in err

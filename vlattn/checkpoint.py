@@ -32,6 +32,18 @@ if TYPE_CHECKING:
 FORMAT = "1"
 
 
+def model_file(path: str | Path) -> Path:
+    """The model file that ``path`` names: the file itself, or a run folder's ``best.safetensors``
+    (else its ``last.safetensors``). Raises :class:`ModelFileError` for a folder holding neither."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = next((p for p in (path / "best.safetensors", path / "last.safetensors") if p.is_file()), None)
+    if found is None:
+        raise ModelFileError(f"{path} holds no best.safetensors or last.safetensors")
+    return found
+
+
 def save_model(
     path: str | Path,
     model: torch.nn.Module,

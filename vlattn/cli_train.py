@@ -192,16 +192,10 @@ def eval_command(
     Tasks may take extra options (for example `--iw-samples 100` for DRAW); `vlattn eval MODEL
     --help-task` lists them.
     """
-    from vlattn.checkpoint import read_header
+    from vlattn.checkpoint import model_file, read_header
     from vlattn.plugins import task_registry
 
-    path = Path(model_or_run)
-    if path.is_dir():
-        candidates = [path / "best.safetensors", path / "last.safetensors"]
-        found = next((c for c in candidates if c.exists()), None)
-        if found is None:
-            raise VlattnError(f"{path} holds no best.safetensors or last.safetensors")
-        path = found
+    path = model_file(model_or_run)
     header = read_header(path)
     task_cls = task_registry().get(header.task).load()
     options = parse_eval_options(ctx, task_cls, header.task)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlattn.checkpoint import load_model
+from vlattn.checkpoint import load_model, model_file
 from vlattn.data.images import ImageLoadError, load_image
 from vlattn.errors import ModelFileError
 from vlattn_caption.dataset import image_tensor
@@ -71,13 +71,7 @@ def resolve_model_path(model: str | Path | None) -> Path:
                 "scripts/train_caption_synthetic.py or pass --model"
             )
         return BUNDLED_MODEL
-    path = Path(model)
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / name).exists():
-                return path / name
-        raise ModelFileError(f"{path} is a folder without best.safetensors or last.safetensors")
-    return path
+    return model_file(model)
 
 
 class Captioner:

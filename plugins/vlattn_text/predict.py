@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from vlattn.checkpoint import LoadedModel, load_model
+from vlattn.checkpoint import LoadedModel, load_model, model_file
 from vlattn.errors import ModelFileError, VlattnError
 from vlattn_text.plugin import TASK_NAME
 from vlattn_text.task import TextClassifierTask, class_probabilities
@@ -65,13 +65,7 @@ class TextClassifier:
             if not BUNDLED_MODEL.is_file():
                 raise VlattnError(f"the bundled model is missing ({BUNDLED_MODEL}); pass --model PATH")
             path = BUNDLED_MODEL
-        path = Path(path)
-        if path.is_dir():
-            found = next((p for p in (path / "best.safetensors", path / "last.safetensors") if p.is_file()), None)
-            if found is None:
-                raise VlattnError(f"{path} holds no best.safetensors or last.safetensors")
-            path = found
-        return cls(load_model(path, expect_task=TASK_NAME))
+        return cls(load_model(model_file(path), expect_task=TASK_NAME))
 
     @property
     def labels(self) -> list[str]:
