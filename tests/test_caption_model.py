@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from vlattn_caption import search
-from vlattn_caption.decoder import ShowAttendTellDecoder, shared_key_projection
+from vlattn_caption.decoder import ShowAttendTellDecoder
 from vlattn_caption.encoder import Encoder, PretrainedUnavailableError
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.task import CaptionConfig, CaptionTask
@@ -54,16 +54,29 @@ def test_length_sorted_pass_matches_a_plain_step_loop() -> None:
     torch.testing.assert_close(out.weights.sum(-1), out.step_mask.float())
 
 
-def test_shared_key_projection_changes_nothing_but_cost() -> None:
+def test_projected_keys_change_nothing_but_cost() -> None:
     model = _model().eval()
-    annotations, h = torch.randn(4, L, D), torch.randn(4, 20)
-    plain = model.decoder.attention(h, annotations)
-    with shared_key_projection(model.decoder.attention, annotations):
-        shared = model.decoder.attention(h[:2], annotations[:2])
-        other = model.decoder.attention(h, annotations + 1.0)
-    torch.testing.assert_close(shared[0], plain[0][:2])
-    torch.testing.assert_close(other[0], model.decoder.attention(h, annotations + 1.0)[0])
-    assert "forward" not in vars(model.decoder.attention.key_proj)  # restored
+    decoder = model.decoder
+    annotations, h, c = torch.randn(4, L, D), torch.randn(4, 20), torch.randn(4, 20)
+    words = torch.tensor([3, 4, 5, 6])
+    keys = decoder.project_keys(annotations)
+    assert keys is not None and keys.shape[:2] == (4, L)
+    plain = decoder.step(words, (h, c), annotations)
+    reused = decoder.step(words[:2], (h[:2], c[:2]), annotations[:2], keys[:2])
+    torch.testing.assert_close(reused[0], plain[0][:2])
+    torch.testing.assert_close(reused[2], plain[2][:2])
+    wrong = decoder.step(words, (h, c), annotations, torch.zeros_like(keys))  # the keys are really used
+    assert not torch.allclose(wrong[2], plain[2])
+
+
+def test_mechanisms_without_key_projection_decode() -> None:
+    decoder = ShowAttendTellDecoder(vocab_size=9, annotation_dim=20, embed_dim=8, hidden_dim=20,
+                                    attention="dot").eval()
+    annotations = torch.randn(2, L, 20)
+    assert decoder.project_keys(annotations) is None
+    logits, _, weights = decoder.step(torch.tensor([1, 2]), decoder.init_state(annotations), annotations)
+    assert logits.shape == (2, 9)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
 
 
 def test_loss_ignores_padding_and_regularises_attention() -> None:

@@ -22,8 +22,6 @@ collected for REINFORCE.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from vlattn.attention import build_attention
+from vlattn.attention.additive import AdditiveAttention
 from vlattn.attention.spatial import SoftSpatialAttention
 
 
@@ -51,36 +50,6 @@ class DecoderOutput:
     step_mask: Tensor
     log_prob: Tensor | None = None
     entropy: Tensor | None = None
-
-
-@contextlib.contextmanager
-def shared_key_projection(attention: nn.Module, annotations: Tensor) -> Iterator[None]:
-    """Project the annotation vectors once per decode instead of once per word.
-
-    Mechanisms scored by an MLP (``additive``, ``soft-spatial``, ``hard-spatial``) apply their
-    ``key_proj`` to all ``L`` annotation vectors at every call. Inside this context the
-    projection of ``annotations`` (and of row prefixes of it, as the length-sorted batch
-    shrinks) is computed once and reused; other inputs are projected as usual. Mechanisms
-    without a ``key_proj`` linear layer are left alone.
-    """
-    proj = getattr(attention, "key_proj", None)
-    if not isinstance(proj, nn.Linear):
-        yield
-        return
-    cached = proj(annotations)
-    base_ptr, rows = annotations.data_ptr(), annotations.shape[0]
-
-    def forward(x: Tensor) -> Tensor:
-        if (x.data_ptr() == base_ptr and x.shape[0] <= rows and x.shape[1:] == annotations.shape[1:]
-                and x.stride() == annotations.stride()):
-            return cached[: x.shape[0]]
-        return nn.Linear.forward(proj, x)
-
-    proj.forward = forward  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del proj.forward
 
 
 class ShowAttendTellDecoder(nn.Module):
@@ -123,19 +92,33 @@ class ShowAttendTellDecoder(nn.Module):
         mean = annotations.mean(dim=1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
 
-    def step(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor
-             ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+    def project_keys(self, annotations: Tensor) -> Tensor | None:
+        """The attention's key projection ``U a`` of ``annotations [N, L, D]`` -> ``[N, L, H']``.
+
+        Mechanisms scored by an MLP (``additive``, ``soft-spatial``, ``hard-spatial``) would
+        otherwise project all ``L`` annotation vectors at every word; a decode computes this once
+        and passes it (or its first rows, as a length-sorted batch shrinks) to :meth:`step`.
+        ``None`` for mechanisms without a key projection.
+        """
+        if isinstance(self.attention, AdditiveAttention):
+            return self.attention.project_keys(annotations)
+        return None
+
+    def step(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor,
+             projected_keys: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One word for ``N`` sequences.
 
         Args:
             prev_words: ``[N]`` previous word ids.
             state: ``(h, c)``, each ``[N, H]``.
             annotations: ``[N, L, D]``.
+            projected_keys: ``[N, L, H']`` from :meth:`project_keys` for these rows, or ``None``.
 
         Returns:
             logits ``[N, V]``, the new state, attention weights ``[N, L]``.
         """
-        context, weights = self.attention(state[0], annotations)
+        reuse = {} if projected_keys is None else {"projected_keys": projected_keys}
+        context, weights = self.attention(state[0], annotations, **reuse)
         logits, state = self._advance(self.embed(prev_words), context, state)
         return logits, state, weights
 
@@ -234,23 +217,24 @@ class ShowAttendTellDecoder(nn.Module):
         log_prob = annotations.new_zeros(batch, steps) if hard else None
         entropy = annotations.new_zeros(batch, steps) if hard else None
         prev = captions[:, 0]
-        with shared_key_projection(self.attention, annotations):
-            for t in range(steps):
-                n = sum(1 for a in active if a > t)
-                if n == 0:
-                    break
-                step_logits, (h, c), step_weights = self.step(prev[:n], (h[:n], c[:n]), annotations[:n])
-                logits[:n, t] = step_logits
-                weights[:n, t] = step_weights
-                sample = self.last_hard_sample() if hard else None
-                if sample is not None and log_prob is not None and entropy is not None:
-                    log_prob[:n, t] = sample.log_prob
-                    entropy[:n, t] = sample.entropy
-                prev = captions[:n, t + 1]
-                if scheduled_sampling > 0 and self.training:
-                    own = torch.multinomial(torch.softmax(step_logits.detach(), -1), 1).squeeze(1)
-                    swap = torch.rand(n, device=own.device) < scheduled_sampling
-                    prev = torch.where(swap, own, prev)
+        keys = self.project_keys(annotations)
+        for t in range(steps):
+            n = sum(1 for a in active if a > t)
+            if n == 0:
+                break
+            step_logits, (h, c), step_weights = self.step(
+                prev[:n], (h[:n], c[:n]), annotations[:n], None if keys is None else keys[:n])
+            logits[:n, t] = step_logits
+            weights[:n, t] = step_weights
+            sample = self.last_hard_sample() if hard else None
+            if sample is not None and log_prob is not None and entropy is not None:
+                log_prob[:n, t] = sample.log_prob
+                entropy[:n, t] = sample.entropy
+            prev = captions[:n, t + 1]
+            if scheduled_sampling > 0 and self.training:
+                own = torch.multinomial(torch.softmax(step_logits.detach(), -1), 1).squeeze(1)
+                swap = torch.rand(n, device=own.device) < scheduled_sampling
+                prev = torch.where(swap, own, prev)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(batch, device=order.device)
         step_mask = torch.arange(steps, device=lengths.device)[None, :] < (lengths - 1)[:, None]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vlattn_caption.decoder import shared_key_projection
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.vocab import Vocabulary
 
@@ -198,23 +197,23 @@ def _step_decode(model: CaptionModel, inputs: Tensor, max_len: int, temperature:
     finished = torch.zeros(batch, dtype=torch.bool, device=annotations.device)
     scores = annotations.new_zeros(batch)
     words, weights_seq = [], []
-    with shared_key_projection(decoder.attention, annotations):
-        for step in range(max_len + 1):
-            logits, (h, c), weights = decoder.step(prev, (h, c), annotations)
-            logp = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
-            if temperature == 0.0:
-                word = logp.argmax(dim=-1)
-            else:
-                probs = torch.softmax(logp / temperature, dim=-1)
-                word = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            word = torch.where(finished, Vocabulary.pad_id, word)
-            scores = scores + torch.where(finished, 0.0, logp.gather(1, word[:, None]).squeeze(1))
-            words.append(word)
-            weights_seq.append(weights * (~finished)[:, None])
-            finished = finished | (word == Vocabulary.end_id)
-            prev = word
-            if bool(finished.all()):
-                break
+    keys = decoder.project_keys(annotations)
+    for step in range(max_len + 1):
+        logits, (h, c), weights = decoder.step(prev, (h, c), annotations, keys)
+        logp = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
+        if temperature == 0.0:
+            word = logp.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logp / temperature, dim=-1)
+            word = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        word = torch.where(finished, Vocabulary.pad_id, word)
+        scores = scores + torch.where(finished, 0.0, logp.gather(1, word[:, None]).squeeze(1))
+        words.append(word)
+        weights_seq.append(weights * (~finished)[:, None])
+        finished = finished | (word == Vocabulary.end_id)
+        prev = word
+        if bool(finished.all()):
+            break
     return _collect(torch.stack(words, 1), torch.stack(weights_seq, 1), scores)
 
 
