@@ -30,6 +30,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "trainer": {"epochs": 15, "lr": 2e-3, "schedule": "cosine", "optimizer": "adamw", "weight_decay": 0.01},
     },
 }
+# "ours" x 5: five independently initialised copies trained side by side, probabilities averaged.
+RECIPES["ours-ensemble"] = {"task": {**RECIPES["ours"]["task"], "ensemble": 5}, "trainer": RECIPES["ours"]["trainer"]}
 # Ablations of "ours": one ingredient removed.
 RECIPES["ours-no-subwords"] = {"task": {**RECIPES["ours"]["task"], "subword_buckets": 0},
                                "trainer": RECIPES["ours"]["trainer"]}

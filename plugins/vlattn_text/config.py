@@ -81,6 +81,8 @@ class TextClassifierConfig:
     embed_dropout: float | None = option(None, help="dropout on word vectors")
     word_dropout: float | None = option(None, help="fraction of training tokens replaced by <unk>")
     embedding_l2: float | None = option(None, help="L2 penalty on the embedding matrix (sum of squares)")
+    ensemble: int = option(
+        1, help="train this many independently initialised copies side by side and average their probabilities")
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that cannot work."""
@@ -90,6 +92,8 @@ class TextClassifierConfig:
             raise ValueError("folds must be 0 (off) or at least 2")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in 0..{self.folds - 1}")
+        if self.ensemble < 1:
+            raise ValueError("ensemble must be at least 1")
         if self.layers < 1 or self.heads < 1:
             raise ValueError("layers and heads must be at least 1")
         for name in ("dropout", "embed_dropout", "word_dropout"):

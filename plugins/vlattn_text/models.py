@@ -26,10 +26,12 @@ from vlattn.attention import build_attention, lengths_to_mask
 
 @dataclass
 class ClassifierOutput:
-    """``logits [B, 1]`` (binary) or ``[B, C]``; ``weights [B, T]`` attention or ``None``."""
+    """``logits [B, 1]`` (binary) or ``[B, C]``; ``weights [B, T]`` attention or ``None``;
+    ``members [K, B, C]``: the member logits of an ensemble (trained one loss each), else ``None``."""
 
     logits: Tensor
     weights: Tensor | None
+    members: Tensor | None = None
 
 
 def output_size(num_classes: int) -> int:

@@ -144,11 +144,20 @@ class TextClassifierTask(Task):
 
     # -- model -----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """The model named by ``config.model`` for the fitted vocabulary and classes."""
-        from vlattn_text import models
-
+        """The model named by ``config.model`` for the fitted vocabulary and classes (an
+        :class:`~vlattn_text.ensemble.Ensemble` of them when ``config.ensemble > 1``)."""
         if self.tokenizer is None or not self.labels:
             raise VlattnError("build_model() needs the vocabulary: call setup_data() or load_artifacts() first")
+        if self.settings.ensemble > 1:
+            from vlattn_text.ensemble import Ensemble
+
+            return Ensemble(self._build_single, self.settings.ensemble)
+        return self._build_single()
+
+    def _build_single(self) -> nn.Module:
+        from vlattn_text import models
+
+        assert self.tokenizer is not None
         s = self.settings
         vocab, classes = self.tokenizer.vocab_size, len(self.labels)
         if s.model == "tutorial-lstm":
@@ -172,16 +181,21 @@ class TextClassifierTask(Task):
                                           bidirectional=s.bidirectional, layers=s.layers, **common)
 
     def loss(self, model: nn.Module, batch: TextBatch) -> tuple[Tensor, Tensor]:
-        """``(loss, logits)``: cross-entropy (binary for two classes) plus the embedding L2 penalty."""
-        logits = model(batch.ids, batch.lengths, batch.subwords).logits
-        if logits.shape[-1] == 1:
-            loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), batch.labels.float())
+        """``(loss, logits)``: cross-entropy (binary for two classes) plus the embedding L2 penalty.
+
+        An ensemble in training sums its members' own losses (each member learns as if alone);
+        in evaluation the loss is that of its averaged prediction.
+        """
+        output = model(batch.ids, batch.lengths, batch.subwords)
+        if output.members is not None and model.training:
+            loss = sum((classification_loss(member, batch.labels) for member in output.members),
+                       start=output.logits.new_zeros(()))
         else:
-            loss = F.cross_entropy(logits, batch.labels)
+            loss = classification_loss(output.logits, batch.labels)
         if self.settings.embedding_l2:
-            embedding = model.get_submodule("embedding").weight
-            loss = loss + self.settings.embedding_l2 * embedding.pow(2).sum()
-        return loss, logits
+            embeddings = [m.weight for name, m in model.named_modules() if name.split(".")[-1] == "embedding"]
+            loss = loss + self.settings.embedding_l2 * sum(e.pow(2).sum() for e in embeddings)
+        return loss, output.logits
 
     def training_step(self, model: nn.Module, batch: TextBatch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, logits = self.loss(model, batch)
@@ -237,6 +251,13 @@ def pack_subwords(grams: Sequence[Sequence[Sequence[int]]], width: int) -> Tenso
         offset = torch.arange(len(flat)) - torch.repeat_interleave(starts, sizes)
         out[token, offset] = torch.tensor(flat, dtype=torch.long)
     return out.view(len(grams), width, depth)
+
+
+def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of ``[B, 1]`` sigmoid logits (binary) or ``[B, C]`` logits against ``labels [B]``."""
+    if logits.shape[-1] == 1:
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels)
 
 
 def predict_classes(logits: Tensor) -> Tensor:
