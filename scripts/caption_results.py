@@ -22,7 +22,8 @@ from vlattn_caption.task import CaptionEvalOptions
 
 from vlattn.checkpoint import load_model
 
-COLUMNS = ["bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d", "meteor", "grounding", "object_words_correct"]
+COLUMNS = ["bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d", "meteor", "grounding", "object_words_correct",
+           "exact_match"]
 
 
 def main() -> None:

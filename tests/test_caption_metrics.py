@@ -22,9 +22,11 @@ REFS = [
 
 def test_perfect_captions_score_one() -> None:
     scores = caption_scores([r[0] for r in REFS], REFS)
-    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l"):
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "exact_match"):
         assert scores[key] == pytest.approx(1.0, abs=1e-6)
     assert scores["cider_d"] > 1.0
+    second_reference = caption_scores([REFS[0][-1], ["a", "cat"], *[r[0] for r in REFS[2:]]], REFS)
+    assert second_reference["exact_match"] == pytest.approx((len(REFS) - 1) / len(REFS))
 
 
 def test_wrong_words_lower_every_score() -> None:

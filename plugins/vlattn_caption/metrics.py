@@ -63,7 +63,8 @@ def caption_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Seq
     """Corpus-level scores of tokenised ``hypotheses`` (one per image) against ``references``.
 
     Returns ``bleu1..bleu4``, ``rouge_l``, ``cider_d`` (and ``meteor``) as floats in the usual
-    scales (BLEU/ROUGE/METEOR in 0..1; CIDEr-D typically 0..10).
+    scales (BLEU/ROUGE/METEOR in 0..1; CIDEr-D typically 0..10), and ``exact_match``: the share of
+    hypotheses equal to one of their references.
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
@@ -71,7 +72,8 @@ def caption_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Seq
         return {}
     res = {i: [" ".join(h) if h else "<empty>"] for i, h in enumerate(hypotheses)}
     gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
-    results: dict[str, float] = {}
+    exact = sum(any(list(h) == list(r) for r in refs) for h, refs in zip(hypotheses, references, strict=True))
+    results: dict[str, float] = {"exact_match": exact / len(hypotheses)}
     for scorer, names in _scorers(meteor):
         with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its progress
             score, _ = scorer.compute_score(gts, res)
