@@ -32,6 +32,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # "ours" x 5: five independently initialised copies trained side by side, probabilities averaged.
 RECIPES["ours-ensemble"] = {"task": {**RECIPES["ours"]["task"], "ensemble": 5}, "trainer": RECIPES["ours"]["trainer"]}
+RECIPES["ours-ensemble3"] = {"task": {**RECIPES["ours"]["task"], "ensemble": 3}, "trainer": RECIPES["ours"]["trainer"]}
 # Ablations of "ours": one ingredient removed.
 RECIPES["ours-no-subwords"] = {"task": {**RECIPES["ours"]["task"], "subword_buckets": 0},
                                "trainer": RECIPES["ours"]["trainer"]}
