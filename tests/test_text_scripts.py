@@ -61,6 +61,6 @@ def test_sentiment_script_writes_a_float16_model(corpus: Path, tmp_path: Path) -
     out = tmp_path / "sentiment.safetensors"
     assert train.main(["--data", str(corpus), "--out", str(out), "--epochs", "1"]) == 0
     header = read_header(out)
-    assert header.info["stored_dtype"] == "float16" and header.info["recipe"] == "ours"
+    assert header.info["stored_dtype"] == "float16" and header.info["recipe"] == "ours-ensemble3"
     prediction = TextClassifier.load(out).classify(["the food was great"])[0]
     assert prediction.attention is not None and len(prediction.attention) == 4
