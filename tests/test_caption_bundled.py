@@ -19,7 +19,8 @@ HARD_MODEL = WEIGHTS_DIR / "synthetic-hard.safetensors"
 BLEU4_SOFT, CIDER_SOFT, GROUNDING_SOFT = 0.8, 7.0, 0.9
 BLEU4_HARD = 0.3
 
-pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.exists(), reason="bundled caption model not trained")
+pytestmark = [pytest.mark.skipif(not BUNDLED_MODEL.exists(), reason="bundled caption model not trained"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def _held_out_scores(path: Path, scenes: int = 60) -> dict[str, float]:
@@ -29,7 +30,6 @@ def _held_out_scores(path: Path, scenes: int = 60) -> dict[str, float]:
 
     from vlattn.checkpoint import load_model
 
-    torch.set_num_threads(1)
     loaded = load_model(path, expect_task="caption")
     task = loaded.task
     task.config.synthetic_test = scenes  # type: ignore[attr-defined]
@@ -59,7 +59,6 @@ def test_bundled_hard_attention_model_describes_held_out_scenes() -> None:
 
 
 def test_captioner_names_the_objects_of_simple_scenes() -> None:
-    torch.set_num_threads(1)
     captioner = Captioner.load()
     records = [r for r in synthetic_records("test", 60, seed=0, image_size=captioner.image_size)
                if len(r.objects) == 1][:15]

@@ -14,7 +14,7 @@ from vlattn_text.task import TextClassifierTask, class_probabilities, classifica
 
 from vlattn.config import ConfigError, from_mapping
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("classes", [1, 4])
