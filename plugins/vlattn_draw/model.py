@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlattn_draw.filterbank import Glimpse, filterbank, glimpse_from_params, read_glimpse, write_patch
+from vlattn_draw.fused import fused_forward
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -132,6 +133,7 @@ class Draw(nn.Module):
         if shape.likelihood not in ("bernoulli", "continuous_bernoulli"):
             raise ValueError(f"unknown likelihood {shape.likelihood!r}")
         self.shape = shape
+        self.fused_backward = True
         s = shape
         self.write_params = 5 if s.write_attention else 0
         self.read_params = 5 if s.read_attention else 0
@@ -219,14 +221,27 @@ class Draw(nn.Module):
         return nll.flatten(1).sum(dim=-1)
 
     # -- passes --------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, trace: DrawTrace | None = None, steps: int | None = None) -> DrawOutput:
+    def forward(
+        self, x: torch.Tensor, trace: DrawTrace | None = None, steps: int | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> DrawOutput:
         """Encode and redraw ``x [Bt, C, H, W]``; returns per-image loss terms (nats).
 
         If ``trace`` is given, it is filled with the canvas and windows of every step.
         ``steps`` overrides T (for pictures; the bound is the model's only at T steps).
+        ``noise [steps, Bt, Z]`` fixes the posterior samples' standard normal noise (drawn when
+        ``None``).
+
+        When gradients are needed (and no ``trace`` or other ``steps`` is asked for), the pass
+        runs with the hand-written backward of :mod:`vlattn_draw.fused` unless
+        ``self.fused_backward`` is ``False``; both give the same values and gradients.
         """
         s = self.shape
         batch = x.shape[0]
+        if self._use_fused(x, trace, steps):
+            if noise is None:
+                noise = torch.randn(s.steps, batch, s.z_size, dtype=x.dtype, device=x.device)
+            return DrawOutput(*fused_forward(self, x, noise))
         canvas = self.canvas0.expand(batch, -1, -1, -1)
         c_enc = x.new_zeros(batch, s.enc_size)
         c_dec = x.new_zeros(batch, s.dec_size)
@@ -235,12 +250,12 @@ class Draw(nn.Module):
         enc_weight, dec_weight = self.enc_in.weight.t(), self.dec_in.weight.t()
         kl = x.new_zeros(batch)
         log_ratio = x.new_zeros(batch)
-        for _ in range(s.steps if steps is None else steps):
+        for t in range(s.steps if steps is None else steps):
             x_hat = x - torch.sigmoid(canvas)
             r, read_glimpse_t = self._read(x, x_hat, read_win)
             h_enc, c_enc = lstm_step(torch.addmm(enc_from_dec + enc_from_hidden, r, enc_weight), c_enc)
             mu, log_sigma, enc_from_hidden = self.enc_out(h_enc).split(self.enc_sizes, dim=-1)
-            eps = torch.randn_like(mu)
+            eps = torch.randn_like(mu) if noise is None else noise[t]
             z = mu + torch.exp(log_sigma) * eps
             kl = kl + gaussian_kl(mu, log_sigma)
             # log N(z; 0, 1) - log N(z; mu, sigma) = (eps^2 - z^2) / 2 + log sigma
@@ -253,6 +268,21 @@ class Draw(nn.Module):
                 _record(trace, canvas, read_glimpse_t, write_glimpse_t, s)
         reconstruction = self.neg_log_likelihood(canvas, x)
         return DrawOutput(reconstruction, kl, log_ratio, canvas)
+
+    def _use_fused(self, x: torch.Tensor, trace: DrawTrace | None, steps: int | None) -> bool:
+        """Whether :meth:`forward` takes the hand-written backward: a plain differentiable pass
+        over all T steps, outside autocast, with ``x`` as data (not itself differentiated) and no
+        hooks on the layers (the fused pass does not call them)."""
+        layers = (self.dec_out, self.enc_out, self.enc_in, self.dec_in)
+        return (
+            self.fused_backward
+            and torch.is_grad_enabled()
+            and not any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers)
+            and trace is None
+            and steps in (None, self.shape.steps)
+            and not x.requires_grad
+            and not torch.is_autocast_enabled(x.device.type)
+        )
 
     @torch.no_grad()
     def generate(
