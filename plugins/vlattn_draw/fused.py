@@ -97,7 +97,7 @@ def _filters_backward(
 
 
 def _window_backward(
-    params: torch.Tensor, window: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...],
+    window: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...],
     width: int, height: int, out: torch.Tensor,
 ) -> None:
     """Write the gradient of the raw ``[Bt, 5]`` window parameters into ``out``.
@@ -115,18 +115,17 @@ def _window_backward(
 
 # -- LSTM pieces --------------------------------------------------------------------------------
 def _lstm_forward(
-    gates: torch.Tensor, cell: torch.Tensor, activations: torch.Tensor, new_cell: torch.Tensor,
-    tanh_cell: torch.Tensor, hidden: torch.Tensor,
+    gates: torch.Tensor, cell: torch.Tensor, new_cell: torch.Tensor, tanh_cell: torch.Tensor, hidden: torch.Tensor
 ) -> None:
-    """One LSTM update (gate order i, f, o, g) into the given buffers.
+    """One LSTM update (gate order i, f, o, g), in place.
 
-    ``gates [Bt, 4H]`` pre-activations; ``activations`` receives ``[sigmoid(i, f, o), tanh(g)]``,
-    ``new_cell`` / ``tanh_cell`` / ``hidden`` the new ``c``, ``tanh(c)`` and ``h`` (all ``[Bt, H]``).
+    ``gates [Bt, 4H]`` holds the pre-activations and receives ``[sigmoid(i, f, o), tanh(g)]``;
+    ``new_cell`` / ``tanh_cell`` / ``hidden`` receive the new ``c``, ``tanh(c)`` and ``h`` (``[Bt, H]``).
     """
     size = cell.shape[-1]
-    torch.sigmoid(gates[:, : 3 * size], out=activations[:, : 3 * size])
-    torch.tanh(gates[:, 3 * size :], out=activations[:, 3 * size :])
-    i, f, o, g = activations.split(size, dim=-1)
+    gates[:, : 3 * size].sigmoid_()
+    gates[:, 3 * size :].tanh_()
+    i, f, o, g = gates.split(size, dim=-1)
     torch.mul(f, cell, out=new_cell)
     new_cell.addcmul_(i, g)
     torch.tanh(new_cell, out=tanh_cell)
@@ -143,15 +142,36 @@ def _lstm_backward(
     i, f, o, g = activations.split(size, dim=-1)
     grad_i, grad_f, grad_o, grad_g = grad_gates.split(size, dim=-1)
     torch.mul(grad_hidden, tanh_cell, out=grad_o)
-    # dc += dh * o * (1 - tanh(c)^2)
-    grad_cell.addcmul_(grad_hidden * o, 1 - tanh_cell.square())
+    grad_cell.add_(_TANH_BACKWARD(grad_hidden * o, tanh_cell))  # dh * o * (1 - tanh(c)^2)
     torch.mul(grad_cell, g, out=grad_i)
     torch.mul(grad_cell, old_cell, out=grad_f)
     torch.mul(grad_cell, i, out=grad_g)
-    sig = activations[:, : 3 * size]
-    grad_gates[:, : 3 * size].mul_(sig * (1 - sig))
-    grad_g.mul_(1 - g.square())
+    sigmoid_part = grad_gates[:, : 3 * size]
+    _SIGMOID_BACKWARD_OUT(sigmoid_part, activations[:, : 3 * size], grad_input=sigmoid_part)
+    _TANH_BACKWARD_OUT(grad_g, g, grad_input=grad_g)
     return grad_cell * f
+
+
+# One-kernel derivatives of sigmoid and tanh from their outputs: grad * y * (1 - y), grad * (1 - y^2).
+_SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default
+_SIGMOID_BACKWARD_OUT = torch.ops.aten.sigmoid_backward.grad_input
+_TANH_BACKWARD = torch.ops.aten.tanh_backward.default
+_TANH_BACKWARD_OUT = torch.ops.aten.tanh_backward.grad_input
+_NARROW = 128  # below this many columns a product is formed transposed (much faster in the BLAS)
+
+
+def _times_weight(grad: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """``grad @ weight`` from ``weight_t = weight^T`` (contiguous): ``[Bt, out] -> [Bt, in]``."""
+    if weight_t.shape[0] < _NARROW:
+        return (weight_t @ grad.t()).t()
+    return grad @ weight_t.t()
+
+
+def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``grad^T @ inputs`` over all steps: ``[T*Bt, out], [T*Bt, in] -> [out, in]``."""
+    if inputs.shape[-1] < _NARROW:
+        return (inputs.t() @ grad).t()
+    return grad.t() @ inputs
 
 
 # -- reusable buffers ------------------------------------------------------------------------------
@@ -184,14 +204,12 @@ def _take_workspace(lay: _Layout, batch: int, enc_size: int, dec_size: int, like
     sizes = {
         "both": (steps, batch, 2 * lay.channels, lay.height, lay.width),
         "reads": (steps, batch, read),
-        "enc_act": (steps, batch, 4 * enc_size), "dec_act": (steps, batch, 4 * dec_size),
         "enc_cell": (steps + 1, batch, enc_size), "dec_cell": (steps + 1, batch, dec_size),
         "enc_tanh": (steps, batch, enc_size), "dec_tanh": (steps, batch, dec_size),
-        "h_enc": (steps, batch, enc_size), "h_dec": (steps, batch, dec_size),
-        "enc_out": (steps, batch, sum(lay.enc_sizes)), "dec_out": (steps, batch, sum(lay.dec_sizes)),
+        "h_enc": (steps + 1, batch, enc_size), "h_dec": (steps + 1, batch, dec_size),
+        "enc_out": (steps + 1, batch, sum(lay.enc_sizes)), "dec_out": (steps + 1, batch, sum(lay.dec_sizes)),
         "z": (steps, batch, lay.z_size),
-        "grad_enc_out": (steps, batch, sum(lay.enc_sizes)), "grad_dec_out": (steps, batch, sum(lay.dec_sizes)),
-        "grad_enc_gates": (steps, batch, 4 * enc_size), "grad_dec_gates": (steps, batch, 4 * dec_size),
+        "grad_latent": (steps + 1, batch, 2 * lay.z_size), "grad_dec_out": (steps + 1, batch, sum(lay.dec_sizes)),
     }
     return _Workspace(key, sizes, like)
 
@@ -209,7 +227,14 @@ def release_workspaces() -> None:
 
 # -- the autograd function -------------------------------------------------------------------------
 class _FusedDraw(torch.autograd.Function):
-    """Inputs: ``x, noise, nll_fn, layout, *params``; outputs: reconstruction, kl, log_ratio, canvas."""
+    """Inputs: ``x, noise, nll_fn, layout, *params``; outputs: reconstruction, kl, log_ratio, canvas.
+
+    Buffer layout: row ``k`` of ``dec_out`` / ``enc_out`` / ``h_dec`` / ``h_enc`` is step ``k - 1``
+    (row 0 holds the learned initial states, repeated over the batch). The LSTM gates of step
+    ``t`` are summed, and activated, in place inside ``dec_out[t]`` (its encoder and decoder gate
+    columns), and their gradients live in the same columns of ``grad_dec_out[t]``, which is also
+    the gradient of the encoder's recurrent input in ``enc_out[t]``.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -220,95 +245,99 @@ class _FusedDraw(torch.autograd.Function):
     ) -> tuple[torch.Tensor, ...]:
         steps, batch, channels = lay.steps, x.shape[0], lay.channels
         height, width, z_size = lay.height, lay.width, lay.z_size
+        cols = _Columns(lay, h_enc0.shape[0])
         work = _take_workspace(lay, batch, h_enc0.shape[0], h_dec0.shape[0], x)
-        both, reads = work["both"], work["reads"]  # [x, x_hat] read at step t; r_t
-        both[:, :, :channels] = x
-        enc_act, dec_act = work["enc_act"], work["dec_act"]
+        both, reads, z_all = work["both"], work["reads"], work["z"]
         enc_cell, dec_cell = work["enc_cell"], work["dec_cell"]
         enc_tanh, dec_tanh = work["enc_tanh"], work["dec_tanh"]
         h_enc, h_dec = work["h_enc"], work["h_dec"]
-        enc_out, dec_out, z_all = work["enc_out"], work["dec_out"], work["z"]
-        read_saved: list[tuple[torch.Tensor, ...]] = []
-        write_saved: list[tuple[torch.Tensor, ...]] = []
+        enc_out, dec_out = work["enc_out"], work["dec_out"]
+        dec_wt, enc_wt = dec_w.t().contiguous(), enc_w.t().contiguous()
+        read_wt, z_wt = read_w.t().contiguous(), z_w.t().contiguous()
+
+        both[:, :, :channels] = x
         enc_cell[0].zero_()
         dec_cell[0].zero_()
-
-        dec0 = torch.addmm(dec_b, h_dec0.unsqueeze(0), dec_w.t())
-        _, _, read_win, enc_from_dec, dec_from_hidden = dec0.split(lay.dec_sizes, dim=-1)
-        enc_from_hidden = torch.addmm(enc_b, h_enc0.unsqueeze(0), enc_w.t())[:, 2 * z_size :]
+        h_enc[0] = h_enc0
+        h_dec[0] = h_dec0
+        dec_out[0] = torch.addmm(dec_b, h_dec0.unsqueeze(0), dec_wt)
+        enc_out[0] = torch.addmm(enc_b, h_enc0.unsqueeze(0), enc_wt)
         canvas = canvas0.expand(batch, -1, -1, -1).clone()
         kl = x.new_zeros(batch)
         log_ratio = x.new_zeros(batch)
+        read_saved: list[tuple[torch.Tensor, ...]] = []
+        write_saved: list[tuple[torch.Tensor, ...]] = []
         for t in range(steps):
             x_hat = both[t, :, channels:]
             torch.sub(x, torch.sigmoid(canvas), out=x_hat)
             if lay.read_attention:
-                window = _window(read_win.expand(batch, -1), width, height, lay.read_n)
-                cx, cy, stride, var, gamma = window
-                fx = _filters(cx, stride, var, lay.read_n, width)
-                fy = _filters(cy, stride, var, lay.read_n, height)
+                window = _window(dec_out[t, :, cols.read_window], width, height, lay.read_n)
+                center_x, center_y, stride, var, gamma = window
+                fx = _filters(center_x, stride, var, lay.read_n, width)
+                fy = _filters(center_y, stride, var, lay.read_n, height)
                 rows = fy.unsqueeze(1) @ both[t]  # [Bt, 2C, N, W]
                 glimpse = rows @ fx.transpose(-1, -2).unsqueeze(1)
                 torch.mul(glimpse.flatten(1), gamma.unsqueeze(-1), out=reads[t])
-                read_saved.append((read_win.expand(batch, -1), window, fx, fy, rows))
+                read_saved.append((window, fx, fy, rows))
             else:
                 reads[t] = both[t].flatten(1)
-            gates = torch.addmm(enc_from_dec, reads[t], read_w.t()).add_(enc_from_hidden)
-            _lstm_forward(gates, enc_cell[t], enc_act[t], enc_cell[t + 1], enc_tanh[t], h_enc[t])
-            torch.addmm(enc_b, h_enc[t], enc_w.t(), out=enc_out[t])
-            mu, log_sigma, enc_from_hidden = enc_out[t].split(lay.enc_sizes, dim=-1)
+            enc_gates = dec_out[t, :, cols.enc_gates]
+            enc_gates.add_(enc_out[t, :, cols.enc_hidden]).addmm_(reads[t], read_wt)
+            _lstm_forward(enc_gates, enc_cell[t], enc_cell[t + 1], enc_tanh[t], h_enc[t + 1])
+            torch.addmm(enc_b, h_enc[t + 1], enc_wt, out=enc_out[t + 1])
+            mu, log_sigma = enc_out[t + 1, :, :z_size], enc_out[t + 1, :, z_size : 2 * z_size]
             sigma = torch.exp(log_sigma)
             z = torch.addcmul(mu, sigma, noise[t], out=z_all[t])
             kl += 0.5 * (mu.square() + sigma.square() - 2 * log_sigma - 1).sum(dim=-1)
             log_ratio += (0.5 * (noise[t].square() - z.square()) + log_sigma).sum(dim=-1)
-            gates = torch.addmm(dec_from_hidden, z, z_w.t())
-            _lstm_forward(gates, dec_cell[t], dec_act[t], dec_cell[t + 1], dec_tanh[t], h_dec[t])
-            torch.addmm(dec_b, h_dec[t], dec_w.t(), out=dec_out[t])
-            write, write_win, read_win, enc_from_dec, dec_from_hidden = dec_out[t].split(lay.dec_sizes, dim=-1)
+            dec_gates = dec_out[t, :, cols.dec_gates].addmm_(z, z_wt)
+            _lstm_forward(dec_gates, dec_cell[t], dec_cell[t + 1], dec_tanh[t], h_dec[t + 1])
+            torch.addmm(dec_b, h_dec[t + 1], dec_wt, out=dec_out[t + 1])
+            write = dec_out[t + 1, :, cols.write]
             if lay.write_attention:
-                window = _window(write_win, width, height, lay.write_n)
-                cx, cy, stride, var, gamma = window
-                fx = _filters(cx, stride, var, lay.write_n, width)
-                fy = _filters(cy, stride, var, lay.write_n, height)
+                window = _window(dec_out[t + 1, :, cols.write_window], width, height, lay.write_n)
+                center_x, center_y, stride, var, gamma = window
+                fx = _filters(center_x, stride, var, lay.write_n, width)
+                fy = _filters(center_y, stride, var, lay.write_n, height)
                 patch = write.view(batch, channels, lay.write_n, lay.write_n)
-                cols = patch @ fx.unsqueeze(1)  # [Bt, C, N, W]
-                delta = fy.transpose(-1, -2).unsqueeze(1) @ cols
-                canvas.add_(delta.div_(gamma.view(-1, 1, 1, 1)))
-                write_saved.append((write_win, window, fx, fy, cols))
+                scaled = (patch @ fx.unsqueeze(1)).div_(gamma.view(-1, 1, 1, 1))  # [Bt, C, N, W] / gamma
+                _add_rows(canvas, fy, scaled)
+                write_saved.append((window, fx, fy, scaled))
             else:
                 canvas.add_(write.view(batch, channels, height, width))
 
         ctx.nll_fn, ctx.lay = nll_fn, lay
         ctx.work, ctx.read_saved, ctx.write_saved = work, read_saved, write_saved
-        ctx.save_for_backward(x, dec_w, enc_w, read_w, z_w, h_enc0, h_dec0, canvas)
+        ctx.weights_t = (dec_wt, enc_wt, read_wt, z_wt)
+        ctx.save_for_backward(x, canvas)
         ctx.set_materialize_grads(False)
         return nll_fn(canvas, x), kl, log_ratio, canvas
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         grad_recon, grad_kl, grad_log_ratio, grad_canvas = grads
-        x, dec_w, enc_w, read_w, z_w, h_enc0, h_dec0, canvas = ctx.saved_tensors
+        x, canvas = ctx.saved_tensors
         work: _Workspace | None = ctx.work
         if work is None:
             raise RuntimeError(
                 "the fused DRAW pass can be differentiated only once; set model.fused_backward = False "
                 "to backpropagate through it again (retain_graph)"
             )
+        lay: _Layout = ctx.lay
         read_saved, write_saved = ctx.read_saved, ctx.write_saved
-        both, reads = work["both"], work["reads"]
-        enc_act, dec_act = work["enc_act"], work["dec_act"]
+        dec_wt, enc_wt, read_wt, z_wt = ctx.weights_t
+        steps, batch, channels = lay.steps, x.shape[0], lay.channels
+        height, width, z_size = lay.height, lay.width, lay.z_size
+        enc_size = enc_wt.shape[0]
+        cols = _Columns(lay, enc_size)
+        both, reads, z_all = work["both"], work["reads"], work["z"]
         enc_cell, dec_cell = work["enc_cell"], work["dec_cell"]
         enc_tanh, dec_tanh = work["enc_tanh"], work["dec_tanh"]
         h_enc, h_dec = work["h_enc"], work["h_dec"]
-        enc_out, dec_out, z_all = work["enc_out"], work["dec_out"], work["z"]
-        lay: _Layout = ctx.lay
-        steps, batch, channels = lay.steps, x.shape[0], lay.channels
-        height, width, z_size = lay.height, lay.width, lay.z_size
-        enc_size, dec_size = h_enc0.shape[0], h_dec0.shape[0]
-        write_size, write_params, read_params, _, _ = lay.dec_sizes
-        new = x.new_zeros
+        enc_out, dec_out = work["enc_out"], work["dec_out"]
+        grad_dec_out, grad_latent = work["grad_dec_out"], work["grad_latent"]
 
-        grad_canvas_t = new(batch, channels, height, width) if grad_canvas is None else grad_canvas.clone()
+        grad_canvas_t = x.new_zeros(canvas.shape) if grad_canvas is None else grad_canvas.clone()
         if grad_recon is not None:
             with torch.enable_grad():
                 leaf = canvas.detach().requires_grad_(True)
@@ -316,46 +345,40 @@ class _FusedDraw(torch.autograd.Function):
             grad_canvas_t += grad_leaf
         grad_kl_col = None if grad_kl is None else grad_kl.unsqueeze(-1)
         grad_lr_col = None if grad_log_ratio is None else grad_log_ratio.unsqueeze(-1)
-
-        grad_dec_out, grad_enc_out = work["grad_dec_out"], work["grad_enc_out"]
-        grad_enc_gates, grad_dec_gates = work["grad_enc_gates"], work["grad_dec_gates"]
-        grad_enc_cell = new(batch, enc_size)
-        grad_dec_cell = new(batch, dec_size)
-        tail = write_size + write_params  # dec_out = [write | write window | tail (next step's inputs)]
-        grad_tail = new(batch, sum(lay.dec_sizes) - tail)
-        grad_enc_hidden = new(batch, 4 * enc_size)
+        grad_dec_out[steps, :, cols.tail].zero_()  # the last step's outputs for a step T+1
+        grad_dec_out[0, :, cols.head].zero_()  # row 0 (initial state) writes nothing
+        grad_latent[0].zero_()
+        grad_enc_cell = x.new_zeros(batch, enc_size)
+        grad_dec_cell = x.new_zeros(batch, dec_wt.shape[0])
+        enc_wt_latent, enc_wt_hidden = enc_wt[:, : 2 * z_size], enc_wt[:, 2 * z_size :]
 
         for t in reversed(range(steps)):
-            grad_d = grad_dec_out[t]
-            grad_d[:, tail:] = grad_tail
-            write = dec_out[t, :, :write_size]
+            grad_d = grad_dec_out[t + 1]
             if lay.write_attention:
-                params, window, fx, fy, cols = write_saved[t]
-                cx, cy, stride, var, gamma = window
-                grad_delta = grad_canvas_t / gamma.view(-1, 1, 1, 1)
-                grad_cols = fy.unsqueeze(1) @ grad_delta  # [Bt, C, N, W]
-                grad_log_gamma = -(grad_cols * cols).sum(dim=(1, 2, 3))
-                grad_fy = (cols @ grad_delta.transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
-                patch = write.view(batch, channels, lay.write_n, lay.write_n)
-                grad_d[:, :write_size] = (grad_cols @ fx.transpose(-1, -2).unsqueeze(1)).flatten(1)
+                window, fx, fy, scaled = write_saved[t]
+                gamma = window[4]
+                grad_scaled = fy.unsqueeze(1) @ grad_canvas_t  # [Bt, C, N, W]
+                grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2, 3))
+                grad_fy = (scaled @ grad_canvas_t.transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
+                grad_cols = grad_scaled.div_(gamma.view(-1, 1, 1, 1))
+                patch = dec_out[t + 1, :, cols.write].view(batch, channels, lay.write_n, lay.write_n)
+                grad_d[:, cols.write] = (grad_cols @ fx.transpose(-1, -2).unsqueeze(1)).flatten(1)
                 grad_fx = (patch.transpose(-1, -2) @ grad_cols).sum(dim=1)  # [Bt, N, W]
-                gcx, gs_x, gv_x = _filters_backward(fx, grad_fx, cx, stride, var, lay.write_n, width)
-                gcy, gs_y, gv_y = _filters_backward(fy, grad_fy, cy, stride, var, lay.write_n, height)
-                _window_backward(params, window, (gcx, gcy, gs_x + gs_y, gv_x + gv_y, grad_log_gamma),
-                                 width, height, grad_d[:, write_size:tail])
+                _window_grad(window, fx, fy, grad_fx, grad_fy, grad_log_gamma, lay.write_n, width, height,
+                             grad_d[:, cols.write_window])
             else:
-                grad_d[:, :write_size] = grad_canvas_t.flatten(1)
-            grad_h_dec = grad_d @ dec_w
+                grad_d[:, cols.write] = grad_canvas_t.flatten(1)
+            grad_h_dec = grad_d @ dec_wt.t()
+            grad_dec_gates = grad_dec_out[t, :, cols.dec_gates]
             grad_dec_cell = _lstm_backward(
-                grad_h_dec, grad_dec_cell, dec_act[t], dec_cell[t], dec_tanh[t], grad_dec_gates[t]
+                grad_h_dec, grad_dec_cell, dec_out[t, :, cols.dec_gates], dec_cell[t], dec_tanh[t], grad_dec_gates
             )
-            grad_z = grad_dec_gates[t] @ z_w
-            mu, log_sigma = enc_out[t, :, :z_size], enc_out[t, :, z_size : 2 * z_size]
+            grad_z = _times_weight(grad_dec_gates, z_wt)
+            mu, log_sigma = enc_out[t + 1, :, :z_size], enc_out[t + 1, :, z_size : 2 * z_size]
             z = z_all[t]
             if grad_lr_col is not None:
                 grad_z = grad_z - grad_lr_col * z
-            grad_e = grad_enc_out[t]
-            grad_mu, grad_log_sigma = grad_e[:, :z_size], grad_e[:, z_size : 2 * z_size]
+            grad_mu, grad_log_sigma = grad_latent[t + 1, :, :z_size], grad_latent[t + 1, :, z_size:]
             grad_mu.copy_(grad_z)
             torch.mul(grad_z, z - mu, out=grad_log_sigma)
             if grad_kl_col is not None:
@@ -363,57 +386,90 @@ class _FusedDraw(torch.autograd.Function):
                 grad_log_sigma.addcmul_(grad_kl_col, torch.exp(2 * log_sigma) - 1)
             if grad_lr_col is not None:
                 grad_log_sigma.add_(grad_lr_col)
-            grad_e[:, 2 * z_size :] = grad_enc_hidden
-            grad_h_enc = grad_e @ enc_w
-            grad_enc_cell = _lstm_backward(
-                grad_h_enc, grad_enc_cell, enc_act[t], enc_cell[t], enc_tanh[t], grad_enc_gates[t]
+            grad_h_enc = torch.addmm(
+                grad_d[:, cols.enc_gates] @ enc_wt_hidden.t(), grad_latent[t + 1], enc_wt_latent.t()
             )
-            grad_enc_hidden = grad_enc_gates[t]
-            grad_read = grad_enc_gates[t] @ read_w  # [Bt, R]
-            grad_read_win = grad_tail[:, :read_params]
+            grad_enc_gates = grad_dec_out[t, :, cols.enc_gates]
+            grad_enc_cell = _lstm_backward(
+                grad_h_enc, grad_enc_cell, dec_out[t, :, cols.enc_gates], enc_cell[t], enc_tanh[t], grad_enc_gates
+            )
+            grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
             if lay.read_attention:
-                params, window, fx, fy, rows = read_saved[t]
-                cx, cy, stride, var, gamma = window
-                grad_glimpse = grad_read.view(batch, 2 * channels, lay.read_n, lay.read_n)
+                window, fx, fy, rows = read_saved[t]
+                gamma = window[4]
                 grad_log_gamma = (grad_read * reads[t]).sum(dim=-1)
-                grad_glimpse = grad_glimpse * gamma.view(-1, 1, 1, 1)
+                grad_glimpse = grad_read.view(batch, 2 * channels, lay.read_n, lay.read_n) * gamma.view(-1, 1, 1, 1)
                 grad_fx = (grad_glimpse.transpose(-1, -2) @ rows).sum(dim=1)  # [Bt, N, W]
                 grad_rows = grad_glimpse @ fx.unsqueeze(1)  # [Bt, 2C, N, W]
                 grad_fy = (grad_rows @ both[t].transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
                 grad_x_hat = fy.transpose(-1, -2).unsqueeze(1) @ grad_rows[:, channels:]
-                gcx, gs_x, gv_x = _filters_backward(fx, grad_fx, cx, stride, var, lay.read_n, width)
-                gcy, gs_y, gv_y = _filters_backward(fy, grad_fy, cy, stride, var, lay.read_n, height)
-                _window_backward(params, window, (gcx, gcy, gs_x + gs_y, gv_x + gv_y, grad_log_gamma),
-                                 width, height, grad_read_win)
+                _window_grad(window, fx, fy, grad_fx, grad_fy, grad_log_gamma, lay.read_n, width, height,
+                             grad_dec_out[t, :, cols.read_window])
             else:
                 grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
-            # x_hat = x - sigmoid(c_{t-1}): dc -= dx_hat * s (1 - s), with s = x - x_hat
-            sig = x - both[t, :, channels:]
-            grad_canvas_t.sub_(grad_x_hat * sig * (1 - sig))
-            grad_tail[:, read_params : read_params + 4 * enc_size] = grad_enc_gates[t]
-            grad_tail[:, read_params + 4 * enc_size :] = grad_dec_gates[t]
+            # x_hat = x - sigmoid(c_{t-1}), with sigmoid(c_{t-1}) = x - x_hat
+            grad_canvas_t.sub_(_SIGMOID_BACKWARD(grad_x_hat, x - both[t, :, channels:]))
 
-        # Parameters: one matrix product per layer over all steps, plus the initial states' rows.
+        # Parameters: one matrix product per layer over all steps (row 0: the initial states).
         flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
-        grad_d0 = grad_tail.sum(dim=0)  # the rows of dec_out at h_dec_0 (only its tail is used)
-        grad_e0 = grad_enc_hidden.sum(dim=0)
-        grad_dec_w = flat(grad_dec_out).t() @ flat(h_dec)
-        grad_dec_w[tail:].addr_(grad_d0, h_dec0)
-        grad_dec_b = flat(grad_dec_out).sum(dim=0)
-        grad_dec_b[tail:] += grad_d0
-        grad_enc_w = flat(grad_enc_out).t() @ flat(h_enc)
-        grad_enc_w[2 * z_size :].addr_(grad_e0, h_enc0)
-        grad_enc_b = flat(grad_enc_out).sum(dim=0)
-        grad_enc_b[2 * z_size :] += grad_e0
-        grad_read_w = flat(grad_enc_gates).t() @ flat(reads)
-        grad_z_w = flat(grad_dec_gates).t() @ flat(z_all)
-        grad_h_dec0 = grad_d0 @ dec_w[tail:]
-        grad_h_enc0 = grad_e0 @ enc_w[2 * z_size :]
+        all_grad_d = flat(grad_dec_out)
+        grad_dec_w = _weight_grad(all_grad_d, flat(h_dec))
+        grad_dec_b = all_grad_d.sum(dim=0)
+        grad_enc_hidden = flat(grad_dec_out[:, :, cols.enc_gates])  # = gradient of enc_out's recurrent part
+        grad_enc_w = torch.cat(
+            [_weight_grad(flat(grad_latent), flat(h_enc)), _weight_grad(grad_enc_hidden, flat(h_enc))], dim=0
+        )
+        grad_enc_b = torch.cat([flat(grad_latent).sum(dim=0), grad_enc_hidden.sum(dim=0)])
+        grad_read_w = _weight_grad(flat(grad_dec_out[:steps, :, cols.enc_gates]), flat(reads))
+        grad_z_w = _weight_grad(flat(grad_dec_out[:steps, :, cols.dec_gates]), flat(z_all))
+        grad_initial_d = grad_dec_out[0].sum(dim=0)
+        grad_h_dec0 = grad_initial_d @ dec_wt.t()
+        grad_h_enc0 = grad_initial_d[cols.enc_gates] @ enc_wt_hidden.t()
         grad_canvas0 = grad_canvas_t.sum(dim=0)
-        ctx.work = ctx.read_saved = ctx.write_saved = None
+        ctx.work = ctx.read_saved = ctx.write_saved = ctx.weights_t = None
         _give_back(work)
         return (None, None, None, None, grad_dec_w, grad_dec_b, grad_enc_w, grad_enc_b, grad_read_w,
                 grad_z_w, grad_canvas0, grad_h_enc0, grad_h_dec0)
+
+
+class _Columns:
+    """Column slices of ``dec_out = [write | write window | read window | enc gates | dec gates]``
+    and of ``enc_out = [mu | log sigma | enc gates]``."""
+
+    def __init__(self, lay: _Layout, enc_size: int) -> None:
+        write, write_params, read_params, enc_gates, dec_gates = lay.dec_sizes
+        self.write = slice(0, write)
+        self.write_window = slice(write, write + write_params)
+        self.head = slice(0, write + write_params)  # what step t itself uses
+        start = write + write_params
+        self.read_window = slice(start, start + read_params)
+        self.tail = slice(start, start + read_params + enc_gates + dec_gates)  # what step t + 1 uses
+        self.enc_gates = slice(start + read_params, start + read_params + enc_gates)
+        self.dec_gates = slice(start + read_params + enc_gates, start + read_params + enc_gates + dec_gates)
+        self.enc_hidden = slice(2 * lay.z_size, 2 * lay.z_size + 4 * enc_size)
+
+
+def _add_rows(canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor) -> None:
+    """``canvas += F_Y^T @ scaled`` per channel: ``[Bt, C, H, W] += [Bt, N, H]^T @ [Bt, C, N, W]``."""
+    batch, channels, height, width = canvas.shape
+    if channels == 1:
+        canvas.view(batch, height, width).baddbmm_(fy.transpose(-1, -2), scaled.view(batch, -1, width))
+    else:
+        canvas.add_(fy.transpose(-1, -2).unsqueeze(1) @ scaled)
+
+
+def _window_grad(
+    window: tuple[torch.Tensor, ...], fx: torch.Tensor, fy: torch.Tensor, grad_fx: torch.Tensor,
+    grad_fy: torch.Tensor, grad_log_gamma: torch.Tensor, grid: int, width: int, height: int, out: torch.Tensor,
+) -> None:
+    """Gradient of a window's raw ``[Bt, 5]`` parameters from those of its filterbanks, into ``out``."""
+    center_x, center_y, stride, var, _ = window
+    grad_cx, grad_stride_x, grad_var_x = _filters_backward(fx, grad_fx, center_x, stride, var, grid, width)
+    grad_cy, grad_stride_y, grad_var_y = _filters_backward(fy, grad_fy, center_y, stride, var, grid, height)
+    _window_backward(
+        window, (grad_cx, grad_cy, grad_stride_x + grad_stride_y, grad_var_x + grad_var_y, grad_log_gamma),
+        width, height, out,
+    )
 
 
 def fused_forward(model: Draw, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
