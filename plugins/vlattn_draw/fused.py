@@ -153,7 +153,6 @@ def _lstm_backward(
 
 
 # One-kernel derivatives of sigmoid and tanh from their outputs: grad * y * (1 - y), grad * (1 - y^2).
-_SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default
 _SIGMOID_BACKWARD_OUT = torch.ops.aten.sigmoid_backward.grad_input
 _TANH_BACKWARD = torch.ops.aten.tanh_backward.default
 _TANH_BACKWARD_OUT = torch.ops.aten.tanh_backward.grad_input
@@ -203,6 +202,7 @@ def _take_workspace(lay: _Layout, batch: int, enc_size: int, dec_size: int, like
     steps, read = lay.steps, 2 * lay.channels * (lay.read_n**2 if lay.read_attention else lay.height * lay.width)
     sizes = {
         "both": (steps, batch, 2 * lay.channels, lay.height, lay.width),
+        "sig_slope": (steps, batch, lay.channels, lay.height, lay.width),
         "reads": (steps, batch, read),
         "enc_cell": (steps + 1, batch, enc_size), "dec_cell": (steps + 1, batch, dec_size),
         "enc_tanh": (steps, batch, enc_size), "dec_tanh": (steps, batch, dec_size),
@@ -247,7 +247,7 @@ class _FusedDraw(torch.autograd.Function):
         height, width, z_size = lay.height, lay.width, lay.z_size
         cols = _Columns(lay, h_enc0.shape[0])
         work = _take_workspace(lay, batch, h_enc0.shape[0], h_dec0.shape[0], x)
-        both, reads, z_all = work["both"], work["reads"], work["z"]
+        both, reads, z_all, sig_slope = work["both"], work["reads"], work["z"], work["sig_slope"]
         enc_cell, dec_cell = work["enc_cell"], work["dec_cell"]
         enc_tanh, dec_tanh = work["enc_tanh"], work["dec_tanh"]
         h_enc, h_dec = work["h_enc"], work["h_dec"]
@@ -268,8 +268,9 @@ class _FusedDraw(torch.autograd.Function):
         read_saved: list[tuple[torch.Tensor, ...]] = []
         write_saved: list[tuple[torch.Tensor, ...]] = []
         for t in range(steps):
-            x_hat = both[t, :, channels:]
-            torch.sub(x, torch.sigmoid(canvas), out=x_hat)
+            sig = torch.sigmoid(canvas)
+            torch.sub(x, sig, out=both[t, :, channels:])  # x_hat
+            torch.addcmul(sig, sig, sig, value=-1, out=sig_slope[t])  # d sigmoid / d canvas
             if lay.read_attention:
                 window = _window(dec_out[t, :, cols.read_window], width, height, lay.read_n)
                 center_x, center_y, stride, var, gamma = window
@@ -330,7 +331,7 @@ class _FusedDraw(torch.autograd.Function):
         height, width, z_size = lay.height, lay.width, lay.z_size
         enc_size = enc_wt.shape[0]
         cols = _Columns(lay, enc_size)
-        both, reads, z_all = work["both"], work["reads"], work["z"]
+        both, reads, z_all, sig_slope = work["both"], work["reads"], work["z"], work["sig_slope"]
         enc_cell, dec_cell = work["enc_cell"], work["dec_cell"]
         enc_tanh, dec_tanh = work["enc_tanh"], work["dec_tanh"]
         h_enc, h_dec = work["h_enc"], work["h_dec"]
@@ -407,8 +408,7 @@ class _FusedDraw(torch.autograd.Function):
                              grad_dec_out[t, :, cols.read_window])
             else:
                 grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
-            # x_hat = x - sigmoid(c_{t-1}), with sigmoid(c_{t-1}) = x - x_hat
-            grad_canvas_t.sub_(_SIGMOID_BACKWARD(grad_x_hat, x - both[t, :, channels:]))
+            grad_canvas_t.addcmul_(grad_x_hat, sig_slope[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
 
         # Parameters: one matrix product per layer over all steps (row 0: the initial states).
         flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
