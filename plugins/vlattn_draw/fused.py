@@ -52,65 +52,86 @@ class _Layout:
 
 
 # -- filterbank pieces (forward keeps what the backward needs) ----------------------------------
-def _window(params: torch.Tensor, width: int, height: int, grid: int) -> tuple[torch.Tensor, ...]:
-    """``(center_x, center_y, stride, variance, gamma)`` ``[Bt]`` each from raw ``[Bt, 5]``
-    (the formulas of :func:`vlattn_draw.filterbank.glimpse_from_params`)."""
-    gx_raw, gy_raw, log_var, log_stride, log_gamma = params.unbind(dim=-1)
-    center_x = (width + 1) / 2 * (gx_raw + 1)
-    center_y = (height + 1) / 2 * (gy_raw + 1)
-    stride = (max(width, height) - 1) / max(grid - 1, 1) * torch.exp(log_stride)
-    return center_x, center_y, stride, torch.exp(log_var), torch.exp(log_gamma)
+_CONSTANTS: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _offsets(grid: int, like: torch.Tensor) -> torch.Tensor:
-    """``i - N/2 - 0.5`` for ``i = 1..N``: ``[N]``."""
-    return torch.arange(1, grid + 1, dtype=like.dtype, device=like.device) - grid / 2 - 0.5
+def _grid_constants(size: int, grid: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates ``1..size`` ``[size]`` and grid offsets ``i - N/2 - 0.5`` ``[N]`` (cached)."""
+    key = (size, grid, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        pixels = torch.arange(1, size + 1, dtype=like.dtype, device=like.device)
+        offsets = torch.arange(1, grid + 1, dtype=like.dtype, device=like.device) - grid / 2 - 0.5
+        _CONSTANTS[key] = (pixels, offsets)
+    return _CONSTANTS[key]
 
 
-def _pixels(size: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.arange(1, size + 1, dtype=like.dtype, device=like.device)
+@dataclass
+class _Window:
+    """The filterbanks of one window for a batch (:mod:`vlattn_draw.filterbank`'s formulas) and
+    what their backward needs.
 
-
-def _filters(center: torch.Tensor, stride: torch.Tensor, variance: torch.Tensor, grid: int, size: int) -> torch.Tensor:
-    """Row-normalised filters ``[Bt, N, size]`` (:func:`vlattn_draw.filterbank.filterbank_1d`)."""
-    means = center.unsqueeze(-1) + _offsets(grid, center) * stride.unsqueeze(-1)
-    logits = (_pixels(size, center) - means.unsqueeze(-1)).square_()
-    logits.mul_((-0.5 / variance.clamp_min(1e-12)).view(-1, 1, 1))
-    return torch.softmax(logits, dim=-1)
-
-
-def _filters_backward(
-    filters: torch.Tensor, grad: torch.Tensor, center: torch.Tensor, stride: torch.Tensor,
-    variance: torch.Tensor, grid: int, size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of ``(center, stride, variance)`` ``[Bt]`` from ``grad`` of the filters ``[Bt, N, size]``."""
-    offsets = _offsets(grid, center)
-    means = center.unsqueeze(-1) + offsets * stride.unsqueeze(-1)
-    grad_logits = grad - (grad * filters).sum(dim=-1, keepdim=True)
-    grad_logits.mul_(filters)  # softmax backward
-    diff = _pixels(size, center) - means.unsqueeze(-1)  # [Bt, N, size]
-    inv_var = 1.0 / variance.clamp_min(1e-12)
-    weighted = grad_logits.mul_(diff)  # dl * (a - mu)
-    grad_means = weighted.sum(dim=-1) * inv_var.unsqueeze(-1)  # [Bt, N]
-    grad_var = (weighted * diff).sum(dim=(1, 2)) * (0.5 * inv_var.square())
-    return grad_means.sum(dim=-1), (grad_means * offsets).sum(dim=-1), grad_var
-
-
-def _window_backward(
-    window: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...],
-    width: int, height: int, out: torch.Tensor,
-) -> None:
-    """Write the gradient of the raw ``[Bt, 5]`` window parameters into ``out``.
-
-    ``grads`` = gradients of ``(center_x, center_y, stride, variance, log gamma)``.
+    ``filters`` is ``[Bt, 2, N, A]`` (x then y) for square images, else a pair ``[Bt, 1, N, A]``,
+    ``[Bt, 1, N, B]``; ``diffs`` the matching ``pixel - mean``.
     """
-    _, _, stride, variance, _ = window
-    grad_cx, grad_cy, grad_stride, grad_var, grad_log_gamma = grads
-    out[:, 0] = grad_cx * ((width + 1) / 2)
-    out[:, 1] = grad_cy * ((height + 1) / 2)
-    out[:, 2] = grad_var * variance * (variance >= 1e-12)
-    out[:, 3] = grad_stride * stride
-    out[:, 4] = grad_log_gamma
+
+    filters: list[torch.Tensor]
+    diffs: list[torch.Tensor]
+    inv_var: torch.Tensor  # [Bt] 1 / max(sigma^2, 1e-12)
+    variance: torch.Tensor  # [Bt]
+    stride: torch.Tensor  # [Bt]
+    gamma: torch.Tensor  # [Bt]
+
+    @property
+    def fx(self) -> torch.Tensor:
+        return self.filters[0][:, 0]
+
+    @property
+    def fy(self) -> torch.Tensor:
+        return self.filters[-1][:, -1]
+
+
+def _open_window(params: torch.Tensor, width: int, height: int, grid: int) -> _Window:
+    """Filterbanks of raw window parameters ``[Bt, 5]`` = ``(g~x, g~y, log sigma^2, log delta~, log gamma)``."""
+    half = params.new_tensor([(width + 1) / 2, (height + 1) / 2])
+    centers = torch.addcmul(half, params[:, :2], half)  # g = (A + 1) / 2 * (g~ + 1)
+    variance, stride, gamma = params[:, 2:].exp().unbind(dim=-1)
+    stride = stride * ((max(width, height) - 1) / max(grid - 1, 1))
+    inv_var = variance.clamp_min(1e-12).reciprocal()
+    scale = (-0.5 * inv_var).view(-1, 1, 1, 1)
+    axes = [(centers, width)] if width == height else [(centers[:, :1], width), (centers[:, 1:], height)]
+    filters, diffs = [], []
+    for axis_centers, size in axes:
+        pixels, offsets = _grid_constants(size, grid, params)
+        means = torch.addcmul(axis_centers.unsqueeze(-1), offsets, stride.view(-1, 1, 1))  # [Bt, a, N]
+        diff = pixels - means.unsqueeze(-1)  # [Bt, a, N, size]
+        filters.append(torch.softmax(diff.square().mul_(scale), dim=-1))
+        diffs.append(diff)
+    return _Window(filters, diffs, inv_var, variance, stride, gamma)
+
+
+def _window_param_grad(
+    window: _Window, grad_fx: torch.Tensor, grad_fy: torch.Tensor, grad_log_gamma: torch.Tensor,
+    width: int, height: int, grid: int, out: torch.Tensor,
+) -> None:
+    """Write the gradient of the raw ``[Bt, 5]`` window parameters into ``out``, from the
+    gradients of ``F_X [Bt, N, A]``, ``F_Y [Bt, N, B]`` and ``log gamma [Bt]``."""
+    if width == height:
+        grads = [torch.stack([grad_fx, grad_fy], dim=1)]
+    else:
+        grads = [grad_fx.unsqueeze(1), grad_fy.unsqueeze(1)]
+    center_grads, stride_grad, var_grad = [], 0.0, 0.0
+    for filters, diff, grad in zip(window.filters, window.diffs, grads, strict=True):
+        _, offsets = _grid_constants(filters.shape[-1], grid, filters)
+        weighted = (grad - (grad * filters).sum(dim=-1, keepdim=True)).mul_(filters).mul_(diff)  # dlogit*(a-mu)
+        mean_grad = weighted.sum(dim=-1)  # [Bt, a, N], times 1/sigma^2 below
+        center_grads.append(mean_grad.sum(dim=-1))
+        stride_grad = stride_grad + (mean_grad * offsets).sum(dim=(1, 2))
+        var_grad = var_grad + (weighted * diff).sum(dim=(1, 2, 3))  # times 1/(2 sigma^4) below
+    inv_var = window.inv_var
+    half = out.new_tensor([(width + 1) / 2, (height + 1) / 2])
+    torch.mul(torch.cat(center_grads, dim=-1), (inv_var.unsqueeze(-1) * half), out=out[:, :2])
+    log_var_grad = var_grad * (0.5 * inv_var.square()) * window.variance * (window.variance >= 1e-12)
+    out[:, 2:] = torch.stack([log_var_grad, stride_grad * inv_var * window.stride, grad_log_gamma], dim=-1)
 
 
 # -- LSTM pieces --------------------------------------------------------------------------------
@@ -272,14 +293,12 @@ class _FusedDraw(torch.autograd.Function):
             torch.sub(x, sig, out=both[t, :, channels:])  # x_hat
             torch.addcmul(sig, sig, sig, value=-1, out=sig_slope[t])  # d sigmoid / d canvas
             if lay.read_attention:
-                window = _window(dec_out[t, :, cols.read_window], width, height, lay.read_n)
-                center_x, center_y, stride, var, gamma = window
-                fx = _filters(center_x, stride, var, lay.read_n, width)
-                fy = _filters(center_y, stride, var, lay.read_n, height)
+                window = _open_window(dec_out[t, :, cols.read_window], width, height, lay.read_n)
+                fx, fy, gamma = window.fx, window.fy, window.gamma
                 rows = fy.unsqueeze(1) @ both[t]  # [Bt, 2C, N, W]
                 glimpse = rows @ fx.transpose(-1, -2).unsqueeze(1)
                 torch.mul(glimpse.flatten(1), gamma.unsqueeze(-1), out=reads[t])
-                read_saved.append((window, fx, fy, rows))
+                read_saved.append((window, rows))
             else:
                 reads[t] = both[t].flatten(1)
             enc_gates = dec_out[t, :, cols.enc_gates]
@@ -296,14 +315,12 @@ class _FusedDraw(torch.autograd.Function):
             torch.addmm(dec_b, h_dec[t + 1], dec_wt, out=dec_out[t + 1])
             write = dec_out[t + 1, :, cols.write]
             if lay.write_attention:
-                window = _window(dec_out[t + 1, :, cols.write_window], width, height, lay.write_n)
-                center_x, center_y, stride, var, gamma = window
-                fx = _filters(center_x, stride, var, lay.write_n, width)
-                fy = _filters(center_y, stride, var, lay.write_n, height)
+                window = _open_window(dec_out[t + 1, :, cols.write_window], width, height, lay.write_n)
+                fx, fy, gamma = window.fx, window.fy, window.gamma
                 patch = write.view(batch, channels, lay.write_n, lay.write_n)
                 scaled = (patch @ fx.unsqueeze(1)).div_(gamma.view(-1, 1, 1, 1))  # [Bt, C, N, W] / gamma
                 _add_rows(canvas, fy, scaled)
-                write_saved.append((window, fx, fy, scaled))
+                write_saved.append((window, scaled))
             else:
                 canvas.add_(write.view(batch, channels, height, width))
 
@@ -356,8 +373,8 @@ class _FusedDraw(torch.autograd.Function):
         for t in reversed(range(steps)):
             grad_d = grad_dec_out[t + 1]
             if lay.write_attention:
-                window, fx, fy, scaled = write_saved[t]
-                gamma = window[4]
+                window, scaled = write_saved[t]
+                fx, fy, gamma = window.fx, window.fy, window.gamma
                 grad_scaled = fy.unsqueeze(1) @ grad_canvas_t  # [Bt, C, N, W]
                 grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2, 3))
                 grad_fy = (scaled @ grad_canvas_t.transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
@@ -365,8 +382,8 @@ class _FusedDraw(torch.autograd.Function):
                 patch = dec_out[t + 1, :, cols.write].view(batch, channels, lay.write_n, lay.write_n)
                 grad_d[:, cols.write] = (grad_cols @ fx.transpose(-1, -2).unsqueeze(1)).flatten(1)
                 grad_fx = (patch.transpose(-1, -2) @ grad_cols).sum(dim=1)  # [Bt, N, W]
-                _window_grad(window, fx, fy, grad_fx, grad_fy, grad_log_gamma, lay.write_n, width, height,
-                             grad_d[:, cols.write_window])
+                _window_param_grad(window, grad_fx, grad_fy, grad_log_gamma, width, height, lay.write_n,
+                                   grad_d[:, cols.write_window])
             else:
                 grad_d[:, cols.write] = grad_canvas_t.flatten(1)
             grad_h_dec = grad_d @ dec_wt.t()
@@ -396,16 +413,16 @@ class _FusedDraw(torch.autograd.Function):
             )
             grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
             if lay.read_attention:
-                window, fx, fy, rows = read_saved[t]
-                gamma = window[4]
+                window, rows = read_saved[t]
+                fx, fy, gamma = window.fx, window.fy, window.gamma
                 grad_log_gamma = (grad_read * reads[t]).sum(dim=-1)
                 grad_glimpse = grad_read.view(batch, 2 * channels, lay.read_n, lay.read_n) * gamma.view(-1, 1, 1, 1)
                 grad_fx = (grad_glimpse.transpose(-1, -2) @ rows).sum(dim=1)  # [Bt, N, W]
                 grad_rows = grad_glimpse @ fx.unsqueeze(1)  # [Bt, 2C, N, W]
                 grad_fy = (grad_rows @ both[t].transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
                 grad_x_hat = fy.transpose(-1, -2).unsqueeze(1) @ grad_rows[:, channels:]
-                _window_grad(window, fx, fy, grad_fx, grad_fy, grad_log_gamma, lay.read_n, width, height,
-                             grad_dec_out[t, :, cols.read_window])
+                _window_param_grad(window, grad_fx, grad_fy, grad_log_gamma, width, height, lay.read_n,
+                                   grad_dec_out[t, :, cols.read_window])
             else:
                 grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
             grad_canvas_t.addcmul_(grad_x_hat, sig_slope[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
@@ -456,20 +473,6 @@ def _add_rows(canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor) -> N
         canvas.view(batch, height, width).baddbmm_(fy.transpose(-1, -2), scaled.view(batch, -1, width))
     else:
         canvas.add_(fy.transpose(-1, -2).unsqueeze(1) @ scaled)
-
-
-def _window_grad(
-    window: tuple[torch.Tensor, ...], fx: torch.Tensor, fy: torch.Tensor, grad_fx: torch.Tensor,
-    grad_fy: torch.Tensor, grad_log_gamma: torch.Tensor, grid: int, width: int, height: int, out: torch.Tensor,
-) -> None:
-    """Gradient of a window's raw ``[Bt, 5]`` parameters from those of its filterbanks, into ``out``."""
-    center_x, center_y, stride, var, _ = window
-    grad_cx, grad_stride_x, grad_var_x = _filters_backward(fx, grad_fx, center_x, stride, var, grid, width)
-    grad_cy, grad_stride_y, grad_var_y = _filters_backward(fy, grad_fy, center_y, stride, var, grid, height)
-    _window_backward(
-        window, (grad_cx, grad_cy, grad_stride_x + grad_stride_y, grad_var_x + grad_var_y, grad_log_gamma),
-        width, height, out,
-    )
 
 
 def fused_forward(model: Draw, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
