@@ -206,9 +206,19 @@ class _Workspace:
     def __init__(self, key: tuple[Any, ...], sizes: dict[str, tuple[int, ...]], like: torch.Tensor) -> None:
         self.key = key
         self.tensors = {name: like.new_empty(size) for name, size in sizes.items()}
+        self._rows: dict[tuple[str, str], list[torch.Tensor]] = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]
+
+    def rows(self, name: str, columns: slice | None = None) -> list[torch.Tensor]:
+        """``[buffer[t][..., columns] for t]``: per-step views, made once per workspace (indexing
+        costs as much Python time as a small operation)."""
+        key = (name, str(columns))
+        if key not in self._rows:
+            steps = self.tensors[name].unbind(0)
+            self._rows[key] = list(steps) if columns is None else [step[..., columns] for step in steps]
+        return self._rows[key]
 
 
 _POOL: dict[tuple[Any, ...], list[_Workspace]] = {}
@@ -268,11 +278,8 @@ class _FusedDraw(torch.autograd.Function):
         height, width, z_size = lay.height, lay.width, lay.z_size
         cols = _Columns(lay, h_enc0.shape[0])
         work = _take_workspace(lay, batch, h_enc0.shape[0], h_dec0.shape[0], x)
-        both, reads, z_all, sig_slope = work["both"], work["reads"], work["z"], work["sig_slope"]
-        enc_cell, dec_cell = work["enc_cell"], work["dec_cell"]
-        enc_tanh, dec_tanh = work["enc_tanh"], work["dec_tanh"]
-        h_enc, h_dec = work["h_enc"], work["h_dec"]
-        enc_out, dec_out = work["enc_out"], work["dec_out"]
+        both, z_all, enc_cell, dec_cell = work["both"], work["z"], work["enc_cell"], work["dec_cell"]
+        h_enc, h_dec, enc_out, dec_out = work["h_enc"], work["h_dec"], work["enc_out"], work["dec_out"]
         dec_wt, enc_wt = dec_w.t().contiguous(), enc_w.t().contiguous()
         read_wt, z_wt = read_w.t().contiguous(), z_w.t().contiguous()
 
@@ -284,38 +291,41 @@ class _FusedDraw(torch.autograd.Function):
         dec_out[0] = torch.addmm(dec_b, h_dec0.unsqueeze(0), dec_wt)
         enc_out[0] = torch.addmm(enc_b, h_enc0.unsqueeze(0), enc_wt)
         canvas = canvas0.expand(batch, -1, -1, -1).clone()
-        kl = x.new_zeros(batch)
-        log_ratio = x.new_zeros(batch)
         read_saved: list[tuple[torch.Tensor, ...]] = []
         write_saved: list[tuple[torch.Tensor, ...]] = []
+        rows = work.rows
+        both_t, reads_t, zs, slopes = rows("both"), rows("reads"), rows("z"), rows("sig_slope")
+        x_hats = [step[:, channels:] for step in both_t]
+        enc_cells, dec_cells = rows("enc_cell"), rows("dec_cell")
+        enc_tanhs, dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
+        h_encs, h_decs, enc_outs, dec_outs = rows("h_enc"), rows("h_dec"), rows("enc_out"), rows("dec_out")
+        enc_gates_t, dec_gates_t = rows("dec_out", cols.enc_gates), rows("dec_out", cols.dec_gates)
+        writes, write_windows = rows("dec_out", cols.write), rows("dec_out", cols.write_window)
+        read_windows, enc_hidden_t = rows("dec_out", cols.read_window), rows("enc_out", cols.enc_hidden)
+        mus, log_sigmas = rows("enc_out", cols.mu), rows("enc_out", cols.log_sigma)
         for t in range(steps):
             sig = torch.sigmoid(canvas)
-            torch.sub(x, sig, out=both[t, :, channels:])  # x_hat
-            torch.addcmul(sig, sig, sig, value=-1, out=sig_slope[t])  # d sigmoid / d canvas
+            torch.sub(x, sig, out=x_hats[t])  # x_hat
+            torch.addcmul(sig, sig, sig, value=-1, out=slopes[t])  # d sigmoid / d canvas
             if lay.read_attention:
-                window = _open_window(dec_out[t, :, cols.read_window], width, height, lay.read_n)
+                window = _open_window(read_windows[t], width, height, lay.read_n)
                 fx, fy, gamma = window.fx, window.fy, window.gamma
-                rows = fy.unsqueeze(1) @ both[t]  # [Bt, 2C, N, W]
-                glimpse = rows @ fx.transpose(-1, -2).unsqueeze(1)
-                torch.mul(glimpse.flatten(1), gamma.unsqueeze(-1), out=reads[t])
-                read_saved.append((window, rows))
+                image_rows = fy.unsqueeze(1) @ both_t[t]  # [Bt, 2C, N, W]
+                glimpse = image_rows @ fx.transpose(-1, -2).unsqueeze(1)
+                torch.mul(glimpse.flatten(1), gamma.unsqueeze(-1), out=reads_t[t])
+                read_saved.append((window, image_rows))
             else:
-                reads[t] = both[t].flatten(1)
-            enc_gates = dec_out[t, :, cols.enc_gates]
-            enc_gates.add_(enc_out[t, :, cols.enc_hidden]).addmm_(reads[t], read_wt)
-            _lstm_forward(enc_gates, enc_cell[t], enc_cell[t + 1], enc_tanh[t], h_enc[t + 1])
-            torch.addmm(enc_b, h_enc[t + 1], enc_wt, out=enc_out[t + 1])
-            mu, log_sigma = enc_out[t + 1, :, :z_size], enc_out[t + 1, :, z_size : 2 * z_size]
-            sigma = torch.exp(log_sigma)
-            z = torch.addcmul(mu, sigma, noise[t], out=z_all[t])
-            kl += 0.5 * (mu.square() + sigma.square() - 2 * log_sigma - 1).sum(dim=-1)
-            log_ratio += (0.5 * (noise[t].square() - z.square()) + log_sigma).sum(dim=-1)
-            dec_gates = dec_out[t, :, cols.dec_gates].addmm_(z, z_wt)
-            _lstm_forward(dec_gates, dec_cell[t], dec_cell[t + 1], dec_tanh[t], h_dec[t + 1])
-            torch.addmm(dec_b, h_dec[t + 1], dec_wt, out=dec_out[t + 1])
-            write = dec_out[t + 1, :, cols.write]
+                reads_t[t].copy_(both_t[t].flatten(1))
+            enc_gates = enc_gates_t[t].add_(enc_hidden_t[t]).addmm_(reads_t[t], read_wt)
+            _lstm_forward(enc_gates, enc_cells[t], enc_cells[t + 1], enc_tanhs[t], h_encs[t + 1])
+            torch.addmm(enc_b, h_encs[t + 1], enc_wt, out=enc_outs[t + 1])
+            z = torch.addcmul(mus[t + 1], log_sigmas[t + 1].exp(), noise[t], out=zs[t])
+            dec_gates = dec_gates_t[t].addmm_(z, z_wt)
+            _lstm_forward(dec_gates, dec_cells[t], dec_cells[t + 1], dec_tanhs[t], h_decs[t + 1])
+            torch.addmm(dec_b, h_decs[t + 1], dec_wt, out=dec_outs[t + 1])
+            write = writes[t + 1]
             if lay.write_attention:
-                window = _open_window(dec_out[t + 1, :, cols.write_window], width, height, lay.write_n)
+                window = _open_window(write_windows[t + 1], width, height, lay.write_n)
                 fx, fy, gamma = window.fx, window.fy, window.gamma
                 patch = write.view(batch, channels, lay.write_n, lay.write_n)
                 scaled = (patch @ fx.unsqueeze(1)).div_(gamma.view(-1, 1, 1, 1))  # [Bt, C, N, W] / gamma
@@ -324,6 +334,10 @@ class _FusedDraw(torch.autograd.Function):
             else:
                 canvas.add_(write.view(batch, channels, height, width))
 
+        # The latent terms of all steps at once: KL(Q || N(0, I)) and log N(z; 0, I) - log Q(z).
+        mu, log_sigma = enc_out[1:, :, :z_size], enc_out[1:, :, z_size : 2 * z_size]
+        kl = 0.5 * (mu.square() + (2 * log_sigma).exp_() - 2 * log_sigma - 1).sum(dim=(0, 2))
+        log_ratio = (0.5 * (noise.square() - z_all.square()) + log_sigma).sum(dim=(0, 2))
         ctx.nll_fn, ctx.lay = nll_fn, lay
         ctx.work, ctx.read_saved, ctx.write_saved = work, read_saved, write_saved
         ctx.weights_t = (dec_wt, enc_wt, read_wt, z_wt)
@@ -348,12 +362,8 @@ class _FusedDraw(torch.autograd.Function):
         height, width, z_size = lay.height, lay.width, lay.z_size
         enc_size = enc_wt.shape[0]
         cols = _Columns(lay, enc_size)
-        both, reads, z_all, sig_slope = work["both"], work["reads"], work["z"], work["sig_slope"]
-        enc_cell, dec_cell = work["enc_cell"], work["dec_cell"]
-        enc_tanh, dec_tanh = work["enc_tanh"], work["dec_tanh"]
-        h_enc, h_dec = work["h_enc"], work["h_dec"]
-        enc_out, dec_out = work["enc_out"], work["dec_out"]
-        grad_dec_out, grad_latent = work["grad_dec_out"], work["grad_latent"]
+        reads, z_all, h_enc, h_dec = work["reads"], work["z"], work["h_enc"], work["h_dec"]
+        enc_out, grad_dec_out, grad_latent = work["enc_out"], work["grad_dec_out"], work["grad_latent"]
 
         grad_canvas_t = x.new_zeros(canvas.shape) if grad_canvas is None else grad_canvas.clone()
         if grad_recon is not None:
@@ -361,17 +371,39 @@ class _FusedDraw(torch.autograd.Function):
                 leaf = canvas.detach().requires_grad_(True)
                 (grad_leaf,) = torch.autograd.grad(ctx.nll_fn(leaf, x), leaf, grad_recon)
             grad_canvas_t += grad_leaf
-        grad_kl_col = None if grad_kl is None else grad_kl.unsqueeze(-1)
         grad_lr_col = None if grad_log_ratio is None else grad_log_ratio.unsqueeze(-1)
         grad_dec_out[steps, :, cols.tail].zero_()  # the last step's outputs for a step T+1
         grad_dec_out[0, :, cols.head].zero_()  # row 0 (initial state) writes nothing
+        # Gradients of the latent terms w.r.t. (mu, log sigma), all steps at once; the loop adds z's.
+        mu, log_sigma = enc_out[1:, :, :z_size], enc_out[1:, :, z_size : 2 * z_size]
+        grad_mu_all, grad_log_sigma_all = grad_latent[1:, :, :z_size], grad_latent[1:, :, z_size:]
         grad_latent[0].zero_()
+        if grad_kl is None:
+            grad_latent[1:].zero_()
+        else:
+            torch.mul(mu, grad_kl.view(1, -1, 1), out=grad_mu_all)
+            torch.mul((2 * log_sigma).exp_().sub_(1), grad_kl.view(1, -1, 1), out=grad_log_sigma_all)
+        if grad_log_ratio is not None:
+            grad_log_sigma_all.add_(grad_log_ratio.view(1, -1, 1))
+        sigma_noise = z_all - mu  # sigma * eps
         grad_enc_cell = x.new_zeros(batch, enc_size)
         grad_dec_cell = x.new_zeros(batch, dec_wt.shape[0])
         enc_wt_latent, enc_wt_hidden = enc_wt[:, : 2 * z_size], enc_wt[:, 2 * z_size :]
 
+        rows = work.rows
+        both_t, reads_t, zs, slopes = rows("both"), rows("reads"), rows("z"), rows("sig_slope")
+        sigma_noises = sigma_noise.unbind(0)
+        writes = rows("dec_out", cols.write)
+        acts_enc, acts_dec = rows("dec_out", cols.enc_gates), rows("dec_out", cols.dec_gates)
+        enc_cells, dec_cells = rows("enc_cell"), rows("dec_cell")
+        enc_tanhs, dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
+        grad_ds, grad_latents = rows("grad_dec_out"), rows("grad_latent")
+        grad_writes, grad_write_windows = rows("grad_dec_out", cols.write), rows("grad_dec_out", cols.write_window)
+        grad_read_windows = rows("grad_dec_out", cols.read_window)
+        grad_enc_gates_t, grad_dec_gates_t = rows("grad_dec_out", cols.enc_gates), rows("grad_dec_out", cols.dec_gates)
+        grad_mus, grad_log_sigmas = rows("grad_latent", cols.mu), rows("grad_latent", cols.log_sigma)
         for t in reversed(range(steps)):
-            grad_d = grad_dec_out[t + 1]
+            grad_d = grad_ds[t + 1]
             if lay.write_attention:
                 window, scaled = write_saved[t]
                 fx, fy, gamma = window.fx, window.fy, window.gamma
@@ -379,53 +411,45 @@ class _FusedDraw(torch.autograd.Function):
                 grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2, 3))
                 grad_fy = (scaled @ grad_canvas_t.transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
                 grad_cols = grad_scaled.div_(gamma.view(-1, 1, 1, 1))
-                patch = dec_out[t + 1, :, cols.write].view(batch, channels, lay.write_n, lay.write_n)
-                grad_d[:, cols.write] = (grad_cols @ fx.transpose(-1, -2).unsqueeze(1)).flatten(1)
+                patch = writes[t + 1].view(batch, channels, lay.write_n, lay.write_n)
+                grad_writes[t + 1].copy_((grad_cols @ fx.transpose(-1, -2).unsqueeze(1)).flatten(1))
                 grad_fx = (patch.transpose(-1, -2) @ grad_cols).sum(dim=1)  # [Bt, N, W]
                 _window_param_grad(window, grad_fx, grad_fy, grad_log_gamma, width, height, lay.write_n,
-                                   grad_d[:, cols.write_window])
+                                   grad_write_windows[t + 1])
             else:
-                grad_d[:, cols.write] = grad_canvas_t.flatten(1)
+                grad_writes[t + 1].copy_(grad_canvas_t.flatten(1))
             grad_h_dec = grad_d @ dec_wt.t()
-            grad_dec_gates = grad_dec_out[t, :, cols.dec_gates]
+            grad_dec_gates = grad_dec_gates_t[t]
             grad_dec_cell = _lstm_backward(
-                grad_h_dec, grad_dec_cell, dec_out[t, :, cols.dec_gates], dec_cell[t], dec_tanh[t], grad_dec_gates
+                grad_h_dec, grad_dec_cell, acts_dec[t], dec_cells[t], dec_tanhs[t], grad_dec_gates
             )
             grad_z = _times_weight(grad_dec_gates, z_wt)
-            mu, log_sigma = enc_out[t + 1, :, :z_size], enc_out[t + 1, :, z_size : 2 * z_size]
-            z = z_all[t]
             if grad_lr_col is not None:
-                grad_z = grad_z - grad_lr_col * z
-            grad_mu, grad_log_sigma = grad_latent[t + 1, :, :z_size], grad_latent[t + 1, :, z_size:]
-            grad_mu.copy_(grad_z)
-            torch.mul(grad_z, z - mu, out=grad_log_sigma)
-            if grad_kl_col is not None:
-                grad_mu.addcmul_(grad_kl_col, mu)
-                grad_log_sigma.addcmul_(grad_kl_col, torch.exp(2 * log_sigma) - 1)
-            if grad_lr_col is not None:
-                grad_log_sigma.add_(grad_lr_col)
+                grad_z = torch.addcmul(grad_z, grad_lr_col, zs[t], value=-1)
+            grad_mus[t + 1].add_(grad_z)
+            grad_log_sigmas[t + 1].addcmul_(grad_z, sigma_noises[t])
             grad_h_enc = torch.addmm(
-                grad_d[:, cols.enc_gates] @ enc_wt_hidden.t(), grad_latent[t + 1], enc_wt_latent.t()
+                grad_enc_gates_t[t + 1] @ enc_wt_hidden.t(), grad_latents[t + 1], enc_wt_latent.t()
             )
-            grad_enc_gates = grad_dec_out[t, :, cols.enc_gates]
+            grad_enc_gates = grad_enc_gates_t[t]
             grad_enc_cell = _lstm_backward(
-                grad_h_enc, grad_enc_cell, dec_out[t, :, cols.enc_gates], enc_cell[t], enc_tanh[t], grad_enc_gates
+                grad_h_enc, grad_enc_cell, acts_enc[t], enc_cells[t], enc_tanhs[t], grad_enc_gates
             )
             grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
             if lay.read_attention:
-                window, rows = read_saved[t]
+                window, image_rows = read_saved[t]
                 fx, fy, gamma = window.fx, window.fy, window.gamma
-                grad_log_gamma = (grad_read * reads[t]).sum(dim=-1)
+                grad_log_gamma = (grad_read * reads_t[t]).sum(dim=-1)
                 grad_glimpse = grad_read.view(batch, 2 * channels, lay.read_n, lay.read_n) * gamma.view(-1, 1, 1, 1)
-                grad_fx = (grad_glimpse.transpose(-1, -2) @ rows).sum(dim=1)  # [Bt, N, W]
+                grad_fx = (grad_glimpse.transpose(-1, -2) @ image_rows).sum(dim=1)  # [Bt, N, W]
                 grad_rows = grad_glimpse @ fx.unsqueeze(1)  # [Bt, 2C, N, W]
-                grad_fy = (grad_rows @ both[t].transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
+                grad_fy = (grad_rows @ both_t[t].transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
                 grad_x_hat = fy.transpose(-1, -2).unsqueeze(1) @ grad_rows[:, channels:]
                 _window_param_grad(window, grad_fx, grad_fy, grad_log_gamma, width, height, lay.read_n,
-                                   grad_dec_out[t, :, cols.read_window])
+                                   grad_read_windows[t])
             else:
                 grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
-            grad_canvas_t.addcmul_(grad_x_hat, sig_slope[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
+            grad_canvas_t.addcmul_(grad_x_hat, slopes[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
 
         # Parameters: one matrix product per layer over all steps (row 0: the initial states).
         flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
@@ -463,6 +487,8 @@ class _Columns:
         self.tail = slice(start, start + read_params + enc_gates + dec_gates)  # what step t + 1 uses
         self.enc_gates = slice(start + read_params, start + read_params + enc_gates)
         self.dec_gates = slice(start + read_params + enc_gates, start + read_params + enc_gates + dec_gates)
+        self.mu = slice(0, lay.z_size)
+        self.log_sigma = slice(lay.z_size, 2 * lay.z_size)
         self.enc_hidden = slice(2 * lay.z_size, 2 * lay.z_size + 4 * enc_size)
 
 
