@@ -239,7 +239,7 @@ def _take_workspace(lay: _Layout, batch: int, enc_size: int, dec_size: int, like
         "enc_tanh": (steps, batch, enc_size), "dec_tanh": (steps, batch, dec_size),
         "h_enc": (steps + 1, batch, enc_size), "h_dec": (steps + 1, batch, dec_size),
         "enc_out": (steps + 1, batch, sum(lay.enc_sizes)), "dec_out": (steps + 1, batch, sum(lay.dec_sizes)),
-        "z": (steps, batch, lay.z_size),
+        "z": (steps, batch, lay.z_size), "latent_tmp": (steps, batch, lay.z_size),
         "grad_latent": (steps + 1, batch, 2 * lay.z_size), "grad_dec_out": (steps + 1, batch, sum(lay.dec_sizes)),
     }
     return _Workspace(key, sizes, like)
@@ -335,9 +335,13 @@ class _FusedDraw(torch.autograd.Function):
                 canvas.add_(write.view(batch, channels, height, width))
 
         # The latent terms of all steps at once: KL(Q || N(0, I)) and log N(z; 0, I) - log Q(z).
+        # Squared norms need no temporaries; sigma^2 goes into a reused buffer.
         mu, log_sigma = enc_out[1:, :, :z_size], enc_out[1:, :, z_size : 2 * z_size]
-        kl = 0.5 * (mu.square() + (2 * log_sigma).exp_() - 2 * log_sigma - 1).sum(dim=(0, 2))
-        log_ratio = (0.5 * (noise.square() - z_all.square()) + log_sigma).sum(dim=(0, 2))
+        square_norm = lambda tensor: torch.linalg.vector_norm(tensor, dim=(0, 2)).square()  # noqa: E731
+        log_sigma_sum = log_sigma.sum(dim=(0, 2))
+        variance_sum = torch.mul(log_sigma, 2, out=work["latent_tmp"]).exp_().sum(dim=(0, 2))
+        kl = 0.5 * (square_norm(mu) + variance_sum - 2 * log_sigma_sum - steps * z_size)
+        log_ratio = 0.5 * (square_norm(noise) - square_norm(z_all)) + log_sigma_sum
         ctx.nll_fn, ctx.lay = nll_fn, lay
         ctx.work, ctx.read_saved, ctx.write_saved = work, read_saved, write_saved
         ctx.weights_t = (dec_wt, enc_wt, read_wt, z_wt)
@@ -382,10 +386,10 @@ class _FusedDraw(torch.autograd.Function):
             grad_latent[1:].zero_()
         else:
             torch.mul(mu, grad_kl.view(1, -1, 1), out=grad_mu_all)
-            torch.mul((2 * log_sigma).exp_().sub_(1), grad_kl.view(1, -1, 1), out=grad_log_sigma_all)
+            torch.mul(log_sigma, 2, out=grad_log_sigma_all).exp_().sub_(1).mul_(grad_kl.view(1, -1, 1))
         if grad_log_ratio is not None:
             grad_log_sigma_all.add_(grad_log_ratio.view(1, -1, 1))
-        sigma_noise = z_all - mu  # sigma * eps
+        sigma_noise = torch.sub(z_all, mu, out=work["latent_tmp"])  # sigma * eps
         grad_enc_cell = x.new_zeros(batch, enc_size)
         grad_dec_cell = x.new_zeros(batch, dec_wt.shape[0])
         enc_wt_latent, enc_wt_hidden = enc_wt[:, : 2 * z_size], enc_wt[:, 2 * z_size :]
