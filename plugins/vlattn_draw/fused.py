@@ -52,7 +52,7 @@ class _Layout:
 
 
 # -- filterbank pieces (forward keeps what the backward needs) ----------------------------------
-_CONSTANTS: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+_CONSTANTS: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
 
 
 def _grid_constants(size: int, grid: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +62,16 @@ def _grid_constants(size: int, grid: int, like: torch.Tensor) -> tuple[torch.Ten
         pixels = torch.arange(1, size + 1, dtype=like.dtype, device=like.device)
         offsets = torch.arange(1, grid + 1, dtype=like.dtype, device=like.device) - grid / 2 - 0.5
         _CONSTANTS[key] = (pixels, offsets)
-    return _CONSTANTS[key]
+    pixels, offsets = _CONSTANTS[key]
+    return pixels, offsets
+
+
+def _half_sizes(width: int, height: int, like: torch.Tensor) -> torch.Tensor:
+    """``[(A + 1) / 2, (B + 1) / 2]`` (cached): the centre scale of ``g~x`` and ``g~y``."""
+    key = ("half", width, height, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = (like.new_tensor([(width + 1) / 2, (height + 1) / 2]),)
+    return _CONSTANTS[key][0]
 
 
 @dataclass
@@ -92,7 +101,7 @@ class _Window:
 
 def _open_window(params: torch.Tensor, width: int, height: int, grid: int) -> _Window:
     """Filterbanks of raw window parameters ``[Bt, 5]`` = ``(g~x, g~y, log sigma^2, log delta~, log gamma)``."""
-    half = params.new_tensor([(width + 1) / 2, (height + 1) / 2])
+    half = _half_sizes(width, height, params)
     centers = torch.addcmul(half, params[:, :2], half)  # g = (A + 1) / 2 * (g~ + 1)
     variance, stride, gamma = params[:, 2:].exp().unbind(dim=-1)
     stride = stride * ((max(width, height) - 1) / max(grid - 1, 1))
@@ -128,7 +137,7 @@ def _window_param_grad(
         stride_grad = stride_grad + (mean_grad * offsets).sum(dim=(1, 2))
         var_grad = var_grad + (weighted * diff).sum(dim=(1, 2, 3))  # times 1/(2 sigma^4) below
     inv_var = window.inv_var
-    half = out.new_tensor([(width + 1) / 2, (height + 1) / 2])
+    half = _half_sizes(width, height, out)
     torch.mul(torch.cat(center_grads, dim=-1), (inv_var.unsqueeze(-1) * half), out=out[:, :2])
     log_var_grad = var_grad * (0.5 * inv_var.square()) * window.variance * (window.variance >= 1e-12)
     out[:, 2:] = torch.stack([log_var_grad, stride_grad * inv_var * window.stride, grad_log_gamma], dim=-1)
