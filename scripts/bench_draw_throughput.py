@@ -5,6 +5,9 @@
     OMP_NUM_THREADS=1 python scripts/bench_draw_throughput.py --threads 1 \
         --external /tmp/ref_draw/draw.py     # kamenbliznashki/generative_models draw.py
 
+``vlattn`` is the model as it trains (its own backward, :mod:`vlattn_draw.fused`);
+``--with-autograd`` adds the same model differentiated by autograd (``vlattn-autograd``).
+
 One training step = forward + loss + backward + gradient clipping + Adam update on a batch of
 binary 28x28 images, at the paper's configuration by default (T = 64, read 2x2, write 5x5,
 LSTM 256, z 100, batch 128). Steps of the implementations alternate, so all see the same
@@ -182,13 +185,15 @@ def public_style_step(args: argparse.Namespace) -> Step:
     return step
 
 
-def vlattn_step(args: argparse.Namespace) -> Step:
-    """One training step of vlattn's DRAW."""
+def vlattn_step(args: argparse.Namespace, *, fused: bool = True) -> Step:
+    """One training step of vlattn's DRAW (``fused=False``: through autograd instead of the
+    model's own backward)."""
     model = Draw(DrawShape(
         steps=args.steps, read_n=args.read_n, write_n=args.write_n, enc_size=args.lstm,
         dec_size=args.lstm, z_size=args.z, read_attention=not args.no_attention,
         write_attention=not args.no_attention,
     ))
+    model.fused_backward = fused
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(x: torch.Tensor) -> None:
@@ -241,6 +246,9 @@ def main() -> None:
     parser.add_argument("--no-attention", action="store_true")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per implementation")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--with-autograd", action="store_true", help="also time vlattn's model through autograd (fused_backward off)"
+    )
     parser.add_argument("--external", type=Path, default=None, help="path of an external draw.py (see above)")
     args = parser.parse_args()
 
@@ -248,6 +256,8 @@ def main() -> None:
     torch.manual_seed(0)
     x = (torch.rand(args.batch_size, 1, 28, 28) > 0.5).float()
     steps = {"vlattn": vlattn_step(args), "reference": public_style_step(args)}
+    if args.with_autograd:
+        steps["vlattn-autograd"] = vlattn_step(args, fused=False)
     if args.external is not None:
         steps["external"] = external_step(args.external, args)
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -267,7 +277,7 @@ def main() -> None:
     rates = {}
     for name, values in times.items():
         rates[name] = args.batch_size / statistics.median(values)
-        print(f"{name:10s} {rates[name]:8.1f} images/s  (median of {len(values)} steps)")
+        print(f"{name:16s} {rates[name]:8.1f} images/s  (median of {len(values)} steps)")
     for name in rates:
         if name != "vlattn":
             print(f"ratio vlattn / {name}: {rates['vlattn'] / rates[name]:.2f}x")
