@@ -47,6 +47,7 @@ class _Layout:
     read_n: int
     write_n: int
     z_size: int
+    likelihood: str
     dec_sizes: tuple[int, ...]
     enc_sizes: tuple[int, ...]
 
@@ -379,7 +380,9 @@ class _FusedDraw(torch.autograd.Function):
         enc_out, grad_dec_out, grad_latent = work["enc_out"], work["grad_dec_out"], work["grad_latent"]
 
         grad_canvas_t = x.new_zeros(canvas.shape) if grad_canvas is None else grad_canvas.clone()
-        if grad_recon is not None:
+        if grad_recon is not None and lay.likelihood == "bernoulli":  # d BCE / d logits = sigmoid(c) - x
+            grad_canvas_t.addcmul_(torch.sigmoid(canvas).sub_(x), grad_recon.view(-1, 1, 1, 1))
+        elif grad_recon is not None:
             with torch.enable_grad():
                 leaf = canvas.detach().requires_grad_(True)
                 (grad_leaf,) = torch.autograd.grad(ctx.nll_fn(leaf, x), leaf, grad_recon)
@@ -521,7 +524,8 @@ def fused_forward(model: Draw, x: torch.Tensor, noise: torch.Tensor) -> tuple[to
     lay = _Layout(
         channels=s.channels, height=s.height, width=s.width, steps=s.steps,
         read_attention=s.read_attention, write_attention=s.write_attention, read_n=s.read_n,
-        write_n=s.write_n, z_size=s.z_size, dec_sizes=tuple(model.dec_sizes), enc_sizes=tuple(model.enc_sizes),
+        write_n=s.write_n, z_size=s.z_size, likelihood=s.likelihood, dec_sizes=tuple(model.dec_sizes),
+        enc_sizes=tuple(model.enc_sizes),
     )
     return _FusedDraw.apply(
         x, noise, model.neg_log_likelihood, lay, model.dec_out.weight, model.dec_out.bias,
