@@ -56,92 +56,112 @@ class _Layout:
 _CONSTANTS: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
 
 
-def _grid_constants(size: int, grid: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel coordinates ``1..size`` ``[size]`` and grid offsets ``i - N/2 - 0.5`` ``[N]`` (cached)."""
-    key = (size, grid, like.dtype, like.device)
-    if key not in _CONSTANTS:
-        pixels = torch.arange(1, size + 1, dtype=like.dtype, device=like.device)
-        offsets = torch.arange(1, grid + 1, dtype=like.dtype, device=like.device) - grid / 2 - 0.5
-        _CONSTANTS[key] = (pixels, offsets)
-    pixels, offsets = _CONSTANTS[key]
-    return pixels, offsets
+@dataclass(frozen=True)
+class _RowLayout:
+    """Constants of the windows that share a row of ``dec_out`` (K of them, grids ``N_k``): their
+    filters are stacked along one axis of ``R = sum N_k`` rows."""
 
+    grids: tuple[int, ...]
+    width: int
+    height: int
 
-def _half_sizes(width: int, height: int, like: torch.Tensor) -> torch.Tensor:
-    """``[(A + 1) / 2, (B + 1) / 2]`` (cached): the centre scale of ``g~x`` and ``g~y``."""
-    key = ("half", width, height, like.dtype, like.device)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = (like.new_tensor([(width + 1) / 2, (height + 1) / 2]),)
-    return _CONSTANTS[key][0]
+    def constants(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(half [2], unit [K], window_of_row [R], offsets [R], segment [R, K], pixels_x, pixels_y)``,
+        cached per dtype and device."""
+        key = (self, like.dtype, like.device)
+        if key not in _CONSTANTS:
+            new = {"dtype": like.dtype, "device": like.device}
+            grids = self.grids
+            half = torch.tensor([(self.width + 1) / 2, (self.height + 1) / 2], **new)
+            extent = max(self.width, self.height) - 1
+            unit = torch.tensor([extent / max(n - 1, 1) for n in grids], **new)
+            window_of_row = torch.cat([torch.full((n,), k) for k, n in enumerate(grids)]).to(like.device)
+            offsets = torch.cat([torch.arange(1, n + 1, **new) - n / 2 - 0.5 for n in grids])
+            segment = torch.nn.functional.one_hot(window_of_row, len(grids)).to(like.dtype)
+            pixels_x = torch.arange(1, self.width + 1, **new)
+            pixels_y = torch.arange(1, self.height + 1, **new)
+            _CONSTANTS[key] = (half, unit, window_of_row, offsets, segment, pixels_x, pixels_y)
+        return _CONSTANTS[key]
 
 
 @dataclass
-class _Window:
-    """The filterbanks of one window for a batch (:mod:`vlattn_draw.filterbank`'s formulas) and
-    what their backward needs.
+class _Windows:
+    """The filterbanks of the K windows of one ``dec_out`` row, for a batch
+    (:mod:`vlattn_draw.filterbank`'s formulas), and what their backward needs.
 
-    ``filters`` is ``[Bt, 2, N, A]`` (x then y) for square images, else a pair ``[Bt, 1, N, A]``,
-    ``[Bt, 1, N, B]``; ``diffs`` the matching ``pixel - mean``.
+    ``filters`` is ``[Bt, 2, R, A]`` (x then y) for square images, else a pair ``[Bt, 1, R, A]``,
+    ``[Bt, 1, R, B]``; ``diffs`` the matching ``pixel - mean``. Window ``k`` owns rows
+    ``rows[k]`` of ``R``.
     """
 
+    layout: _RowLayout
     filters: list[torch.Tensor]
     diffs: list[torch.Tensor]
-    inv_var: torch.Tensor  # [Bt] 1 / max(sigma^2, 1e-12)
-    variance: torch.Tensor  # [Bt]
-    stride: torch.Tensor  # [Bt]
-    gamma: torch.Tensor  # [Bt]
+    inv_var: torch.Tensor  # [Bt, R]  1 / max(sigma^2, 1e-12) of each row's window
+    variance: torch.Tensor  # [Bt, K]
+    stride: torch.Tensor  # [Bt, K]
+    gamma: torch.Tensor  # [Bt, K]
+    rows: list[slice]
 
-    @property
-    def fx(self) -> torch.Tensor:
-        return self.filters[0][:, 0]
+    def fx(self, k: int) -> torch.Tensor:
+        """``F_X [Bt, N_k, A]`` of window ``k``."""
+        return self.filters[0][:, 0, self.rows[k]]
 
-    @property
-    def fy(self) -> torch.Tensor:
-        return self.filters[-1][:, -1]
+    def fy(self, k: int) -> torch.Tensor:
+        """``F_Y [Bt, N_k, B]`` of window ``k``."""
+        return self.filters[-1][:, -1, self.rows[k]]
 
 
-def _open_window(params: torch.Tensor, width: int, height: int, grid: int) -> _Window:
-    """Filterbanks of raw window parameters ``[Bt, 5]`` = ``(g~x, g~y, log sigma^2, log delta~, log gamma)``."""
-    half = _half_sizes(width, height, params)
-    centers = torch.addcmul(half, params[:, :2], half)  # g = (A + 1) / 2 * (g~ + 1)
-    variance, stride, gamma = params[:, 2:].exp().unbind(dim=-1)
-    stride = stride * ((max(width, height) - 1) / max(grid - 1, 1))
-    inv_var = variance.clamp_min(1e-12).reciprocal()
-    scale = (-0.5 * inv_var).view(-1, 1, 1, 1)
-    axes = [(centers, width)] if width == height else [(centers[:, :1], width), (centers[:, 1:], height)]
+def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
+    """Filterbanks of the raw parameters ``[Bt, K, 5]`` = ``(g~x, g~y, log sigma^2, log delta~, log gamma)``."""
+    half, unit, window_of_row, offsets, _, pixels_x, pixels_y = layout.constants(params)
+    centers = torch.addcmul(half, params[..., :2], half)  # [Bt, K, 2]: g = (A + 1) / 2 * (g~ + 1)
+    variance, stride, gamma = params[..., 2:].exp().unbind(dim=-1)  # [Bt, K] each
+    stride = stride * unit
+    inv_var = variance.clamp_min(1e-12).reciprocal()[:, window_of_row]  # [Bt, R]
+    means = torch.addcmul(  # [Bt, 2, R]
+        centers[:, window_of_row].transpose(1, 2), offsets, stride[:, window_of_row].unsqueeze(1)
+    )
+    scale = (-0.5 * inv_var).unsqueeze(1).unsqueeze(-1)  # [Bt, 1, R, 1]
+    if layout.width == layout.height:
+        axes = [(means, pixels_x)]
+    else:
+        axes = [(means[:, :1], pixels_x), (means[:, 1:], pixels_y)]
     filters, diffs = [], []
-    for axis_centers, size in axes:
-        pixels, offsets = _grid_constants(size, grid, params)
-        means = torch.addcmul(axis_centers.unsqueeze(-1), offsets, stride.view(-1, 1, 1))  # [Bt, a, N]
-        diff = pixels - means.unsqueeze(-1)  # [Bt, a, N, size]
+    for axis_means, pixels in axes:
+        diff = pixels - axis_means.unsqueeze(-1)  # [Bt, a, R, size]
         filters.append(torch.softmax(diff.square().mul_(scale), dim=-1))
         diffs.append(diff)
-    return _Window(filters, diffs, inv_var, variance, stride, gamma)
+    starts = [sum(layout.grids[:k]) for k in range(len(layout.grids) + 1)]
+    rows = [slice(starts[k], starts[k + 1]) for k in range(len(layout.grids))]
+    return _Windows(layout, filters, diffs, inv_var, variance, stride, gamma, rows)
 
 
-def _window_param_grad(
-    window: _Window, grad_fx: torch.Tensor, grad_fy: torch.Tensor, grad_log_gamma: torch.Tensor,
-    width: int, height: int, grid: int, out: torch.Tensor,
+def _windows_param_grad(
+    windows: _Windows, grad_fx: list[torch.Tensor], grad_fy: list[torch.Tensor],
+    grad_log_gamma: list[torch.Tensor], out: torch.Tensor,
 ) -> None:
-    """Write the gradient of the raw ``[Bt, 5]`` window parameters into ``out``, from the
-    gradients of ``F_X [Bt, N, A]``, ``F_Y [Bt, N, B]`` and ``log gamma [Bt]``."""
-    if width == height:
-        grads = [torch.stack([grad_fx, grad_fy], dim=1)]
+    """Write the gradient of the raw ``[Bt, K, 5]`` window parameters into ``out``, from the
+    gradients of each window's ``F_X [Bt, N_k, A]``, ``F_Y [Bt, N_k, B]`` and ``log gamma [Bt]``."""
+    layout = windows.layout
+    half, _, _, offsets, segment, _, _ = layout.constants(out)
+    if layout.width == layout.height:
+        grads = [torch.stack([torch.cat(grad_fx, dim=1), torch.cat(grad_fy, dim=1)], dim=1)]
     else:
-        grads = [grad_fx.unsqueeze(1), grad_fy.unsqueeze(1)]
-    center_grads, stride_grad, var_grad = [], 0.0, 0.0
-    for filters, diff, grad in zip(window.filters, window.diffs, grads, strict=True):
-        _, offsets = _grid_constants(filters.shape[-1], grid, filters)
+        grads = [torch.cat(grad_fx, dim=1).unsqueeze(1), torch.cat(grad_fy, dim=1).unsqueeze(1)]
+    mean_grads, var_grad = [], 0.0
+    for filters, diff, grad in zip(windows.filters, windows.diffs, grads, strict=True):
         weighted = (grad - (grad * filters).sum(dim=-1, keepdim=True)).mul_(filters).mul_(diff)  # dlogit*(a-mu)
-        mean_grad = weighted.sum(dim=-1)  # [Bt, a, N], times 1/sigma^2 below
-        center_grads.append(mean_grad.sum(dim=-1))
-        stride_grad = stride_grad + (mean_grad * offsets).sum(dim=(1, 2))
-        var_grad = var_grad + (weighted * diff).sum(dim=(1, 2, 3))  # times 1/(2 sigma^4) below
-    inv_var = window.inv_var
-    half = _half_sizes(width, height, out)
-    torch.mul(torch.cat(center_grads, dim=-1), (inv_var.unsqueeze(-1) * half), out=out[:, :2])
-    log_var_grad = var_grad * (0.5 * inv_var.square()) * window.variance * (window.variance >= 1e-12)
-    out[:, 2:] = torch.stack([log_var_grad, stride_grad * inv_var * window.stride, grad_log_gamma], dim=-1)
+        mean_grads.append(weighted.sum(dim=-1))  # [Bt, a, R], times 1/sigma^2 below
+        var_grad = var_grad + (weighted * diff).sum(dim=(1, 3))  # [Bt, R], times 1/(2 sigma^4) below
+    inv_var = windows.inv_var
+    mean_grad = torch.cat(mean_grads, dim=1).mul_(inv_var.unsqueeze(1))  # [Bt, 2, R]
+    # Rows -> windows: one product with the row-to-window indicator [R, K].
+    torch.mul((mean_grad @ segment).transpose(1, 2), half, out=out[..., :2])
+    stride_grad = ((mean_grad * offsets).sum(dim=1) @ segment) * windows.stride
+    var_grad = ((var_grad * (0.5 * inv_var.square())) @ segment) * windows.variance
+    var_grad = var_grad * (windows.variance >= 1e-12)
+    out[..., 2:] = torch.stack([var_grad, stride_grad, torch.stack(grad_log_gamma, dim=-1)], dim=-1)
 
 
 # -- LSTM pieces --------------------------------------------------------------------------------
@@ -310,20 +330,24 @@ class _FusedDraw(torch.autograd.Function):
         enc_tanhs, dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
         h_encs, h_decs, enc_outs, dec_outs = rows("h_enc"), rows("h_dec"), rows("enc_out"), rows("dec_out")
         enc_gates_t, dec_gates_t = rows("dec_out", cols.enc_gates), rows("dec_out", cols.dec_gates)
-        writes, write_windows = rows("dec_out", cols.write), rows("dec_out", cols.write_window)
-        read_windows, enc_hidden_t = rows("dec_out", cols.read_window), rows("enc_out", cols.enc_hidden)
+        writes, enc_hidden_t = rows("dec_out", cols.write), rows("enc_out", cols.enc_hidden)
         mus, log_sigmas = rows("enc_out", cols.mu), rows("enc_out", cols.log_sigma)
+        # The windows of row r of dec_out (write of step r-1, read of step r) are opened together.
+        row_layout, window_params = cols.row_layout, rows("dec_out", cols.windows)
+        opened: list[_Windows | None] = [None] * (steps + 1)
+        if row_layout is not None:
+            opened[0] = _open_windows(window_params[0].view(batch, -1, 5), row_layout)
         for t in range(steps):
             sig = torch.sigmoid(canvas)
             torch.sub(x, sig, out=x_hats[t])  # x_hat
             torch.addcmul(sig, sig, sig, value=-1, out=slopes[t])  # d sigmoid / d canvas
             if lay.read_attention:
-                window = _open_window(read_windows[t], width, height, lay.read_n)
-                fx, fy, gamma = window.fx, window.fy, window.gamma
+                window, k = opened[t], cols.read_k
+                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 image_rows = fy.unsqueeze(1) @ both_t[t]  # [Bt, 2C, N, W]
                 glimpse = image_rows @ fx.transpose(-1, -2).unsqueeze(1)
                 torch.mul(glimpse.flatten(1), gamma.unsqueeze(-1), out=reads_t[t])
-                read_saved.append((window, image_rows))
+                read_saved.append(image_rows)
             else:
                 reads_t[t].copy_(both_t[t].flatten(1))
             enc_gates = enc_gates_t[t].add_(enc_hidden_t[t]).addmm_(reads_t[t], read_wt)
@@ -334,13 +358,15 @@ class _FusedDraw(torch.autograd.Function):
             _lstm_forward(dec_gates, dec_cells[t], dec_cells[t + 1], dec_tanhs[t], h_decs[t + 1])
             torch.addmm(dec_b, h_decs[t + 1], dec_wt, out=dec_outs[t + 1])
             write = writes[t + 1]
+            if row_layout is not None:
+                opened[t + 1] = _open_windows(window_params[t + 1].view(batch, -1, 5), row_layout)
             if lay.write_attention:
-                window = _open_window(write_windows[t + 1], width, height, lay.write_n)
-                fx, fy, gamma = window.fx, window.fy, window.gamma
+                window, k = opened[t + 1], cols.write_k
+                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 patch = write.view(batch, channels, lay.write_n, lay.write_n)
                 scaled = (patch @ fx.unsqueeze(1)).div_(gamma.view(-1, 1, 1, 1))  # [Bt, C, N, W] / gamma
                 _add_rows(canvas, fy, scaled)
-                write_saved.append((window, scaled))
+                write_saved.append(scaled)
             else:
                 canvas.add_(write.view(batch, channels, height, width))
 
@@ -353,7 +379,7 @@ class _FusedDraw(torch.autograd.Function):
         kl = 0.5 * (square_norm(mu) + variance_sum - 2 * log_sigma_sum - steps * z_size)
         log_ratio = 0.5 * (square_norm(noise) - square_norm(z_all)) + log_sigma_sum
         ctx.nll_fn, ctx.lay = nll_fn, lay
-        ctx.work, ctx.read_saved, ctx.write_saved = work, read_saved, write_saved
+        ctx.work, ctx.read_saved, ctx.write_saved, ctx.opened = work, read_saved, write_saved, opened
         ctx.weights_t = (dec_wt, enc_wt, read_wt, z_wt)
         ctx.save_for_backward(x, canvas)
         ctx.set_materialize_grads(False)
@@ -370,7 +396,7 @@ class _FusedDraw(torch.autograd.Function):
                 "to backpropagate through it again (retain_graph)"
             )
         lay: _Layout = ctx.lay
-        read_saved, write_saved = ctx.read_saved, ctx.write_saved
+        read_saved, write_saved, opened = ctx.read_saved, ctx.write_saved, ctx.opened
         dec_wt, enc_wt, read_wt, z_wt = ctx.weights_t
         steps, batch, channels = lay.steps, x.shape[0], lay.channels
         height, width, z_size = lay.height, lay.width, lay.z_size
@@ -414,15 +440,21 @@ class _FusedDraw(torch.autograd.Function):
         enc_cells, dec_cells = rows("enc_cell"), rows("dec_cell")
         enc_tanhs, dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
         grad_ds, grad_latents = rows("grad_dec_out"), rows("grad_latent")
-        grad_writes, grad_write_windows = rows("grad_dec_out", cols.write), rows("grad_dec_out", cols.write_window)
-        grad_read_windows = rows("grad_dec_out", cols.read_window)
+        grad_writes, grad_window_params = rows("grad_dec_out", cols.write), rows("grad_dec_out", cols.windows)
+        # The gradients of a row's windows are combined once both are known: the read window of
+        # row t+1 (from step t+1, done first) and its write window (step t).
+        row_layout = cols.row_layout
+        pending_read: tuple[torch.Tensor, ...] = ()
+        if lay.read_attention:  # row T's read window (a step T+1) has no effect
+            pending_read = (x.new_zeros(batch, lay.read_n, width), x.new_zeros(batch, lay.read_n, height),
+                            x.new_zeros(batch))
         grad_enc_gates_t, grad_dec_gates_t = rows("grad_dec_out", cols.enc_gates), rows("grad_dec_out", cols.dec_gates)
         grad_mus, grad_log_sigmas = rows("grad_latent", cols.mu), rows("grad_latent", cols.log_sigma)
         for t in reversed(range(steps)):
             grad_d = grad_ds[t + 1]
             if lay.write_attention:
-                window, scaled = write_saved[t]
-                fx, fy, gamma = window.fx, window.fy, window.gamma
+                window, k, scaled = opened[t + 1], cols.write_k, write_saved[t]
+                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 grad_scaled = fy.unsqueeze(1) @ grad_canvas_t  # [Bt, C, N, W]
                 grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2, 3))
                 grad_fy = (scaled @ grad_canvas_t.transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
@@ -430,10 +462,12 @@ class _FusedDraw(torch.autograd.Function):
                 patch = writes[t + 1].view(batch, channels, lay.write_n, lay.write_n)
                 grad_writes[t + 1].copy_((grad_cols @ fx.transpose(-1, -2).unsqueeze(1)).flatten(1))
                 grad_fx = (patch.transpose(-1, -2) @ grad_cols).sum(dim=1)  # [Bt, N, W]
-                _window_param_grad(window, grad_fx, grad_fy, grad_log_gamma, width, height, lay.write_n,
-                                   grad_write_windows[t + 1])
+                written = (grad_fx, grad_fy, grad_log_gamma)
             else:
                 grad_writes[t + 1].copy_(grad_canvas_t.flatten(1))
+                written = ()
+            if row_layout is not None:
+                _windows_param_grad_of(opened[t + 1], written, pending_read, grad_window_params[t + 1], batch)
             grad_h_dec = grad_d @ dec_wt.t()
             grad_dec_gates = grad_dec_gates_t[t]
             grad_dec_cell = _lstm_backward(
@@ -453,19 +487,25 @@ class _FusedDraw(torch.autograd.Function):
             )
             grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
             if lay.read_attention:
-                window, image_rows = read_saved[t]
-                fx, fy, gamma = window.fx, window.fy, window.gamma
+                window, k, image_rows = opened[t], cols.read_k, read_saved[t]
+                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 grad_log_gamma = (grad_read * reads_t[t]).sum(dim=-1)
                 grad_glimpse = grad_read.view(batch, 2 * channels, lay.read_n, lay.read_n) * gamma.view(-1, 1, 1, 1)
                 grad_fx = (grad_glimpse.transpose(-1, -2) @ image_rows).sum(dim=1)  # [Bt, N, W]
                 grad_rows = grad_glimpse @ fx.unsqueeze(1)  # [Bt, 2C, N, W]
                 grad_fy = (grad_rows @ both_t[t].transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
                 grad_x_hat = fy.transpose(-1, -2).unsqueeze(1) @ grad_rows[:, channels:]
-                _window_param_grad(window, grad_fx, grad_fy, grad_log_gamma, width, height, lay.read_n,
-                                   grad_read_windows[t])
+                pending_read = (grad_fx, grad_fy, grad_log_gamma)
             else:
                 grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
             grad_canvas_t.addcmul_(grad_x_hat, slopes[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
+
+        if row_layout is not None:  # row 0: the read window of step 0 (its write window is unused)
+            unused_write = ()
+            if lay.write_attention:
+                unused_write = (x.new_zeros(batch, lay.write_n, width), x.new_zeros(batch, lay.write_n, height),
+                                x.new_zeros(batch))
+            _windows_param_grad_of(opened[0], unused_write, pending_read, grad_window_params[0], batch)
 
         # Parameters: one matrix product per layer over all steps (row 0: the initial states).
         flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
@@ -483,7 +523,7 @@ class _FusedDraw(torch.autograd.Function):
         grad_h_dec0 = grad_initial_d @ dec_wt.t()
         grad_h_enc0 = grad_initial_d[cols.enc_gates] @ enc_wt_hidden.t()
         grad_canvas0 = grad_canvas_t.sum(dim=0)
-        ctx.work = ctx.read_saved = ctx.write_saved = ctx.weights_t = None
+        ctx.work = ctx.read_saved = ctx.write_saved = ctx.opened = ctx.weights_t = None
         _give_back(work)
         return (None, None, None, None, grad_dec_w, grad_dec_b, grad_enc_w, grad_enc_b, grad_read_w,
                 grad_z_w, grad_canvas0, grad_h_enc0, grad_h_dec0)
@@ -503,9 +543,25 @@ class _Columns:
         self.tail = slice(start, start + read_params + enc_gates + dec_gates)  # what step t + 1 uses
         self.enc_gates = slice(start + read_params, start + read_params + enc_gates)
         self.dec_gates = slice(start + read_params + enc_gates, start + read_params + enc_gates + dec_gates)
+        self.windows = slice(write, start + read_params)  # [write window | read window]
+        grids = ((lay.write_n,) if write_params else ()) + ((lay.read_n,) if read_params else ())
+        self.row_layout = _RowLayout(grids, lay.width, lay.height) if grids else None
+        self.write_k, self.read_k = 0, (1 if write_params else 0)
         self.mu = slice(0, lay.z_size)
         self.log_sigma = slice(lay.z_size, 2 * lay.z_size)
         self.enc_hidden = slice(2 * lay.z_size, 2 * lay.z_size + 4 * enc_size)
+
+
+def _windows_param_grad_of(
+    windows: _Windows, written: tuple[torch.Tensor, ...], read: tuple[torch.Tensor, ...], out: torch.Tensor,
+    batch: int,
+) -> None:
+    """:func:`_windows_param_grad` for a row from its write window's and read window's
+    ``(grad F_X, grad F_Y, grad log gamma)`` (empty when that attention is off)."""
+    parts = [part for part in (written, read) if part]
+    _windows_param_grad(
+        windows, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], out.view(batch, -1, 5)
+    )
 
 
 def _add_rows(canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor) -> None:
