@@ -118,10 +118,15 @@ def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
     centers = torch.addcmul(half, params[..., :2], half)  # [Bt, K, 2]: g = (A + 1) / 2 * (g~ + 1)
     variance, stride, gamma = params[..., 2:].exp().unbind(dim=-1)  # [Bt, K] each
     stride = stride * unit
-    inv_var = variance.clamp_min(1e-12).reciprocal()[:, window_of_row]  # [Bt, R]
-    means = torch.addcmul(  # [Bt, 2, R]
-        centers[:, window_of_row].transpose(1, 2), offsets, stride[:, window_of_row].unsqueeze(1)
-    )
+    if len(layout.grids) == 1:  # one window: its values broadcast over the rows
+        inv_var = variance.clamp_min(1e-12).reciprocal().expand(-1, len(offsets))  # [Bt, R]
+        means = torch.addcmul(centers.transpose(1, 2), offsets, stride.unsqueeze(1))  # [Bt, 2, R]
+    else:
+        inv_var = variance.clamp_min(1e-12).reciprocal().index_select(1, window_of_row)
+        means = torch.addcmul(
+            centers.index_select(1, window_of_row).transpose(1, 2), offsets,
+            stride.index_select(1, window_of_row).unsqueeze(1),
+        )
     scale = (-0.5 * inv_var).unsqueeze(1).unsqueeze(-1)  # [Bt, 1, R, 1]
     if layout.width == layout.height:
         axes = [(means, pixels_x)]
