@@ -331,6 +331,8 @@ class _FusedDraw(torch.autograd.Function):
         rows = work.rows
         both_t, reads_t, zs, slopes = rows("both"), rows("reads"), rows("z"), rows("sig_slope")
         x_hats = [step[:, channels:] for step in both_t]
+        both_flat = [step.view(batch, -1, width) for step in both_t]  # [Bt, 2C*H, W]
+        n_read = lay.read_n
         enc_cells, dec_cells = rows("enc_cell"), rows("dec_cell")
         enc_tanhs, dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
         h_encs, h_decs, enc_outs, dec_outs = rows("h_enc"), rows("h_dec"), rows("enc_out"), rows("dec_out")
@@ -349,10 +351,13 @@ class _FusedDraw(torch.autograd.Function):
             if lay.read_attention:
                 window, k = opened[t], cols.read_k
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
-                image_rows = fy.unsqueeze(1) @ both_t[t]  # [Bt, 2C, N, W]
-                glimpse = image_rows @ fx.transpose(-1, -2).unsqueeze(1)
-                torch.mul(glimpse.flatten(1), gamma.unsqueeze(-1), out=reads_t[t])
-                read_saved.append(image_rows)
+                # All 2C channels as one product each: columns first, then rows.
+                columns = torch.bmm(both_flat[t], fx.transpose(1, 2))  # [Bt, 2C*H, N]
+                columns = columns.view(batch, 2 * channels, height, n_read).transpose(1, 2)
+                columns = columns.reshape(batch, height, 2 * channels * n_read)  # [Bt, H, 2C*N]
+                glimpse = torch.bmm(fy, columns).view(batch, n_read, 2 * channels, n_read).transpose(1, 2)
+                torch.mul(glimpse, gamma.view(-1, 1, 1, 1), out=reads_t[t].view(batch, 2 * channels, n_read, -1))
+                read_saved.append(columns)
             else:
                 reads_t[t].copy_(both_t[t].flatten(1))
             enc_gates = enc_gates_t[t].add_(enc_hidden_t[t]).addmm_(reads_t[t], read_wt)
@@ -368,9 +373,8 @@ class _FusedDraw(torch.autograd.Function):
             if lay.write_attention:
                 window, k = opened[t + 1], cols.write_k
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
-                patch = write.view(batch, channels, lay.write_n, lay.write_n)
-                scaled = (patch @ fx.unsqueeze(1)).div_(gamma.view(-1, 1, 1, 1))  # [Bt, C, N, W] / gamma
-                _add_rows(canvas, fy, scaled)
+                scaled = torch.bmm(write.view(batch, -1, lay.write_n), fx).div_(gamma.view(-1, 1, 1))
+                _add_rows(canvas, fy, scaled)  # canvas += F_Y^T (w F_X) / gamma
                 write_saved.append(scaled)
             else:
                 canvas.add_(write.view(batch, channels, height, width))
@@ -455,18 +459,18 @@ class _FusedDraw(torch.autograd.Function):
                             x.new_zeros(batch))
         grad_enc_gates_t, grad_dec_gates_t = rows("grad_dec_out", cols.enc_gates), rows("grad_dec_out", cols.dec_gates)
         grad_mus, grad_log_sigmas = rows("grad_latent", cols.mu), rows("grad_latent", cols.log_sigma)
+        both_flat = [step.view(batch, -1, width) for step in both_t]  # [Bt, 2C*H, W]
+        n_read = lay.read_n
         for t in reversed(range(steps)):
             grad_d = grad_ds[t + 1]
             if lay.write_attention:
                 window, k, scaled = opened[t + 1], cols.write_k, write_saved[t]
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
-                grad_scaled = fy.unsqueeze(1) @ grad_canvas_t  # [Bt, C, N, W]
-                grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2, 3))
-                grad_fy = (scaled @ grad_canvas_t.transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
-                grad_cols = grad_scaled.div_(gamma.view(-1, 1, 1, 1))
-                patch = writes[t + 1].view(batch, channels, lay.write_n, lay.write_n)
-                grad_writes[t + 1].copy_((grad_cols @ fx.transpose(-1, -2).unsqueeze(1)).flatten(1))
-                grad_fx = (patch.transpose(-1, -2) @ grad_cols).sum(dim=1)  # [Bt, N, W]
+                grad_scaled, grad_fy = _rows_backward(grad_canvas_t, fy, scaled)
+                grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2))
+                grad_cols = grad_scaled.div_(gamma.view(-1, 1, 1))  # of w F_X, [Bt, C*N, W]
+                grad_writes[t + 1].copy_(torch.bmm(grad_cols, fx.transpose(1, 2)).flatten(1))
+                grad_fx = torch.bmm(writes[t + 1].view(batch, -1, lay.write_n).transpose(1, 2), grad_cols)
                 written = (grad_fx, grad_fy, grad_log_gamma)
             else:
                 grad_writes[t + 1].copy_(grad_canvas_t.flatten(1))
@@ -492,14 +496,18 @@ class _FusedDraw(torch.autograd.Function):
             )
             grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
             if lay.read_attention:
-                window, k, image_rows = opened[t], cols.read_k, read_saved[t]
+                window, k, columns = opened[t], cols.read_k, read_saved[t]
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 grad_log_gamma = (grad_read * reads_t[t]).sum(dim=-1)
-                grad_glimpse = grad_read.view(batch, 2 * channels, lay.read_n, lay.read_n) * gamma.view(-1, 1, 1, 1)
-                grad_fx = (grad_glimpse.transpose(-1, -2) @ image_rows).sum(dim=1)  # [Bt, N, W]
-                grad_rows = grad_glimpse @ fx.unsqueeze(1)  # [Bt, 2C, N, W]
-                grad_fy = (grad_rows @ both_t[t].transpose(-1, -2)).sum(dim=1)  # [Bt, N, H]
-                grad_x_hat = fy.transpose(-1, -2).unsqueeze(1) @ grad_rows[:, channels:]
+                grad_glimpse = grad_read.view(batch, 2 * channels, n_read, n_read) * gamma.view(-1, 1, 1, 1)
+                grad_glimpse = grad_glimpse.transpose(1, 2).reshape(batch, n_read, 2 * channels * n_read)
+                grad_fy = torch.bmm(grad_glimpse, columns.transpose(1, 2))  # [Bt, N, H]
+                grad_columns = torch.bmm(fy.transpose(1, 2), grad_glimpse)  # [Bt, H, 2C*N]
+                grad_columns = grad_columns.view(batch, height, 2 * channels, n_read).transpose(1, 2)
+                grad_columns = grad_columns.reshape(batch, 2 * channels * height, n_read)  # [Bt, 2C*H, N]
+                grad_fx = torch.bmm(grad_columns.transpose(1, 2), both_flat[t])  # [Bt, N, W]
+                grad_x_hat = torch.bmm(grad_columns[:, channels * height :], fx)  # [Bt, C*H, W]
+                grad_x_hat = grad_x_hat.view(batch, channels, height, width)
                 pending_read = (grad_fx, grad_fy, grad_log_gamma)
             else:
                 grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
@@ -570,12 +578,31 @@ def _windows_param_grad_of(
 
 
 def _add_rows(canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor) -> None:
-    """``canvas += F_Y^T @ scaled`` per channel: ``[Bt, C, H, W] += [Bt, N, H]^T @ [Bt, C, N, W]``."""
+    """``canvas += F_Y^T @ scaled`` per channel: ``[Bt, C, H, W] += [Bt, N, H]^T @ [Bt, C*N, W]``."""
     batch, channels, height, width = canvas.shape
     if channels == 1:
-        canvas.view(batch, height, width).baddbmm_(fy.transpose(-1, -2), scaled.view(batch, -1, width))
-    else:
-        canvas.add_(fy.transpose(-1, -2).unsqueeze(1) @ scaled)
+        canvas.view(batch, height, width).baddbmm_(fy.transpose(1, 2), scaled)
+        return
+    grid = fy.shape[1]
+    side_by_side = scaled.view(batch, channels, grid, width).transpose(1, 2).reshape(batch, grid, -1)
+    spread = torch.bmm(fy.transpose(1, 2), side_by_side)  # [Bt, H, C*W]
+    canvas.add_(spread.view(batch, height, channels, width).transpose(1, 2))
+
+
+def _rows_backward(
+    grad_canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of :func:`_add_rows`: the gradients of ``scaled [Bt, C*N, W]`` and ``F_Y [Bt, N, H]``."""
+    batch, channels, height, width = grad_canvas.shape
+    if channels == 1:
+        grad = grad_canvas.view(batch, height, width)
+        return torch.bmm(fy, grad), torch.bmm(scaled, grad.transpose(1, 2))
+    grid = fy.shape[1]
+    side_by_side = grad_canvas.transpose(1, 2).reshape(batch, height, channels * width)  # [Bt, H, C*W]
+    grad_scaled = torch.bmm(fy, side_by_side).view(batch, grid, channels, width).transpose(1, 2)
+    scaled_side = scaled.view(batch, channels, grid, width).transpose(1, 2).reshape(batch, grid, -1)
+    grad_fy = torch.bmm(scaled_side, side_by_side.transpose(1, 2))
+    return grad_scaled.reshape(batch, channels * grid, width), grad_fy
 
 
 def fused_forward(model: Draw, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
