@@ -222,6 +222,12 @@ def _times_weight(grad: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
     return grad @ weight_t.t()
 
 
+def _column_sums(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix.sum(dim=0)`` for a tall ``[rows, cols]`` matrix, as a matrix-vector product (the
+    BLAS does it about twice as fast as the reduction)."""
+    return torch.mv(matrix.t(), matrix.new_ones(matrix.shape[0]))
+
+
 def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """``grad^T @ inputs`` over all steps: ``[T*Bt, out], [T*Bt, in] -> [out, in]``."""
     if inputs.shape[-1] < _NARROW:
@@ -524,12 +530,12 @@ class _FusedDraw(torch.autograd.Function):
         flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
         all_grad_d = flat(grad_dec_out)
         grad_dec_w = _weight_grad(all_grad_d, flat(h_dec))
-        grad_dec_b = all_grad_d.sum(dim=0)
+        grad_dec_b = _column_sums(all_grad_d)
         grad_enc_hidden = flat(grad_dec_out[:, :, cols.enc_gates])  # = gradient of enc_out's recurrent part
         grad_enc_w = torch.cat(
             [_weight_grad(flat(grad_latent), flat(h_enc)), _weight_grad(grad_enc_hidden, flat(h_enc))], dim=0
         )
-        grad_enc_b = torch.cat([flat(grad_latent).sum(dim=0), grad_enc_hidden.sum(dim=0)])
+        grad_enc_b = torch.cat([_column_sums(flat(grad_latent)), _column_sums(grad_enc_hidden)])
         grad_read_w = _weight_grad(flat(grad_dec_out[:steps, :, cols.enc_gates]), flat(reads))
         grad_z_w = _weight_grad(flat(grad_dec_out[:steps, :, cols.dec_gates]), flat(z_all))
         grad_initial_d = grad_dec_out[0].sum(dim=0)
