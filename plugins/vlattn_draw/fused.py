@@ -4,17 +4,19 @@
 same per-image reconstruction, KL and log-ratio terms and the final canvas), but runs the T steps
 without recording an autograd graph and differentiates them in one reverse loop of its own:
 
-* no autograd bookkeeping for the ~100 small operations of every step (the filterbanks, the LSTM
-  gates, the reparameterisation), which at the paper's sizes cost about as much as the matrix
-  products themselves;
+* no autograd bookkeeping for the many small operations of every step (the filterbanks, the
+  LSTM gates, the reparameterisation), which at the paper's sizes cost about as much as the
+  matrix products themselves, and fewer of them: the LSTM gates are summed and activated in
+  place, the two windows a decoder state emits (this step's write, the next step's read) are
+  opened and differentiated together, the latent terms are summed over all steps at once;
 * the weight gradients of the shared layers are one large matrix product each over all T steps
   (``[T*Bt, out]^T @ [T*Bt, in]``) instead of T small ones;
-* activations are kept in preallocated ``[T, Bt, ...]`` buffers and updated in place.
+* activations are kept in ``[T, Bt, ...]`` buffers that later passes of the same size reuse.
 
-Only the likelihood of the final canvas goes through autograd (one operation), so every
-likelihood of :class:`~vlattn_draw.model.Draw` is supported. Gradients flow to every parameter and
-through every output (``reconstruction``, ``kl``, ``log_ratio`` and ``canvas_logits``); the tests
-compare them with autograd's in float64.
+The Bernoulli likelihood is differentiated directly; other likelihoods of the final canvas go
+through autograd (one operation). Gradients flow to every parameter and through every output
+(``reconstruction``, ``kl``, ``log_ratio`` and ``canvas_logits``); the tests compare them with
+autograd's in float64.
 
 Notation below: ``Bt`` batch, ``C`` channels, ``H x W`` image, ``N`` grid size, ``He`` / ``Hd``
 encoder / decoder units, ``Z`` latent units, ``T`` steps.
