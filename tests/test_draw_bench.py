@@ -48,3 +48,16 @@ def test_reference_with_vlattns_weights_gives_the_same_loss(bench, one_thread) -
     theirs = reference.loss(x.view(6, -1))
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-3)
     assert out.kl.detach().mean().item() > 0.5  # the KL part was exercised too
+
+
+def test_benchmark_runs_every_implementation_and_prints_ratios(bench, one_thread, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(
+        sys, "argv",
+        ["bench", "--steps", "3", "--lstm", "16", "--z", "4", "--batch-size", "4", "--repeats", "2",
+         "--with-autograd"],
+    )
+    bench.main()
+    printed = capsys.readouterr().out
+    for name in ("vlattn ", "reference ", "vlattn-autograd "):
+        assert name in printed
+    assert "ratio vlattn / reference:" in printed and "ratio vlattn / vlattn-autograd:" in printed
