@@ -484,7 +484,7 @@ class _FusedDraw(torch.autograd.Function):
                 grad_writes[t + 1].copy_(grad_canvas_t.flatten(1))
                 written = ()
             if row_layout is not None:
-                _windows_param_grad_of(opened[t + 1], written, pending_read, grad_window_params[t + 1], batch)
+                _windows_param_grad_of(opened[t + 1], written, pending_read, grad_window_params[t + 1])
             grad_h_dec = grad_d @ dec_wt.t()
             grad_dec_gates = grad_dec_gates_t[t]
             grad_dec_cell = _lstm_backward(
@@ -526,7 +526,7 @@ class _FusedDraw(torch.autograd.Function):
             if lay.write_attention:
                 unused_write = (x.new_zeros(batch, lay.write_n, width), x.new_zeros(batch, lay.write_n, height),
                                 x.new_zeros(batch))
-            _windows_param_grad_of(opened[0], unused_write, pending_read, grad_window_params[0], batch)
+            _windows_param_grad_of(opened[0], unused_write, pending_read, grad_window_params[0])
 
         # Parameters: one matrix product per layer over all steps (row 0: the initial states).
         flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
@@ -557,10 +557,8 @@ class _Columns:
     def __init__(self, lay: _Layout, enc_size: int) -> None:
         write, write_params, read_params, enc_gates, dec_gates = lay.dec_sizes
         self.write = slice(0, write)
-        self.write_window = slice(write, write + write_params)
         self.head = slice(0, write + write_params)  # what step t itself uses
         start = write + write_params
-        self.read_window = slice(start, start + read_params)
         self.tail = slice(start, start + read_params + enc_gates + dec_gates)  # what step t + 1 uses
         self.enc_gates = slice(start + read_params, start + read_params + enc_gates)
         self.dec_gates = slice(start + read_params + enc_gates, start + read_params + enc_gates + dec_gates)
@@ -574,14 +572,13 @@ class _Columns:
 
 
 def _windows_param_grad_of(
-    windows: _Windows, written: tuple[torch.Tensor, ...], read: tuple[torch.Tensor, ...], out: torch.Tensor,
-    batch: int,
+    windows: _Windows, written: tuple[torch.Tensor, ...], read: tuple[torch.Tensor, ...], out: torch.Tensor
 ) -> None:
     """:func:`_windows_param_grad` for a row from its write window's and read window's
     ``(grad F_X, grad F_Y, grad log gamma)`` (empty when that attention is off)."""
     parts = [part for part in (written, read) if part]
     _windows_param_grad(
-        windows, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], out.view(batch, -1, 5)
+        windows, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], out.view(out.shape[0], -1, 5)
     )
 
 
