@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -67,6 +68,12 @@ class _RowLayout:
     width: int
     height: int
 
+    @cached_property
+    def rows(self) -> list[slice]:
+        """The rows of ``R`` that window ``k`` owns."""
+        ends = [sum(self.grids[: k + 1]) for k in range(len(self.grids))]
+        return [slice(end - n, end) for end, n in zip(ends, self.grids, strict=True)]
+
     def constants(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(half [2], unit [K], window_of_row [R], offsets [R], segment [R, K], pixels_x, pixels_y)``,
         cached per dtype and device."""
@@ -93,7 +100,7 @@ class _Windows:
 
     ``filters`` is ``[Bt, 2, R, A]`` (x then y) for square images, else a pair ``[Bt, 1, R, A]``,
     ``[Bt, 1, R, B]``; ``diffs`` the matching ``pixel - mean``. Window ``k`` owns rows
-    ``rows[k]`` of ``R``.
+    ``layout.rows[k]`` of ``R``.
     """
 
     layout: _RowLayout
@@ -103,15 +110,14 @@ class _Windows:
     variance: torch.Tensor  # [Bt, K]
     stride: torch.Tensor  # [Bt, K]
     gamma: torch.Tensor  # [Bt, K]
-    rows: list[slice]
 
     def fx(self, k: int) -> torch.Tensor:
         """``F_X [Bt, N_k, A]`` of window ``k``."""
-        return self.filters[0][:, 0, self.rows[k]]
+        return self.filters[0][:, 0, self.layout.rows[k]]
 
     def fy(self, k: int) -> torch.Tensor:
         """``F_Y [Bt, N_k, B]`` of window ``k``."""
-        return self.filters[-1][:, -1, self.rows[k]]
+        return self.filters[-1][:, -1, self.layout.rows[k]]
 
 
 def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
@@ -139,9 +145,7 @@ def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
         diff = pixels - axis_means.unsqueeze(-1)  # [Bt, a, R, size]
         filters.append(torch.softmax(diff.square().mul_(scale), dim=-1))
         diffs.append(diff)
-    starts = [sum(layout.grids[:k]) for k in range(len(layout.grids) + 1)]
-    rows = [slice(starts[k], starts[k + 1]) for k in range(len(layout.grids))]
-    return _Windows(layout, filters, diffs, inv_var, variance, stride, gamma, rows)
+    return _Windows(layout, filters, diffs, inv_var, variance, stride, gamma)
 
 
 def _windows_param_grad(
@@ -241,7 +245,7 @@ def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 class _Workspace:
     """The ``[T, Bt, ...]`` buffers of one pass (forward activations and backward gradients).
 
-    A pass at the paper's sizes needs about 450 MB of them; freshly allocated, the operating
+    A pass at the paper's sizes and batch 128 needs 306 MiB of them; freshly allocated, the operating
     system's first touch of those pages costs about as much as the pass's arithmetic, so finished
     workspaces go back to a pool and later passes of the same sizes reuse them.
     """
@@ -334,8 +338,8 @@ class _FusedDraw(torch.autograd.Function):
         dec_out[0] = torch.addmm(dec_b, h_dec0.unsqueeze(0), dec_wt)
         enc_out[0] = torch.addmm(enc_b, h_enc0.unsqueeze(0), enc_wt)
         canvas = canvas0.expand(batch, -1, -1, -1).clone()
-        read_saved: list[tuple[torch.Tensor, ...]] = []
-        write_saved: list[tuple[torch.Tensor, ...]] = []
+        read_saved: list[torch.Tensor] = []  # per step: x and x_hat times F_X^T, [Bt, H, 2C*N]
+        write_saved: list[torch.Tensor] = []  # per step: w F_X / gamma, [Bt, C*N, W]
         rows = work.rows
         both_t, reads_t, zs, slopes = rows("both"), rows("reads"), rows("z"), rows("sig_slope")
         x_hats = [step[:, channels:] for step in both_t]
