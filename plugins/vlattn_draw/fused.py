@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlattn_draw import native
+
 if TYPE_CHECKING:
     from vlattn_draw.model import Draw
 
@@ -146,6 +148,35 @@ def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
         filters.append(torch.softmax(diff.square().mul_(scale), dim=-1))
         diffs.append(diff)
     return _Windows(layout, filters, diffs, inv_var, variance, stride, gamma)
+
+
+@dataclass
+class _NativeWindows:
+    """:class:`_Windows` computed by the native kernels: one ``F_X [Bt, N_k, A]``, ``F_Y [Bt, N_k, B]``
+    per window, ``gamma [Bt, K]``; the backward recomputes the rest from the raw ``params [Bt, K, 5]``."""
+
+    kernels: native.DrawKernels
+    params: torch.Tensor
+    fxs: list[torch.Tensor]
+    fys: list[torch.Tensor]
+    gamma: torch.Tensor
+
+    def fx(self, k: int) -> torch.Tensor:
+        return self.fxs[k]
+
+    def fy(self, k: int) -> torch.Tensor:
+        return self.fys[k]
+
+
+def _open_windows_native(params: torch.Tensor, layout: _RowLayout, kernels: native.DrawKernels) -> _NativeWindows:
+    """:func:`_open_windows` by the native kernels (``params [Bt, K, 5]``)."""
+    batch = params.shape[0]
+    fxs = [params.new_empty(batch, n, layout.width) for n in layout.grids]
+    fys = [params.new_empty(batch, n, layout.height) for n in layout.grids]
+    gamma = params.new_empty(batch, len(layout.grids))
+    for k in range(len(layout.grids)):
+        kernels.open_window(params[:, k], layout.width, layout.height, fxs[k], fys[k], gamma[:, k])
+    return _NativeWindows(kernels, params, fxs, fys, gamma)
 
 
 def _windows_param_grad(
@@ -324,6 +355,9 @@ class _FusedDraw(torch.autograd.Function):
         steps, batch, channels = lay.steps, x.shape[0], lay.channels
         height, width, z_size = lay.height, lay.width, lay.z_size
         cols = _Columns(lay, h_enc0.shape[0])
+        kernels = _native_kernels(x)
+        if kernels is not None:
+            x = x.contiguous()
         work = _take_workspace(lay, batch, h_enc0.shape[0], h_dec0.shape[0], x)
         both, z_all, enc_cell, dec_cell = work["both"], work["z"], work["enc_cell"], work["dec_cell"]
         h_enc, h_dec, enc_out, dec_out = work["h_enc"], work["h_dec"], work["enc_out"], work["dec_out"]
@@ -353,13 +387,17 @@ class _FusedDraw(torch.autograd.Function):
         mus, log_sigmas = rows("enc_out", cols.mu), rows("enc_out", cols.log_sigma)
         # The windows of row r of dec_out (write of step r-1, read of step r) are opened together.
         row_layout, window_params = cols.row_layout, rows("dec_out", cols.windows)
-        opened: list[_Windows | None] = [None] * (steps + 1)
+        opened: list[_Windows | _NativeWindows | None] = [None] * (steps + 1)
+        open_row = _open_windows if kernels is None else lambda p, lay: _open_windows_native(p, lay, kernels)
         if row_layout is not None:
-            opened[0] = _open_windows(window_params[0].view(batch, -1, 5), row_layout)
+            opened[0] = open_row(window_params[0].view(batch, -1, 5), row_layout)
         for t in range(steps):
-            sig = torch.sigmoid(canvas)
-            torch.sub(x, sig, out=x_hats[t])  # x_hat
-            torch.addcmul(sig, sig, sig, value=-1, out=slopes[t])  # d sigmoid / d canvas
+            if kernels is not None:
+                kernels.canvas_step(canvas, x, x_hats[t], slopes[t])
+            else:
+                sig = torch.sigmoid(canvas)
+                torch.sub(x, sig, out=x_hats[t])  # x_hat
+                torch.addcmul(sig, sig, sig, value=-1, out=slopes[t])  # d sigmoid / d canvas
             if lay.read_attention:
                 window, k = opened[t], cols.read_k
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
@@ -372,16 +410,24 @@ class _FusedDraw(torch.autograd.Function):
                 read_saved.append(columns)
             else:
                 reads_t[t].copy_(both_t[t].flatten(1))
-            enc_gates = enc_gates_t[t].add_(enc_hidden_t[t]).addmm_(reads_t[t], read_wt)
-            _lstm_forward(enc_gates, enc_cells[t], enc_cells[t + 1], enc_tanhs[t], h_encs[t + 1])
+            if kernels is not None:
+                enc_gates = enc_gates_t[t].addmm_(reads_t[t], read_wt)
+                kernels.lstm_forward(enc_gates, enc_hidden_t[t], enc_cells[t], enc_cells[t + 1], enc_tanhs[t],
+                                     h_encs[t + 1])
+            else:
+                enc_gates = enc_gates_t[t].add_(enc_hidden_t[t]).addmm_(reads_t[t], read_wt)
+                _lstm_forward(enc_gates, enc_cells[t], enc_cells[t + 1], enc_tanhs[t], h_encs[t + 1])
             torch.addmm(enc_b, h_encs[t + 1], enc_wt, out=enc_outs[t + 1])
             z = torch.addcmul(mus[t + 1], log_sigmas[t + 1].exp(), noise[t], out=zs[t])
             dec_gates = dec_gates_t[t].addmm_(z, z_wt)
-            _lstm_forward(dec_gates, dec_cells[t], dec_cells[t + 1], dec_tanhs[t], h_decs[t + 1])
+            if kernels is not None:
+                kernels.lstm_forward(dec_gates, None, dec_cells[t], dec_cells[t + 1], dec_tanhs[t], h_decs[t + 1])
+            else:
+                _lstm_forward(dec_gates, dec_cells[t], dec_cells[t + 1], dec_tanhs[t], h_decs[t + 1])
             torch.addmm(dec_b, h_decs[t + 1], dec_wt, out=dec_outs[t + 1])
             write = writes[t + 1]
             if row_layout is not None:
-                opened[t + 1] = _open_windows(window_params[t + 1].view(batch, -1, 5), row_layout)
+                opened[t + 1] = open_row(window_params[t + 1].view(batch, -1, 5), row_layout)
             if lay.write_attention:
                 window, k = opened[t + 1], cols.write_k
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
@@ -399,7 +445,7 @@ class _FusedDraw(torch.autograd.Function):
         variance_sum = torch.mul(log_sigma, 2, out=work["latent_tmp"]).exp_().sum(dim=(0, 2))
         kl = 0.5 * (square_norm(mu) + variance_sum - 2 * log_sigma_sum - steps * z_size)
         log_ratio = 0.5 * (square_norm(noise) - square_norm(z_all)) + log_sigma_sum
-        ctx.nll_fn, ctx.lay = nll_fn, lay
+        ctx.nll_fn, ctx.lay, ctx.kernels = nll_fn, lay, kernels
         ctx.work, ctx.read_saved, ctx.write_saved, ctx.opened = work, read_saved, write_saved, opened
         ctx.weights_t = (dec_wt, enc_wt, read_wt, z_wt)
         ctx.save_for_backward(x, canvas)
@@ -417,6 +463,8 @@ class _FusedDraw(torch.autograd.Function):
                 "to backpropagate through it again (retain_graph)"
             )
         lay: _Layout = ctx.lay
+        kernels: native.DrawKernels | None = ctx.kernels
+        lstm_backward = _lstm_backward if kernels is None else kernels.lstm_backward
         read_saved, write_saved, opened = ctx.read_saved, ctx.write_saved, ctx.opened
         dec_wt, enc_wt, read_wt, z_wt = ctx.weights_t
         steps, batch, channels = lay.steps, x.shape[0], lay.channels
@@ -479,7 +527,7 @@ class _FusedDraw(torch.autograd.Function):
                 window, k, scaled = opened[t + 1], cols.write_k, write_saved[t]
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 grad_scaled, grad_fy = _rows_backward(grad_canvas_t, fy, scaled)
-                grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2))
+                grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2))  # [Bt]
                 grad_cols = grad_scaled.div_(gamma.view(-1, 1, 1))  # of w F_X, [Bt, C*N, W]
                 grad_writes[t + 1].copy_(torch.bmm(grad_cols, fx.transpose(1, 2)).flatten(1))
                 grad_fx = torch.bmm(writes[t + 1].view(batch, -1, lay.write_n).transpose(1, 2), grad_cols)
@@ -491,7 +539,7 @@ class _FusedDraw(torch.autograd.Function):
                 _windows_param_grad_of(opened[t + 1], written, pending_read, grad_window_params[t + 1])
             grad_h_dec = grad_d @ dec_wt.t()
             grad_dec_gates = grad_dec_gates_t[t]
-            grad_dec_cell = _lstm_backward(
+            grad_dec_cell = lstm_backward(
                 grad_h_dec, grad_dec_cell, acts_dec[t], dec_cells[t], dec_tanhs[t], grad_dec_gates
             )
             grad_z = _times_weight(grad_dec_gates, z_wt)
@@ -503,7 +551,7 @@ class _FusedDraw(torch.autograd.Function):
                 grad_enc_gates_t[t + 1] @ enc_wt_hidden.t(), grad_latents[t + 1], enc_wt_latent.t()
             )
             grad_enc_gates = grad_enc_gates_t[t]
-            grad_enc_cell = _lstm_backward(
+            grad_enc_cell = lstm_backward(
                 grad_h_enc, grad_enc_cell, acts_enc[t], enc_cells[t], enc_tanhs[t], grad_enc_gates
             )
             grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
@@ -576,14 +624,28 @@ class _Columns:
 
 
 def _windows_param_grad_of(
-    windows: _Windows, written: tuple[torch.Tensor, ...], read: tuple[torch.Tensor, ...], out: torch.Tensor
+    windows: _Windows | _NativeWindows, written: tuple[torch.Tensor, ...], read: tuple[torch.Tensor, ...],
+    out: torch.Tensor,
 ) -> None:
     """:func:`_windows_param_grad` for a row from its write window's and read window's
     ``(grad F_X, grad F_Y, grad log gamma)`` (empty when that attention is off)."""
     parts = [part for part in (written, read) if part]
-    _windows_param_grad(
-        windows, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], out.view(out.shape[0], -1, 5)
-    )
+    out = out.view(out.shape[0], -1, 5)
+    if isinstance(windows, _NativeWindows):
+        for k, (grad_fx, grad_fy, grad_log_gamma) in enumerate(parts):
+            windows.kernels.window_grad(
+                windows.params[:, k], windows.fxs[k], windows.fys[k], grad_fx, grad_fy, grad_log_gamma.contiguous(),
+                out[:, k],
+            )
+        return
+    _windows_param_grad(windows, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], out)
+
+
+def _native_kernels(x: torch.Tensor) -> native.DrawKernels | None:
+    """The native kernels where they apply (float32 on the CPU, kernels available), else ``None``."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    return native.kernels()
 
 
 def _add_rows(canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor) -> None:

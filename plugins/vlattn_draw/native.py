@@ -1,0 +1,105 @@
+"""Python side of DRAW's native float32 kernels (``kernels.c``): tensor arguments in, results in place.
+
+:func:`kernels` returns the loaded kernels, or ``None`` where there are none (no C compiler,
+``VLATTN_NATIVE=0``, a failed build: :mod:`vlattn.native`); :mod:`vlattn_draw.fused` then runs its
+PyTorch code, which computes the same values. Every tensor passed must be float32 on the CPU with
+contiguous rows; strides are taken from the tensors (``row_stride``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from vlattn.native import load_library
+
+__all__ = ["DrawKernels", "kernels"]
+
+_P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+_SIGNATURES = {
+    "vl_lstm_forward": [_P, _L, _P, _L, _P, _P, _P, _P, _L, _L],
+    "vl_lstm_backward": [_P, _P, _P, _L, _P, _P, _P, _L, _L, _L],
+    "vl_canvas_step": [_P, _P, _P, _L, _P, _L, _L],
+    "vl_open_window": [_P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L],
+    "vl_window_grad": [_P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _L],
+}
+
+
+def _stride(tensor: torch.Tensor) -> int:
+    """Elements between consecutive batch rows (dimension 0)."""
+    return tensor.stride(0)
+
+
+class DrawKernels:
+    """The kernels of ``kernels.c`` with tensor arguments (shapes as in :mod:`vlattn_draw.fused`)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        for name, argtypes in _SIGNATURES.items():
+            function = getattr(library, name)
+            function.argtypes, function.restype = argtypes, None
+        self._library = library
+
+    def lstm_forward(
+        self, gates: torch.Tensor, extra: torch.Tensor | None, cell: torch.Tensor, new_cell: torch.Tensor,
+        tanh_cell: torch.Tensor, hidden: torch.Tensor,
+    ) -> None:
+        """``gates [Bt, 4H] (+= extra)`` activated in place; fills ``new_cell``, ``tanh_cell``, ``hidden``
+        ``[Bt, H]``."""
+        batch, size = cell.shape
+        self._library.vl_lstm_forward(
+            gates.data_ptr(), _stride(gates), None if extra is None else extra.data_ptr(),
+            0 if extra is None else _stride(extra), cell.data_ptr(), new_cell.data_ptr(), tanh_cell.data_ptr(),
+            hidden.data_ptr(), batch, size,
+        )
+
+    def lstm_backward(
+        self, grad_hidden: torch.Tensor, grad_cell: torch.Tensor, activations: torch.Tensor, old_cell: torch.Tensor,
+        tanh_cell: torch.Tensor, grad_gates: torch.Tensor,
+    ) -> torch.Tensor:
+        """Fills ``grad_gates [Bt, 4H]``; ``grad_cell [Bt, H]`` becomes the old cell's gradient (returned)."""
+        batch, size = old_cell.shape
+        self._library.vl_lstm_backward(
+            grad_hidden.data_ptr(), grad_cell.data_ptr(), activations.data_ptr(), _stride(activations),
+            old_cell.data_ptr(), tanh_cell.data_ptr(), grad_gates.data_ptr(), _stride(grad_gates), batch, size,
+        )
+        return grad_cell
+
+    def canvas_step(self, canvas: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, slope: torch.Tensor) -> None:
+        """``x_hat = x - sigmoid(canvas)`` and ``slope = sigmoid'(canvas)``, all ``[Bt, C, H, W]``."""
+        batch = canvas.shape[0]
+        self._library.vl_canvas_step(
+            canvas.data_ptr(), x.data_ptr(), x_hat.data_ptr(), _stride(x_hat), slope.data_ptr(), batch,
+            canvas[0].numel(),
+        )
+
+    def open_window(
+        self, params: torch.Tensor, width: int, height: int, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor
+    ) -> None:
+        """Filterbanks ``fx [Bt, N, W]``, ``fy [Bt, N, H]`` and ``gamma [Bt]`` of raw ``params [Bt, 5]``."""
+        batch, grid = fx.shape[:2]
+        self._library.vl_open_window(
+            params.data_ptr(), _stride(params), batch, grid, width, height, fx.data_ptr(), _stride(fx),
+            fy.data_ptr(), _stride(fy), gamma.data_ptr(), _stride(gamma),
+        )
+
+    def window_grad(
+        self, params: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, grad_fx: torch.Tensor, grad_fy: torch.Tensor,
+        grad_log_gamma: torch.Tensor | None, out: torch.Tensor,
+    ) -> None:
+        """Gradient ``out [Bt, 5]`` of the raw parameters from those of ``fx``, ``fy`` and ``log gamma``."""
+        batch, grid, width = fx.shape
+        self._library.vl_window_grad(
+            params.data_ptr(), _stride(params), batch, grid, width, fy.shape[2], fx.data_ptr(), _stride(fx),
+            fy.data_ptr(), _stride(fy), grad_fx.data_ptr(), _stride(grad_fx), grad_fy.data_ptr(), _stride(grad_fy),
+            None if grad_log_gamma is None else grad_log_gamma.data_ptr(), out.data_ptr(), _stride(out),
+        )
+
+
+@cache
+def kernels() -> DrawKernels | None:
+    """The native kernels, compiled on first use; ``None`` where they are unavailable."""
+    library = load_library(Path(__file__).with_name("kernels.c"))
+    return None if library is None else DrawKernels(library)
