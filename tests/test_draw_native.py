@@ -116,6 +116,8 @@ CONFIGS = {
     "attention": {},
     "no-attention": {"read_attention": False, "write_attention": False},
     "read-only": {"write_attention": False},
+    "write-only": {"read_attention": False},
+    "one-filter-grids": {"read_n": 1, "write_n": 1},
     "rgb-non-square": {"channels": 3, "height": 9, "width": 12, "read_n": 3, "write_n": 4},
 }
 

@@ -398,7 +398,12 @@ class _FusedDraw(torch.autograd.Function):
                 sig = torch.sigmoid(canvas)
                 torch.sub(x, sig, out=x_hats[t])  # x_hat
                 torch.addcmul(sig, sig, sig, value=-1, out=slopes[t])  # d sigmoid / d canvas
-            if lay.read_attention:
+            if lay.read_attention and kernels is not None:
+                window, k = opened[t], cols.read_k
+                columns = x.new_empty(batch, 2 * channels, n_read, height)
+                kernels.read(both_t[t], window.fx(k), window.fy(k), window.gamma[:, k], reads_t[t], columns)
+                read_saved.append(columns)
+            elif lay.read_attention:
                 window, k = opened[t], cols.read_k
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 # All 2C channels as one product each: columns first, then rows.
@@ -428,7 +433,12 @@ class _FusedDraw(torch.autograd.Function):
             write = writes[t + 1]
             if row_layout is not None:
                 opened[t + 1] = open_row(window_params[t + 1].view(batch, -1, 5), row_layout)
-            if lay.write_attention:
+            if lay.write_attention and kernels is not None:
+                window, k = opened[t + 1], cols.write_k
+                scaled = x.new_empty(batch, channels, lay.write_n, width)
+                kernels.write(write, window.fx(k), window.fy(k), window.gamma[:, k], canvas, scaled)
+                write_saved.append(scaled)
+            elif lay.write_attention:
                 window, k = opened[t + 1], cols.write_k
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 scaled = torch.bmm(write.view(batch, -1, lay.write_n), fx).div_(gamma.view(-1, 1, 1))
@@ -474,7 +484,13 @@ class _FusedDraw(torch.autograd.Function):
         reads, z_all, h_enc, h_dec = work["reads"], work["z"], work["h_enc"], work["h_dec"]
         enc_out, grad_dec_out, grad_latent = work["enc_out"], work["grad_dec_out"], work["grad_latent"]
 
-        grad_canvas_t = x.new_zeros(canvas.shape) if grad_canvas is None else grad_canvas.clone()
+        if grad_canvas is None:
+            grad_canvas_t = x.new_zeros(canvas.shape)
+        else:
+            grad_canvas_t = grad_canvas.clone(memory_format=torch.contiguous_format)
+        scratch = None  # room for the read and write kernels' per-image intermediates
+        if kernels is not None:
+            scratch = x.new_empty(max(2 * channels * height * lay.read_n, channels * lay.write_n * width))
         if grad_recon is not None and lay.likelihood == "bernoulli":  # d BCE / d logits = sigmoid(c) - x
             grad_canvas_t.addcmul_(torch.sigmoid(canvas).sub_(x), grad_recon.view(-1, 1, 1, 1))
         elif grad_recon is not None:
@@ -523,7 +539,16 @@ class _FusedDraw(torch.autograd.Function):
         n_read = lay.read_n
         for t in reversed(range(steps)):
             grad_d = grad_ds[t + 1]
-            if lay.write_attention:
+            if lay.write_attention and kernels is not None:
+                window, k = opened[t + 1], cols.write_k
+                grad_fx, grad_fy = x.new_empty(batch, lay.write_n, width), x.new_empty(batch, lay.write_n, height)
+                grad_log_gamma = x.new_empty(batch)
+                kernels.write_backward(
+                    grad_canvas_t, writes[t + 1], window.fx(k), window.fy(k), window.gamma[:, k], write_saved[t],
+                    grad_writes[t + 1], grad_fx, grad_fy, grad_log_gamma, scratch,
+                )
+                written = (grad_fx, grad_fy, grad_log_gamma)
+            elif lay.write_attention:
                 window, k, scaled = opened[t + 1], cols.write_k, write_saved[t]
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 grad_scaled, grad_fy = _rows_backward(grad_canvas_t, fy, scaled)
@@ -555,7 +580,16 @@ class _FusedDraw(torch.autograd.Function):
                 grad_h_enc, grad_enc_cell, acts_enc[t], enc_cells[t], enc_tanhs[t], grad_enc_gates
             )
             grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
-            if lay.read_attention:
+            if lay.read_attention and kernels is not None:
+                window, k = opened[t], cols.read_k
+                grad_fx, grad_fy = x.new_empty(batch, n_read, width), x.new_empty(batch, n_read, height)
+                grad_log_gamma = x.new_empty(batch)
+                kernels.read_backward(
+                    grad_read.contiguous(), reads_t[t], both_t[t], window.fx(k), window.fy(k), window.gamma[:, k],
+                    read_saved[t], slopes[t], grad_canvas_t, grad_fx, grad_fy, grad_log_gamma, scratch,
+                )
+                pending_read = (grad_fx, grad_fy, grad_log_gamma)  # the kernel also updated grad_canvas_t
+            elif lay.read_attention:
                 window, k, columns = opened[t], cols.read_k, read_saved[t]
                 fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
                 grad_log_gamma = (grad_read * reads_t[t]).sum(dim=-1)
@@ -569,9 +603,10 @@ class _FusedDraw(torch.autograd.Function):
                 grad_x_hat = torch.bmm(grad_columns[:, channels * height :], fx)  # [Bt, C*H, W]
                 grad_x_hat = grad_x_hat.view(batch, channels, height, width)
                 pending_read = (grad_fx, grad_fy, grad_log_gamma)
+                grad_canvas_t.addcmul_(grad_x_hat, slopes[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
             else:
                 grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
-            grad_canvas_t.addcmul_(grad_x_hat, slopes[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
+                grad_canvas_t.addcmul_(grad_x_hat, slopes[t], value=-1)
 
         if row_layout is not None:  # row 0: the read window of step 0 (its write window is unused)
             unused_write = ()

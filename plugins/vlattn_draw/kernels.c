@@ -211,3 +211,186 @@ void vl_window_grad(const float *params, long params_stride, long batch, long n,
         o[4] = grad_log_gamma != NULL ? grad_log_gamma[b] : 0.0f;
     }
 }
+
+/*
+ * Read attention: glimpse[c, i, j] = gamma * sum_{h, w} fy[i, h] image[c, h, w] fx[j, w] for the
+ * `images` images of a batch row (image [images, height, width] at image + b * image_stride;
+ * glimpse [images, n, n] at glimpse + b * glimpse_stride). columns [batch, images, n, height]
+ * (contiguous) receives fx . image^T, which the backward needs.
+ */
+void vl_read(const float *image, long image_stride, long images, long height, long width, long n, const float *fx,
+             long fx_stride, const float *fy, long fy_stride, const float *gamma, long gamma_stride, float *glimpse,
+             long glimpse_stride, float *columns, long batch) {
+    for (long b = 0; b < batch; ++b) {
+        const float *img = image + b * image_stride, *gx = fx + b * fx_stride, *gy = fy + b * fy_stride;
+        float *col = columns + b * images * n * height, *out = glimpse + b * glimpse_stride;
+        for (long c = 0; c < images; ++c)
+            for (long h = 0; h < height; ++h) {
+                const float *restrict pixels = img + (c * height + h) * width;
+                for (long j = 0; j < n; ++j) {
+                    const float *restrict filter = gx + j * width;
+                    float total = 0.0f;
+                    for (long w = 0; w < width; ++w) total += pixels[w] * filter[w];
+                    col[(c * n + j) * height + h] = total;
+                }
+            }
+        const float scale = gamma[b * gamma_stride];
+        for (long c = 0; c < images; ++c)
+            for (long i = 0; i < n; ++i)
+                for (long j = 0; j < n; ++j) {
+                    const float *restrict filter = gy + i * height, *restrict values = col + (c * n + j) * height;
+                    float total = 0.0f;
+                    for (long h = 0; h < height; ++h) total += filter[h] * values[h];
+                    out[(c * n + i) * n + j] = scale * total;
+                }
+    }
+}
+
+/*
+ * Backward of vl_read for the images [x (channels of them), x_hat (as many)]. From grad_read (the
+ * glimpse's gradient, [images, n, n] per row) and the glimpse itself (reads): grad_fx [batch, n,
+ * width], grad_fy [batch, n, height], grad_log_gamma [batch]; and, as x_hat = x - sigmoid(canvas),
+ * grad_canvas [batch, channels, height, width] -= slope * (gradient of x_hat). scratch holds
+ * 2 * channels * n * height floats.
+ */
+void vl_read_backward(const float *grad_read, long grad_read_stride, const float *reads, long reads_stride,
+                      const float *image, long image_stride, long channels, long height, long width, long n,
+                      const float *fx, long fx_stride, const float *fy, long fy_stride, const float *gamma,
+                      long gamma_stride, const float *columns, const float *slope, float *grad_canvas, float *grad_fx,
+                      float *grad_fy, float *grad_log_gamma, float *scratch, long batch) {
+    const long images = 2 * channels, plane = height * width;
+    for (long b = 0; b < batch; ++b) {
+        const float *grad = grad_read + b * grad_read_stride, *glimpse = reads + b * reads_stride;
+        const float *img = image + b * image_stride, *gx = fx + b * fx_stride, *gy = fy + b * fy_stride;
+        const float *col = columns + b * images * n * height;
+        const float scale = gamma[b * gamma_stride];
+        float log_gamma_grad = 0.0f;
+        for (long k = 0; k < images * n * n; ++k) log_gamma_grad += grad[k] * glimpse[k];
+        grad_log_gamma[b] = log_gamma_grad;
+        float *restrict gfy = grad_fy + b * n * height, *restrict gfx = grad_fx + b * n * width;
+        float *restrict grad_columns = scratch; /* [images, n, height], like columns */
+        memset(gfy, 0, sizeof(float) * n * height);
+        memset(grad_columns, 0, sizeof(float) * images * n * height);
+        for (long c = 0; c < images; ++c)
+            for (long i = 0; i < n; ++i)
+                for (long j = 0; j < n; ++j) {
+                    const float coefficient = scale * grad[(c * n + i) * n + j];
+                    const float *restrict values = col + (c * n + j) * height, *restrict filter = gy + i * height;
+                    float *restrict target = gfy + i * height, *restrict spread = grad_columns + (c * n + j) * height;
+                    for (long h = 0; h < height; ++h) {
+                        target[h] += coefficient * values[h];
+                        spread[h] += coefficient * filter[h];
+                    }
+                }
+        memset(gfx, 0, sizeof(float) * n * width);
+        for (long c = 0; c < images; ++c)
+            for (long h = 0; h < height; ++h) {
+                const float *restrict pixels = img + (c * height + h) * width;
+                for (long j = 0; j < n; ++j) {
+                    const float coefficient = grad_columns[(c * n + j) * height + h];
+                    float *restrict target = gfx + j * width;
+                    for (long w = 0; w < width; ++w) target[w] += coefficient * pixels[w];
+                }
+            }
+        const float *sl = slope + b * channels * plane;
+        float *gc = grad_canvas + b * channels * plane;
+        for (long c = 0; c < channels; ++c)
+            for (long h = 0; h < height; ++h) {
+                float *restrict target = gc + (c * height + h) * width;
+                const float *restrict slopes = sl + (c * height + h) * width;
+                for (long j = 0; j < n; ++j) {
+                    const float coefficient = grad_columns[((channels + c) * n + j) * height + h]; /* x_hat's */
+                    const float *restrict filter = gx + j * width;
+                    for (long w = 0; w < width; ++w) target[w] -= slopes[w] * coefficient * filter[w];
+                }
+            }
+    }
+}
+
+/*
+ * Write attention: canvas[c] += fy^T . (patch[c] . fx) / gamma, patch [channels, n, n] at
+ * patch + b * patch_stride, canvas contiguous [batch, channels, height, width]; scaled
+ * [batch, channels, n, width] (contiguous) receives patch . fx / gamma, which the backward needs.
+ */
+void vl_write(const float *patch, long patch_stride, long channels, long height, long width, long n, const float *fx,
+              long fx_stride, const float *fy, long fy_stride, const float *gamma, long gamma_stride, float *canvas,
+              float *scaled, long batch) {
+    for (long b = 0; b < batch; ++b) {
+        const float *p = patch + b * patch_stride, *gx = fx + b * fx_stride, *gy = fy + b * fy_stride;
+        float *sc = scaled + b * channels * n * width, *cv = canvas + b * channels * height * width;
+        const float inverse = 1.0f / gamma[b * gamma_stride];
+        for (long row = 0; row < channels * n; ++row) {
+            float *restrict target = sc + row * width;
+            for (long w = 0; w < width; ++w) target[w] = 0.0f;
+            for (long j = 0; j < n; ++j) {
+                const float coefficient = inverse * p[row * n + j];
+                const float *restrict filter = gx + j * width;
+                for (long w = 0; w < width; ++w) target[w] += coefficient * filter[w];
+            }
+        }
+        for (long c = 0; c < channels; ++c)
+            for (long h = 0; h < height; ++h) {
+                float *restrict target = cv + (c * height + h) * width;
+                for (long i = 0; i < n; ++i) {
+                    const float coefficient = gy[i * height + h];
+                    const float *restrict source = sc + (c * n + i) * width;
+                    for (long w = 0; w < width; ++w) target[w] += coefficient * source[w];
+                }
+            }
+    }
+}
+
+/*
+ * Backward of vl_write from grad_canvas (contiguous, like canvas): grad_patch (rows at
+ * grad_patch + b * grad_patch_stride), grad_fx [batch, n, width], grad_fy [batch, n, height],
+ * grad_log_gamma [batch]. scratch holds channels * n * width floats.
+ */
+void vl_write_backward(const float *grad_canvas, const float *patch, long patch_stride, long channels, long height,
+                       long width, long n, const float *fx, long fx_stride, const float *fy, long fy_stride,
+                       const float *gamma, long gamma_stride, const float *scaled, float *grad_patch,
+                       long grad_patch_stride, float *grad_fx, float *grad_fy, float *grad_log_gamma, float *scratch,
+                       long batch) {
+    for (long b = 0; b < batch; ++b) {
+        const float *gc = grad_canvas + b * channels * height * width, *p = patch + b * patch_stride;
+        const float *gx = fx + b * fx_stride, *gy = fy + b * fy_stride, *sc = scaled + b * channels * n * width;
+        float *gp = grad_patch + b * grad_patch_stride, *gfx = grad_fx + b * n * width, *gfy = grad_fy + b * n * height;
+        float *grad_scaled = scratch; /* [channels, n, width]: fy . grad_canvas */
+        for (long c = 0; c < channels; ++c)
+            for (long i = 0; i < n; ++i) {
+                float *restrict target = grad_scaled + (c * n + i) * width;
+                for (long w = 0; w < width; ++w) target[w] = 0.0f;
+                for (long h = 0; h < height; ++h) {
+                    const float coefficient = gy[i * height + h];
+                    const float *restrict source = gc + (c * height + h) * width;
+                    for (long w = 0; w < width; ++w) target[w] += coefficient * source[w];
+                }
+            }
+        for (long i = 0; i < n; ++i)
+            for (long h = 0; h < height; ++h) {
+                float total = 0.0f;
+                for (long c = 0; c < channels; ++c) {
+                    const float *restrict s = sc + (c * n + i) * width, *restrict g = gc + (c * height + h) * width;
+                    for (long w = 0; w < width; ++w) total += s[w] * g[w];
+                }
+                gfy[i * height + h] = total;
+            }
+        float log_gamma_grad = 0.0f;
+        for (long k = 0; k < channels * n * width; ++k) log_gamma_grad -= grad_scaled[k] * sc[k];
+        grad_log_gamma[b] = log_gamma_grad;
+        const float inverse = 1.0f / gamma[b * gamma_stride];
+        for (long k = 0; k < channels * n * width; ++k) grad_scaled[k] *= inverse; /* now of patch . fx */
+        memset(gfx, 0, sizeof(float) * n * width);
+        for (long row = 0; row < channels * n; ++row) {
+            const float *restrict source = grad_scaled + row * width;
+            for (long j = 0; j < n; ++j) {
+                const float *restrict filter = gx + j * width;
+                float total = 0.0f;
+                for (long w = 0; w < width; ++w) total += source[w] * filter[w];
+                gp[row * n + j] = total;
+                const float coefficient = p[row * n + j];
+                float *restrict target = gfx + j * width;
+                for (long w = 0; w < width; ++w) target[w] += coefficient * source[w];
+            }
+        }
+    }
+}

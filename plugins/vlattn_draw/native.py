@@ -25,6 +25,11 @@ _SIGNATURES = {
     "vl_canvas_step": [_P, _P, _P, _L, _P, _L, _L],
     "vl_open_window": [_P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L],
     "vl_window_grad": [_P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _L],
+    "vl_read": [_P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _L],
+    "vl_read_backward": [_P, _L, _P, _L, _P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _P, _P, _P,
+                         _L],
+    "vl_write": [_P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L, _P, _P, _L],
+    "vl_write_backward": [_P, _P, _L, _L, _L, _L, _L, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _P, _P, _P, _L],
 }
 
 
@@ -95,6 +100,63 @@ class DrawKernels:
             params.data_ptr(), _stride(params), batch, grid, width, fy.shape[2], fx.data_ptr(), _stride(fx),
             fy.data_ptr(), _stride(fy), grad_fx.data_ptr(), _stride(grad_fx), grad_fy.data_ptr(), _stride(grad_fy),
             None if grad_log_gamma is None else grad_log_gamma.data_ptr(), out.data_ptr(), _stride(out),
+        )
+
+    def read(
+        self, images: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor, glimpse: torch.Tensor,
+        columns: torch.Tensor,
+    ) -> None:
+        """``glimpse [Bt, I*N*N] = gamma * F_Y images F_X^T`` for ``images [Bt, I, H, W]``; ``columns
+        [Bt, I, N, H]`` (contiguous) receives ``F_X images^T`` for the backward."""
+        batch, count, height, width = images.shape
+        self._library.vl_read(
+            images.data_ptr(), _stride(images), count, height, width, fx.shape[1], fx.data_ptr(), _stride(fx),
+            fy.data_ptr(), _stride(fy), gamma.data_ptr(), _stride(gamma), glimpse.data_ptr(), _stride(glimpse),
+            columns.data_ptr(), batch,
+        )
+
+    def read_backward(
+        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, fx: torch.Tensor,
+        fy: torch.Tensor, gamma: torch.Tensor, columns: torch.Tensor, slope: torch.Tensor, grad_canvas: torch.Tensor,
+        grad_fx: torch.Tensor, grad_fy: torch.Tensor, grad_log_gamma: torch.Tensor, scratch: torch.Tensor,
+    ) -> None:
+        """Backward of :meth:`read` over ``images = [x, x_hat]`` (``C`` channels each): fills ``grad_fx
+        [Bt, N, W]``, ``grad_fy [Bt, N, H]``, ``grad_log_gamma [Bt]`` and subtracts ``slope`` times the
+        gradient of ``x_hat`` from ``grad_canvas [Bt, C, H, W]``. ``scratch``: ``2C*H*N`` floats."""
+        batch, count, height, width = images.shape
+        self._library.vl_read_backward(
+            grad_glimpse.data_ptr(), _stride(grad_glimpse), glimpse.data_ptr(), _stride(glimpse), images.data_ptr(),
+            _stride(images), count // 2, height, width, fx.shape[1], fx.data_ptr(), _stride(fx), fy.data_ptr(),
+            _stride(fy), gamma.data_ptr(), _stride(gamma), columns.data_ptr(), slope.data_ptr(),
+            grad_canvas.data_ptr(), grad_fx.data_ptr(), grad_fy.data_ptr(), grad_log_gamma.data_ptr(),
+            scratch.data_ptr(), batch,
+        )
+
+    def write(
+        self, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor, canvas: torch.Tensor,
+        scaled: torch.Tensor,
+    ) -> None:
+        """``canvas [Bt, C, H, W] += F_Y^T patch F_X / gamma`` for ``patch [Bt, C*N*N]``; ``scaled
+        [Bt, C, N, W]`` (contiguous) receives ``patch F_X / gamma`` for the backward."""
+        batch, channels, height, width = canvas.shape
+        self._library.vl_write(
+            patch.data_ptr(), _stride(patch), channels, height, width, fx.shape[1], fx.data_ptr(), _stride(fx),
+            fy.data_ptr(), _stride(fy), gamma.data_ptr(), _stride(gamma), canvas.data_ptr(), scaled.data_ptr(), batch,
+        )
+
+    def write_backward(
+        self, grad_canvas: torch.Tensor, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor,
+        scaled: torch.Tensor, grad_patch: torch.Tensor, grad_fx: torch.Tensor, grad_fy: torch.Tensor,
+        grad_log_gamma: torch.Tensor, scratch: torch.Tensor,
+    ) -> None:
+        """Backward of :meth:`write`: fills ``grad_patch [Bt, C*N*N]``, ``grad_fx``, ``grad_fy`` and
+        ``grad_log_gamma``. ``scratch``: ``C*N*W`` floats."""
+        batch, channels, height, width = grad_canvas.shape
+        self._library.vl_write_backward(
+            grad_canvas.data_ptr(), patch.data_ptr(), _stride(patch), channels, height, width, fx.shape[1],
+            fx.data_ptr(), _stride(fx), fy.data_ptr(), _stride(fy), gamma.data_ptr(), _stride(gamma),
+            scaled.data_ptr(), grad_patch.data_ptr(), _stride(grad_patch), grad_fx.data_ptr(), grad_fy.data_ptr(),
+            grad_log_gamma.data_ptr(), scratch.data_ptr(), batch,
         )
 
 
