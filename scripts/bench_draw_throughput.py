@@ -5,8 +5,10 @@
     OMP_NUM_THREADS=1 python scripts/bench_draw_throughput.py --threads 1 \
         --external /tmp/ref_draw/draw.py     # kamenbliznashki/generative_models draw.py
 
-``vlattn`` is the model as it trains (its own backward, :mod:`vlattn_draw.fused`);
-``--with-autograd`` adds the same model differentiated by autograd (``vlattn-autograd``).
+``vlattn`` is the model as it trains (its own backward, :mod:`vlattn_draw.fused`, with its native
+kernels where a C compiler is available: the script says whether they are on);
+``--without-native`` adds the own backward with its PyTorch code instead (``vlattn-pytorch``) and
+``--with-autograd`` the same model differentiated by autograd (``vlattn-autograd``).
 
 One training step = forward + loss + backward + gradient clipping + Adam update on a batch of
 binary 28x28 images, at the paper's configuration by default (T = 64, read 2x2, write 5x5,
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from vlattn_draw.model import Draw, DrawShape
+from vlattn_draw.native import kernels as draw_kernels
 
 Step = Callable[[torch.Tensor], None]
 
@@ -185,15 +188,16 @@ def public_style_step(args: argparse.Namespace) -> Step:
     return step
 
 
-def vlattn_step(args: argparse.Namespace, *, fused: bool = True) -> Step:
+def vlattn_step(args: argparse.Namespace, *, fused: bool = True, native: bool = True) -> Step:
     """One training step of vlattn's DRAW (``fused=False``: through autograd instead of the
-    model's own backward)."""
+    model's own backward; ``native=False``: the own backward without its native kernels)."""
     model = Draw(DrawShape(
         steps=args.steps, read_n=args.read_n, write_n=args.write_n, enc_size=args.lstm,
         dec_size=args.lstm, z_size=args.z, read_attention=not args.no_attention,
         write_attention=not args.no_attention,
     ))
     model.fused_backward = fused
+    model.native_kernels = native
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(x: torch.Tensor) -> None:
@@ -249,6 +253,10 @@ def main() -> None:
     parser.add_argument(
         "--with-autograd", action="store_true", help="also time vlattn's model through autograd (fused_backward off)"
     )
+    parser.add_argument(
+        "--without-native", action="store_true",
+        help="also time vlattn's own backward with its PyTorch code instead of the native kernels",
+    )
     parser.add_argument("--external", type=Path, default=None, help="path of an external draw.py (see above)")
     args = parser.parse_args()
 
@@ -256,6 +264,8 @@ def main() -> None:
     torch.manual_seed(0)
     x = (torch.rand(args.batch_size, 1, 28, 28) > 0.5).float()
     steps = {"vlattn": vlattn_step(args), "reference": public_style_step(args)}
+    if args.without_native:
+        steps["vlattn-pytorch"] = vlattn_step(args, native=False)
     if args.with_autograd:
         steps["vlattn-autograd"] = vlattn_step(args, fused=False)
     if args.external is not None:
@@ -274,6 +284,7 @@ def main() -> None:
         + (" no attention" if args.no_attention else "")
     )
     print(config)
+    print(f"native kernels: {'on' if draw_kernels() is not None else 'unavailable (PyTorch code)'}")
     rates = {}
     for name, values in times.items():
         rates[name] = args.batch_size / statistics.median(values)

@@ -54,10 +54,11 @@ def test_benchmark_runs_every_implementation_and_prints_ratios(bench, one_thread
     monkeypatch.setattr(
         sys, "argv",
         ["bench", "--steps", "3", "--lstm", "16", "--z", "4", "--batch-size", "4", "--repeats", "2",
-         "--with-autograd"],
+         "--with-autograd", "--without-native"],
     )
     bench.main()
     printed = capsys.readouterr().out
-    for name in ("vlattn ", "reference ", "vlattn-autograd "):
+    for name in ("vlattn ", "reference ", "vlattn-autograd ", "vlattn-pytorch "):
         assert name in printed
     assert "ratio vlattn / reference:" in printed and "ratio vlattn / vlattn-autograd:" in printed
+    assert "native kernels: " in printed

@@ -336,7 +336,8 @@ def release_workspaces() -> None:
 
 # -- the autograd function -------------------------------------------------------------------------
 class _FusedDraw(torch.autograd.Function):
-    """Inputs: ``x, noise, nll_fn, layout, *params``; outputs: reconstruction, kl, log_ratio, canvas.
+    """Inputs: ``x, noise, nll_fn, layout, kernels, *params`` (``kernels``: the native ones, or
+    ``None``); outputs: reconstruction, kl, log_ratio, canvas.
 
     Buffer layout: row ``k`` of ``dec_out`` / ``enc_out`` / ``h_dec`` / ``h_enc`` is step ``k - 1``
     (row 0 holds the learned initial states, repeated over the batch). The LSTM gates of step
@@ -348,14 +349,13 @@ class _FusedDraw(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: torch.Tensor, noise: torch.Tensor, nll_fn: NegLogLikelihood, lay: _Layout,
-        dec_w: torch.Tensor, dec_b: torch.Tensor, enc_w: torch.Tensor, enc_b: torch.Tensor,
-        read_w: torch.Tensor, z_w: torch.Tensor, canvas0: torch.Tensor, h_enc0: torch.Tensor,
+        kernels: native.DrawKernels | None, dec_w: torch.Tensor, dec_b: torch.Tensor, enc_w: torch.Tensor,
+        enc_b: torch.Tensor, read_w: torch.Tensor, z_w: torch.Tensor, canvas0: torch.Tensor, h_enc0: torch.Tensor,
         h_dec0: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         steps, batch, channels = lay.steps, x.shape[0], lay.channels
         height, width, z_size = lay.height, lay.width, lay.z_size
         cols = _Columns(lay, h_enc0.shape[0])
-        kernels = _native_kernels(x)
         if kernels is not None:
             x = x.contiguous()
         work = _take_workspace(lay, batch, h_enc0.shape[0], h_dec0.shape[0], x)
@@ -633,7 +633,7 @@ class _FusedDraw(torch.autograd.Function):
         grad_canvas0 = grad_canvas_t.sum(dim=0)
         ctx.work = ctx.read_saved = ctx.write_saved = ctx.opened = ctx.weights_t = None
         _give_back(work)
-        return (None, None, None, None, grad_dec_w, grad_dec_b, grad_enc_w, grad_enc_b, grad_read_w,
+        return (None, None, None, None, None, grad_dec_w, grad_dec_b, grad_enc_w, grad_enc_b, grad_read_w,
                 grad_z_w, grad_canvas0, grad_h_enc0, grad_h_dec0)
 
 
@@ -721,8 +721,9 @@ def fused_forward(model: Draw, x: torch.Tensor, noise: torch.Tensor) -> tuple[to
         write_n=s.write_n, z_size=s.z_size, likelihood=s.likelihood, dec_sizes=tuple(model.dec_sizes),
         enc_sizes=tuple(model.enc_sizes),
     )
+    kernels = _native_kernels(x) if model.native_kernels else None
     return _FusedDraw.apply(
-        x, noise, model.neg_log_likelihood, lay, model.dec_out.weight, model.dec_out.bias,
+        x, noise, model.neg_log_likelihood, lay, kernels, model.dec_out.weight, model.dec_out.bias,
         model.enc_out.weight, model.enc_out.bias, model.enc_in.weight, model.dec_in.weight,
         model.canvas0, model.h_enc0, model.h_dec0,
     )

@@ -134,6 +134,7 @@ class Draw(nn.Module):
             raise ValueError(f"unknown likelihood {shape.likelihood!r}")
         self.shape = shape
         self.fused_backward = True
+        self.native_kernels = True  # the fused pass's native float32 kernels, where available
         s = shape
         self.write_params = 5 if s.write_attention else 0
         self.read_params = 5 if s.read_attention else 0
@@ -234,7 +235,9 @@ class Draw(nn.Module):
 
         When gradients are needed (and no ``trace`` or other ``steps`` is asked for), the pass
         runs with the hand-written backward of :mod:`vlattn_draw.fused` unless
-        ``self.fused_backward`` is ``False``; both give the same values and gradients.
+        ``self.fused_backward`` is ``False``; both give the same values and gradients. That pass
+        uses native kernels (:mod:`vlattn_draw.native`) for float32 on the CPU where they are
+        available, unless ``self.native_kernels`` is ``False``.
         """
         s = self.shape
         batch = x.shape[0]
