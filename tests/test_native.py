@@ -95,3 +95,12 @@ def test_loading_kernels_keeps_denormal_numbers(tmp_path: Path, cache: Path) -> 
     assert native.load_library(_source(tmp_path)) is not None
     tiny = torch.tensor(1e-39, dtype=torch.float32)  # below float32's smallest normal number
     assert (tiny * 1.5).item() > 0.0
+
+
+@needs_compiler
+def test_an_unusable_cache_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("VLATTN_CACHE", str(blocker))
+    monkeypatch.setattr(native, "_LOADED", {})
+    assert native.load_library(_source(tmp_path)) is None

@@ -30,6 +30,7 @@ __all__ = ["cache_dir", "compile_flags", "disabled", "load_library"]
 log = logging.getLogger(__name__)
 
 _LOADED: dict[Path, ctypes.CDLL | None] = {}
+_BUILD_SECONDS = 300  # a compiler that takes longer is given up on
 
 
 def compile_flags() -> list[str]:
@@ -72,7 +73,7 @@ def _processor() -> str:
 
 def _build(source: Path, compiler: str) -> Path:
     """Compile ``source`` unless a build for this source, compiler and processor is cached."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False, timeout=60).stdout
     key = hashlib.sha256(
         "\0".join([source.read_text(), compiler, version, *compile_flags(), platform.machine(), _processor()]).encode()
     ).hexdigest()[:16]
@@ -82,7 +83,7 @@ def _build(source: Path, compiler: str) -> Path:
     with atomic_path(target) as tmp:
         result = subprocess.run(
             [compiler, *compile_flags(), str(source), "-o", str(tmp), "-lm"], capture_output=True, text=True,
-            check=False,
+            check=False, timeout=_BUILD_SECONDS,
         )
         if result.returncode != 0:
             first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
