@@ -272,6 +272,18 @@ def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return grad.t() @ inputs
 
 
+_COLUMN_MULTIPLE = 16  # dec_out is this many columns wider (zeros): the BLAS runs such widths faster
+
+
+def _padded(width: int) -> int:
+    return -(-width // _COLUMN_MULTIPLE) * _COLUMN_MULTIPLE
+
+
+def _pad_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``[..., n]`` with zero columns up to :func:`_padded` ``(n)``."""
+    return torch.nn.functional.pad(matrix, (0, _padded(matrix.shape[-1]) - matrix.shape[-1])).contiguous()
+
+
 # -- reusable buffers ------------------------------------------------------------------------------
 class _Workspace:
     """The ``[T, Bt, ...]`` buffers of one pass (forward activations and backward gradients).
@@ -316,11 +328,14 @@ def _take_workspace(lay: _Layout, batch: int, enc_size: int, dec_size: int, like
         "enc_cell": (steps + 1, batch, enc_size), "dec_cell": (steps + 1, batch, dec_size),
         "enc_tanh": (steps, batch, enc_size), "dec_tanh": (steps, batch, dec_size),
         "h_enc": (steps + 1, batch, enc_size), "h_dec": (steps + 1, batch, dec_size),
-        "enc_out": (steps + 1, batch, sum(lay.enc_sizes)), "dec_out": (steps + 1, batch, sum(lay.dec_sizes)),
+        "enc_out": (steps + 1, batch, sum(lay.enc_sizes)), "dec_out": (steps + 1, batch, _padded(sum(lay.dec_sizes))),
         "z": (steps, batch, lay.z_size), "latent_tmp": (steps, batch, lay.z_size),
-        "grad_latent": (steps + 1, batch, 2 * lay.z_size), "grad_dec_out": (steps + 1, batch, sum(lay.dec_sizes)),
+        "grad_latent": (steps + 1, batch, 2 * lay.z_size),
+        "grad_dec_out": (steps + 1, batch, _padded(sum(lay.dec_sizes))),
     }
-    return _Workspace(key, sizes, like)
+    work = _Workspace(key, sizes, like)
+    work["grad_dec_out"][..., sum(lay.dec_sizes) :].zero_()  # padding: never written
+    return work
 
 
 def _give_back(work: _Workspace) -> None:
@@ -361,7 +376,8 @@ class _FusedDraw(torch.autograd.Function):
         work = _take_workspace(lay, batch, h_enc0.shape[0], h_dec0.shape[0], x)
         both, z_all, enc_cell, dec_cell = work["both"], work["z"], work["enc_cell"], work["dec_cell"]
         h_enc, h_dec, enc_out, dec_out = work["h_enc"], work["h_dec"], work["enc_out"], work["dec_out"]
-        dec_wt, enc_wt = dec_w.t().contiguous(), enc_w.t().contiguous()
+        dec_wt, dec_b = _pad_columns(dec_w.t()), _pad_columns(dec_b)
+        enc_wt = enc_w.t().contiguous()
         read_wt, z_wt = read_w.t().contiguous(), z_w.t().contiguous()
 
         both[:, :, :channels] = x
@@ -618,8 +634,9 @@ class _FusedDraw(torch.autograd.Function):
         # Parameters: one matrix product per layer over all steps (row 0: the initial states).
         flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
         all_grad_d = flat(grad_dec_out)
-        grad_dec_w = _weight_grad(all_grad_d, flat(h_dec))
-        grad_dec_b = _column_sums(all_grad_d)
+        dec_width = sum(lay.dec_sizes)  # without the padding
+        grad_dec_w = _weight_grad(all_grad_d, flat(h_dec))[:dec_width]
+        grad_dec_b = _column_sums(all_grad_d)[:dec_width]
         grad_enc_hidden = flat(grad_dec_out[:, :, cols.enc_gates])  # = gradient of enc_out's recurrent part
         grad_enc_w = torch.cat(
             [_weight_grad(flat(grad_latent), flat(h_enc)), _weight_grad(grad_enc_hidden, flat(h_enc))], dim=0
@@ -638,7 +655,7 @@ class _FusedDraw(torch.autograd.Function):
 
 
 class _Columns:
-    """Column slices of ``dec_out = [write | write window | read window | enc gates | dec gates]``
+    """Column slices of ``dec_out = [write | write window | read window | enc gates | dec gates | zeros]``
     and of ``enc_out = [mu | log sigma | enc gates]``."""
 
     def __init__(self, lay: _Layout, enc_size: int) -> None:
