@@ -11,7 +11,11 @@ without recording an autograd graph and differentiates them in one reverse loop 
   opened and differentiated together, the latent terms are summed over all steps at once;
 * the weight gradients of the shared layers are one large matrix product each over all T steps
   (``[T*Bt, out]^T @ [T*Bt, in]``) instead of T small ones;
-* activations are kept in ``[T, Bt, ...]`` buffers that later passes of the same size reuse.
+* activations are kept in ``[T, Bt, ...]`` buffers that later passes of the same size reuse;
+* in float32 on the CPU, the work between the matrix products (LSTM updates, ``x_hat``, the
+  windows' filterbanks, read and write, and their backwards) goes to the native kernels of
+  :mod:`vlattn_draw.native` where they are available, one sweep over memory each; the PyTorch code
+  below computes the same (the tests compare the two).
 
 The Bernoulli likelihood is differentiated directly; other likelihoods of the final canvas go
 through autograd (one operation). Gradients flow to every parameter and through every output
