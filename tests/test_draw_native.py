@@ -151,3 +151,16 @@ def test_float64_and_unavailable_kernels_use_the_pytorch_code(monkeypatch: pytes
     assert fused._native_kernels(torch.zeros(1, dtype=torch.float64)) is None
     monkeypatch.setattr(native, "kernels", lambda: None)
     assert fused._native_kernels(torch.zeros(1)) is None
+
+
+def test_activation_accuracy_over_the_float32_range(kernels: native.DrawKernels) -> None:
+    """The kernels' exponential is a polynomial: sigmoid to a few units in the last place, tanh too."""
+    size = 4096
+    values = torch.linspace(-40.0, 40.0, size)
+    gates = values.repeat(4).view(1, -1).clone()
+    outputs = [torch.empty(1, size) for _ in range(3)]
+    kernels.lstm_forward(gates, None, torch.zeros(1, size), *outputs)
+    exact = values.double()
+    sigmoid, tanh = gates[0, :size].double(), gates[0, 3 * size :].double()
+    assert ((sigmoid - torch.sigmoid(exact)).abs() / torch.sigmoid(exact)).max() < 5e-7
+    assert (tanh - torch.tanh(exact)).abs().max() < 5e-7

@@ -6,6 +6,8 @@
  *   vl_lstm_forward / vl_lstm_backward   the pointwise part of an LSTM update (gates i, f, o, g)
  *   vl_canvas_step                      x_hat = x - sigmoid(c) and sigmoid's slope
  *   vl_open_window / vl_window_grad     one attention window's filterbanks and their backward
+ *   vl_read / vl_read_backward          the read glimpse of [x, x_hat], and its backward
+ *   vl_write / vl_write_backward        the write to the canvas, and its backward
  *
  * Matrices are row-major with an explicit row stride (in elements); "batch" rows are independent.
  * exp is a polynomial the compiler vectorises (relative error about 2e-7, like expf).
@@ -18,7 +20,8 @@ static inline float vl_exp(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     const float n = floorf(x * 1.44269504088896341f + 0.5f);
-    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; /* x - n ln 2, in two parts */
+    /* r = x - n ln 2 with ln 2 in two parts; fused multiply-adds, which the compiler may not reassociate */
+    const float r = fmaf(n, 2.12194440e-4f, fmaf(-n, 0.693359375f, x));
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -36,12 +39,6 @@ static inline float vl_sigmoid(float x) { return 1.0f / (1.0f + vl_exp(-x)); }
 
 static inline float vl_tanh(float x) { return 2.0f / (1.0f + vl_exp(-2.0f * x)) - 1.0f; }
 
-/*
- * gates [batch, 4*size] (row stride gates_stride) holds pre-activations; extra (NULL or same shape,
- * row stride extra_stride) is added first. The gates receive [sigmoid(i, f, o), tanh(g)];
- * new_cell = f * cell + i * g, tanh_cell = tanh(new_cell), hidden = o * tanh_cell
- * (cell, new_cell, tanh_cell, hidden: contiguous [batch, size]).
- */
 static void vl_cell_update(const float *restrict gates, long size, const float *restrict cell,
                            float *restrict new_cell, float *restrict tanh_cell, float *restrict hidden) {
     const float *restrict i = gates, *restrict f = gates + size, *restrict o = gates + 2 * size;
@@ -55,6 +52,12 @@ static void vl_cell_update(const float *restrict gates, long size, const float *
     }
 }
 
+/*
+ * gates [batch, 4*size] (row stride gates_stride) holds pre-activations; extra (NULL or same shape,
+ * row stride extra_stride) is added first. The gates receive [sigmoid(i, f, o), tanh(g)];
+ * new_cell = f * cell + i * g, tanh_cell = tanh(new_cell), hidden = o * tanh_cell
+ * (cell, new_cell, tanh_cell, hidden: contiguous [batch, size]).
+ */
 void vl_lstm_forward(float *gates, long gates_stride, const float *extra, long extra_stride, const float *cell,
                      float *new_cell, float *tanh_cell, float *hidden, long batch, long size) {
     for (long b = 0; b < batch; ++b) {
