@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -408,7 +408,7 @@ class _FusedDraw(torch.autograd.Function):
         # The windows of row r of dec_out (write of step r-1, read of step r) are opened together.
         row_layout, window_params = cols.row_layout, rows("dec_out", cols.windows)
         opened: list[_Windows | _NativeWindows | None] = [None] * (steps + 1)
-        open_row = _open_windows if kernels is None else lambda p, lay: _open_windows_native(p, lay, kernels)
+        open_row = _open_windows if kernels is None else partial(_open_windows_native, kernels=kernels)
         if row_layout is not None:
             opened[0] = open_row(window_params[0].view(batch, -1, 5), row_layout)
         for t in range(steps):
