@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from vlattn import native
 
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
 
 SOURCE = "double vl_scaled_sum(const double *x, long n, double scale) {\n" \
     "    double total = 0.0;\n    for (long i = 0; i < n; ++i) total += x[i];\n    return scale * total;\n}\n"

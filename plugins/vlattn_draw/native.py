@@ -3,7 +3,7 @@
 :func:`kernels` returns the loaded kernels, or ``None`` where there are none (no C compiler,
 ``VLATTN_NATIVE=0``, a failed build: :mod:`vlattn.native`); :mod:`vlattn_draw.fused` then runs its
 PyTorch code, which computes the same values. Every tensor passed must be float32 on the CPU with
-contiguous rows; strides are taken from the tensors (``row_stride``).
+contiguous rows; the stride between batch rows is read from each tensor.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from vlattn.native import load_library
 
 __all__ = ["DrawKernels", "kernels"]
 
-_P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+_P, _L = ctypes.c_void_p, ctypes.c_long
 _SIGNATURES = {
     "vl_lstm_forward": [_P, _L, _P, _L, _P, _P, _P, _P, _L, _L],
     "vl_lstm_backward": [_P, _P, _P, _L, _P, _P, _P, _L, _L, _L],
