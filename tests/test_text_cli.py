@@ -102,17 +102,21 @@ def test_file_with_labels_reports_accuracy(model_file: Path, tmp_path: Path) -> 
     path.write_text("\n".join(lines) + "\n\n")
     result = classify("--model", str(model_file), "--file", str(path))
     assert result.exit_code == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 41
+    assert len(result.stdout.splitlines()) == 42  # 41 input lines (the last one blank), then the accuracy
+    assert result.stdout.splitlines()[-2].endswith("(blank line 41)")
     assert result.stdout.splitlines()[-1].startswith("accuracy 1.0000 (40/40")
     as_json = classify("--model", str(model_file), "--json", "--file", str(path))
     records = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert len(records) == 40 and records[0]["true_label"] == "negative"
+    assert len(records) == 41 and records[0]["true_label"] == "negative"
+    assert [r["line"] for r in records] == list(range(1, 42)) and records[-1]["label"] is None
     assert "accuracy" in as_json.stderr
 
 
 def test_stdin(model_file: Path) -> None:
     result = classify("--model", str(model_file), "--json", "-", stdin="love it\n\nworst food\n")
-    assert [json.loads(line)["label"] for line in result.stdout.splitlines()] == ["positive", "negative"]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["label"] for r in records] == ["positive", None, "negative"]
+    assert [(r["source"], r["line"]) for r in records] == [("stdin", 1), ("stdin", 2), ("stdin", 3)]
 
 
 def test_bad_inputs_are_one_line_errors(model_file: Path, tmp_path: Path) -> None:

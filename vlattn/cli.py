@@ -31,9 +31,10 @@ class VlattnGroup(click.Group):
         except click.Abort:
             click.echo("vlattn: aborted", err=True)
             sys.exit(130)
+        except click.UsageError as exc:
+            fail(usage_message(exc), code=exc.exit_code)
         except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
+            fail(exc.format_message(), code=exc.exit_code)
         except KeyboardInterrupt:
             click.echo("vlattn: interrupted", err=True)
             sys.exit(130)
@@ -51,6 +52,12 @@ class VlattnGroup(click.Group):
             if os.environ.get(DEBUG_ENV):
                 raise
             fail(f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 to see the traceback)")
+
+
+def usage_message(exc: click.UsageError) -> str:
+    """A usage error as one line: the message and where to find the command's options."""
+    command = exc.ctx.command_path if exc.ctx is not None else "vlattn"
+    return f"{exc.format_message()} (see '{command} --help')"
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -136,6 +143,10 @@ def build_cli() -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    result = build_cli().main(args=argv)
+    try:
+        root = build_cli()
+    except VlattnError as exc:  # e.g. a broken plugin under VLATTN_STRICT_PLUGINS=1
+        fail(str(exc))
+    result = root.main(args=argv)
     if isinstance(result, int) and result:
         sys.exit(result)

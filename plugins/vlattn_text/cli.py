@@ -9,41 +9,41 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 
+from vlattn.data.text import STDIN, describe, read_lines
 from vlattn.errors import VlattnError
-from vlattn_text.data import UCI_LABEL_NAMES, read_text_file
+from vlattn_text.data import UCI_LABEL_NAMES
 
 
 @dataclass
 class InputLine:
-    """A text to classify and, when the input carried one, its true label."""
+    """One input to classify: its text, its true label when the input carried one, and where it came
+    from (``source`` = ``"argument"``, ``"stdin"`` or the file's path; ``line`` = its 1-based line
+    number there, or the argument's position). ``blank`` inputs get an empty result, not a prediction."""
 
     text: str
     label: str | None = None
+    source: str = "argument"
+    line: int = 0
+    blank: bool = False
 
 
-def decode_stdin() -> str:
-    """All of stdin as UTF-8 text, or a one-line error for binary or non-UTF-8 input."""
-    raw = sys.stdin.buffer.read()
-    if b"\x00" in raw:
-        raise VlattnError("stdin looks like binary data, not text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise VlattnError(f"stdin is not UTF-8 text (bad byte at offset {exc.start})") from None
-
-
-def read_lines(source: str) -> list[str]:
-    """Non-blank lines of the file ``source`` (``-`` = stdin)."""
-    text = decode_stdin() if source == "-" else read_text_file(Path(source))
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        where = "stdin" if source == "-" else source
-        raise VlattnError(f"{where} holds no text to classify (it is empty or blank)")
-    return lines
+def read_inputs(source: str, labels: list[str]) -> list[InputLine]:
+    """One :class:`InputLine` per line of the file ``source`` (``-`` = stdin), blank lines included
+    (marked ``blank``), so the output lines up with the input. Lines end at ``\n`` only."""
+    lines = read_lines(source)
+    if all(line.blank for line in lines):
+        raise VlattnError(f"{describe(source)} holds no text to classify (it is empty or blank)")
+    inputs = []
+    for line in lines:
+        if line.blank:
+            inputs.append(InputLine("", source=describe(source), line=line.number, blank=True))
+        else:
+            item = split_label(line.text, labels)
+            inputs.append(InputLine(item.text, item.label, source=describe(source), line=line.number))
+    return inputs
 
 
 def split_label(line: str, labels: list[str]) -> InputLine:
@@ -64,15 +64,29 @@ def gather_inputs(texts: tuple[str, ...], file: str | None, labels: list[str]) -
     """Every input in order: TEXT arguments (``-`` reads stdin lines), then the lines of ``--file``."""
     inputs: list[InputLine] = []
     for number, text in enumerate(texts, start=1):
-        if text == "-":
-            inputs.extend(split_label(line, labels) for line in read_lines("-"))
+        if text == STDIN:
+            inputs.extend(read_inputs(STDIN, labels))
         elif not text.strip():
             raise VlattnError(f"TEXT argument {number} is empty; give a sentence with at least one word")
         else:
-            inputs.append(InputLine(text))
+            inputs.append(InputLine(text, line=number))
     if file is not None:
-        inputs.extend(split_label(line, labels) for line in read_lines(file))
+        inputs.extend(read_inputs(file, labels))
     return inputs
+
+
+def blank_record(item: InputLine) -> dict[str, object]:
+    """The ``--json`` object of a blank input line: no label, no score."""
+    return {
+        "source": item.source,
+        "line": item.line,
+        "text": item.text,
+        "label": None,
+        "score": None,
+        "probabilities": {},
+        "tokens": [],
+        "attention": [],
+    }
 
 
 def use_colour(choice: bool | None) -> bool:
@@ -82,19 +96,43 @@ def use_colour(choice: bool | None) -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-@click.command("classify")
+@click.command("classify", short_help="Classify sentences and show each token's attention.")
 @click.argument("texts", nargs=-1, metavar="[TEXT]...")
-@click.option("--file", "-f", "file", metavar="PATH",
-              help="one text per line ('-' = stdin); lines 'text<TAB>label' also report accuracy")
-@click.option("--model", "-m", "model_path", metavar="PATH",
-              help="a text-classifier model file or training run folder [default: the bundled sentiment model]")
-@click.option("--json", "as_json", is_flag=True,
-              help="one JSON object per input: text, label, score, tokens, attention")
+@click.option(
+    "--file",
+    "-f",
+    "file",
+    metavar="PATH",
+    help="one text per line ('-' = stdin); lines 'text<TAB>label' also report accuracy",
+)
+@click.option(
+    "--model",
+    "-m",
+    "model_path",
+    metavar="PATH",
+    help="a text-classifier model file or training run folder [default: the bundled sentiment model]",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="one JSON object per input: source, line, text, label, score, tokens, attention",
+)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="texts per forward pass")
 @click.option("--color/--no-color", "colour", default=None, help="shade tokens by attention [default: on a terminal]")
-def classify(texts: tuple[str, ...], file: str | None, model_path: str | None, as_json: bool, batch_size: int,
-             colour: bool | None) -> None:
+def classify(
+    texts: tuple[str, ...],
+    file: str | None,
+    model_path: str | None,
+    as_json: bool,
+    batch_size: int,
+    colour: bool | None,
+) -> None:
     """Classify TEXT (or the lines of --file, or '-' for stdin) and show each token's attention.
+
+    One output line per input line, in order: lines end at newline only, and a blank line gets
+    an output line with no label (label null with --json). With 'text<TAB>label' lines the
+    accuracy over the labelled lines follows.
 
     \b
     Examples:
@@ -103,9 +141,9 @@ def classify(texts: tuple[str, ...], file: str | None, model_path: str | None, a
       cat reviews.txt | vlattn classify -
     """
     if not texts and file is None:
-        raise VlattnError("nothing to classify: give TEXT, --file PATH, or '-' to read stdin")
+        raise click.UsageError("nothing to classify: give TEXT, --file PATH, or '-' to read stdin")
     from vlattn_text.predict import TextClassifier
-    from vlattn_text.render import render_line
+    from vlattn_text.render import render_blank, render_line
 
     classifier = TextClassifier.load(model_path)
     inputs = gather_inputs(texts, file, classifier.labels)
@@ -113,19 +151,32 @@ def classify(texts: tuple[str, ...], file: str | None, model_path: str | None, a
     width = max(len(label) for label in classifier.labels)
     correct = labelled = 0
     pending: list[str] = []  # output lines, written a batch at a time
-    predictions = classifier.iter_classify([item.text for item in inputs], batch_size=batch_size)
-    for item, prediction in zip(inputs, predictions, strict=True):
-        if item.label is not None:
-            labelled += 1
-            correct += int(prediction.label == item.label)
-        if as_json:
-            record = prediction.to_dict()
-            if item.label is not None:
-                record["true_label"] = item.label
-            pending.append(json.dumps(record, ensure_ascii=False))
+    real = [item for item in inputs if not item.blank]
+    predictions = iter(classifier.iter_classify([item.text for item in real], batch_size=batch_size))
+    for item in inputs:
+        if item.blank:
+            pending.append(json.dumps(blank_record(item)) if as_json else render_blank(item.line, label_width=width))
         else:
-            pending.append(render_line(prediction.label, prediction.score, prediction.tokens, prediction.attention,
-                                       colour=colour_on, label_width=width))
+            prediction = next(predictions)
+            if item.label is not None:
+                labelled += 1
+                correct += int(prediction.label == item.label)
+            if as_json:
+                record = {"source": item.source, "line": item.line, **prediction.to_dict()}
+                if item.label is not None:
+                    record["true_label"] = item.label
+                pending.append(json.dumps(record, ensure_ascii=False))
+            else:
+                pending.append(
+                    render_line(
+                        prediction.label,
+                        prediction.score,
+                        prediction.tokens,
+                        prediction.attention,
+                        colour=colour_on,
+                        label_width=width,
+                    )
+                )
         if len(pending) >= batch_size:
             click.echo("\n".join(pending), color=colour_on)
             pending.clear()

@@ -15,7 +15,6 @@ This module imports no torch.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import random
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vlattn.data.text import TextInputError, iter_lines, read_text, split_lines
 from vlattn.errors import VlattnError
 
 Format = Literal["auto", "uci", "csv", "tsv", "jsonl"]
@@ -49,7 +49,8 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
         p = Path(raw).expanduser()
         if p.is_dir():
             found = sorted(
-                f for f in p.iterdir()
+                f
+                for f in p.iterdir()
                 if f.is_file() and f.suffix.lower() in DATA_SUFFIXES and not f.name.lower().startswith("readme")
             )
             if not found:
@@ -77,21 +78,11 @@ def detect_format(path: Path) -> Format:
 
 
 def read_text_file(path: Path) -> str:
-    """The whole file as UTF-8 text, or a one-line error for binary or non-UTF-8 content."""
+    """The whole file as text (the shared reader's rules: UTF-8, optional BOM, no binary)."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise TextDataError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise TextDataError(f"{path} is a directory, not a text file") from None
-    except OSError as exc:
-        raise TextDataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"\x00" in raw:
-        raise TextDataError(f"{path} looks like a binary file, not text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise TextDataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+        return read_text(path)
+    except TextInputError as exc:
+        raise TextDataError(str(exc)) from None
 
 
 def _column(header: list[str], column: str, path: Path, what: str) -> int:
@@ -104,7 +95,7 @@ def _column(header: list[str], column: str, path: Path, what: str) -> int:
 
 def _read_uci(text: str, path: Path) -> list[Example]:
     examples: list[Example] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in ((n.number, n.text) for n in iter_lines(text)):
         if not line.strip():
             continue
         sentence, sep, label = line.rpartition("\t")
@@ -115,14 +106,21 @@ def _read_uci(text: str, path: Path) -> list[Example]:
 
 
 def _read_delimited(text: str, path: Path, delimiter: str, text_column: str, label_column: str) -> list[Example]:
-    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    # Lines keep a "\n" so that a quoted cell spanning lines keeps its line break.
+    reader = csv.reader((line + "\n" for line in split_lines(text)), delimiter=delimiter)
+    try:
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise TextDataError(
+            f"{path}:{reader.line_num}: not valid {'CSV' if delimiter == ',' else 'TSV'} ({exc})"
+        ) from None
     if not rows:
         return []
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0][1]]
     ti = _column(header, text_column, path, "text")
     li = _column(header, label_column, path, "label")
     examples = []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows[1:]:
         if not row or not any(cell.strip() for cell in row):
             continue
         if max(ti, li) >= len(row):
@@ -133,7 +131,7 @@ def _read_delimited(text: str, path: Path, delimiter: str, text_column: str, lab
 
 def _read_jsonl(text: str, path: Path, text_key: str, label_key: str) -> list[Example]:
     examples = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in ((n.number, n.text) for n in iter_lines(text)):
         if not line.strip():
             continue
         try:

@@ -41,14 +41,27 @@ def heaviest_tokens(tokens: Sequence[str], weights: Sequence[float] | None, coun
     return ", ".join(f"{t} {w:.2f}" for t, w in ranked)
 
 
-def render_line(label: str, score: float, tokens: Sequence[str], weights: Sequence[float] | None,
-                *, colour: bool, label_width: int = 8) -> str:
+def render_line(
+    label: str,
+    score: float,
+    tokens: Sequence[str],
+    weights: Sequence[float] | None,
+    *,
+    colour: bool,
+    label_width: int = 8,
+) -> str:
     """One output line: ``label score  tokens``; shaded tokens with colour, else the heaviest ones."""
     head = f"{label:<{label_width}} {score:.3f}"
     if colour:
-        styled = click.style(head, fg="green" if label == "positive" else "red" if label == "negative" else None,
-                             bold=True)
+        styled = click.style(
+            head, fg="green" if label == "positive" else "red" if label == "negative" else None, bold=True
+        )
         return f"{styled}  {shaded_tokens(tokens, weights)}"
     top = heaviest_tokens(tokens, weights)
     text = " ".join(tokens) if tokens else "(no known words)"
     return f"{head}  {text}" + (f"  [attention: {top}]" if top else "")
+
+
+def render_blank(line: int, *, label_width: int = 8) -> str:
+    """The output line of a blank input line: no label, no score, its line number."""
+    return f"{'-':<{label_width}} {'-':>5}  (blank line {line})"
