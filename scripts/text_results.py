@@ -25,8 +25,16 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tutorial-lstm": {"task": {"model": "tutorial-lstm"}, "trainer": {"epochs": 10}},
     "tutorial-attention": {"task": {"model": "tutorial-attention"}, "trainer": {"epochs": 10}},
     "ours": {
-        "task": {"model": "rnn", "cell": "gru", "attention": "additive", "subword_buckets": 10000,
-                 "embed_dim": 64, "hidden_size": 64, "word_dropout": 0.2, "min_freq": 2},
+        "task": {
+            "model": "rnn",
+            "cell": "gru",
+            "attention": "additive",
+            "subword_buckets": 10000,
+            "embed_dim": 64,
+            "hidden_size": 64,
+            "word_dropout": 0.2,
+            "min_freq": 2,
+        },
         "trainer": {"epochs": 15, "lr": 2e-3, "schedule": "cosine", "optimizer": "adamw", "weight_decay": 0.01},
     },
 }
@@ -34,10 +42,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPES["ours-ensemble"] = {"task": {**RECIPES["ours"]["task"], "ensemble": 5}, "trainer": RECIPES["ours"]["trainer"]}
 RECIPES["ours-ensemble3"] = {"task": {**RECIPES["ours"]["task"], "ensemble": 3}, "trainer": RECIPES["ours"]["trainer"]}
 # Ablations of "ours": one ingredient removed.
-RECIPES["ours-no-subwords"] = {"task": {**RECIPES["ours"]["task"], "subword_buckets": 0},
-                               "trainer": RECIPES["ours"]["trainer"]}
-RECIPES["ours-no-attention"] = {"task": {**RECIPES["ours"]["task"], "attention": "none"},
-                                "trainer": RECIPES["ours"]["trainer"]}
+RECIPES["ours-no-subwords"] = {
+    "task": {**RECIPES["ours"]["task"], "subword_buckets": 0},
+    "trainer": RECIPES["ours"]["trainer"],
+}
+RECIPES["ours-no-attention"] = {
+    "task": {**RECIPES["ours"]["task"], "attention": "none"},
+    "trainer": RECIPES["ours"]["trainer"],
+}
 EXAMPLES = [
     "The battery lasts all day and the screen is gorgeous.",
     "Worst customer service I have ever experienced.",
@@ -47,10 +59,12 @@ EXAMPLES = [
 ]
 
 
-def run_one(data: list[str], recipe: dict[str, Any], split: dict[str, Any], seed: int, work: Path,
-            threads: int) -> dict[str, Any]:
+def run_one(
+    data: list[str], recipe: dict[str, Any], split: dict[str, Any], seed: int, work: Path, threads: int
+) -> dict[str, Any]:
     """Train one run; return its per-epoch validation accuracies and seconds per epoch."""
     from vlattn.train import fit
+    from vlattn.train.logging import read_metrics
 
     task_config = {"data": data, **recipe["task"], **split}
     trainer = {"seed": seed, "quiet": True, "tensorboard": False, "threads": threads, **recipe["trainer"]}
@@ -58,7 +72,7 @@ def run_one(data: list[str], recipe: dict[str, Any], split: dict[str, Any], seed
     start = time.perf_counter()
     result = fit("text-classifier", task_config, trainer, out)
     seconds = time.perf_counter() - start
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     accuracy = [r["accuracy"] for r in rows if r.get("split") == "val"]
     return {"accuracy": accuracy, "sec_per_epoch": seconds / trainer["epochs"], "model": str(result.last_path)}
 
@@ -117,26 +131,33 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         recipe = RECIPES[name]
         if args.seeds and name in split_models:
-            runs = [run_one(data, recipe, {"split": "last", "val_split": 0.2}, seed, work, args.threads)
-                    for seed in range(args.seeds)]
+            runs = [
+                run_one(data, recipe, {"split": "last", "val_split": 0.2}, seed, work, args.threads)
+                for seed in range(args.seeds)
+            ]
             summary.setdefault(name, {})["split"] = summarise(runs)
             print(f"{name} tutorial split: {summary[name]['split']}", file=sys.stderr, flush=True)
         if args.folds and name in cv_models:
-            runs = [run_one(data, recipe, {"folds": args.folds, "fold": k, "split_seed": 0}, 0, work, args.threads)
-                    for k in range(args.folds)]
+            runs = [
+                run_one(data, recipe, {"folds": args.folds, "fold": k, "split_seed": 0}, 0, work, args.threads)
+                for k in range(args.folds)
+            ]
             summary.setdefault(name, {})["cv"] = summarise(runs)
             last_cv_model[name] = runs[0]["model"]
             print(f"{name} {args.folds}-fold CV: {summary[name]['cv']}", file=sys.stderr, flush=True)
 
-    print(f"| model | tutorial split, {args.seeds} seeds: last epoch (best epoch) | "
-          f"{args.folds}-fold CV: last epoch (best epoch) | s/epoch (1 thread) |")
+    print(
+        f"| model | tutorial split, {args.seeds} seeds: last epoch (best epoch) | "
+        f"{args.folds}-fold CV: last epoch (best epoch) | s/epoch (1 thread) |"
+    )
     print("| --- | --- | --- | --- |")
     for name, parts in summary.items():
         cells = []
         for key in ("split", "cv"):
             s = parts.get(key)
-            cells.append(f"{100 * s['final_mean']:.2f} ± {100 * s['final_sd']:.2f} ({100 * s['best_mean']:.2f})"
-                         if s else "-")
+            cells.append(
+                f"{100 * s['final_mean']:.2f} ± {100 * s['final_sd']:.2f} ({100 * s['best_mean']:.2f})" if s else "-"
+            )
         seconds = next(iter(parts.values()))["sec_per_epoch"]
         print(f"| {name} | {cells[0]} | {cells[1]} | {seconds:.1f} |")
     print("\nLast-epoch accuracy of every run (seeds 0.., folds 0..):\n")

@@ -37,13 +37,23 @@ import torch
 
 from vlattn.fileio import atomic_write
 from vlattn.train import fit
+from vlattn.train.logging import read_metrics
 from vlattn.train.loop import RunResult
 
 #: The bundled model's architecture and data (the model file stores them; change with --options).
 RECIPE = {
-    "synthetic_train": 8000, "synthetic_val": 200, "image_size": 48, "grid": 12, "cnn_channels": 64,
-    "coordinates": True, "embed_dim": 64, "hidden_dim": 128, "dropout": 0.2, "train_captions": "first",
-    "eval_beam_size": 3, "doubly_stochastic": 0.0,
+    "synthetic_train": 8000,
+    "synthetic_val": 200,
+    "image_size": 48,
+    "grid": 12,
+    "cnn_channels": 64,
+    "coordinates": True,
+    "embed_dim": 64,
+    "hidden_dim": 128,
+    "dropout": 0.2,
+    "train_captions": "first",
+    "eval_beam_size": 3,
+    "doubly_stochastic": 0.0,
 }
 #: What the second run adds.
 SHARPEN = {"context_dropout": 0.75, "attention_entropy": 0.1}
@@ -57,8 +67,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9, help="epochs of the first run")
     parser.add_argument("--sharpen-epochs", type=int, default=8, help="epochs of the second run (0 = none)")
     parser.add_argument("--sharpen-lr", type=float, default=1e-3)
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="skip the first run: sharpen this model file (e.g. to train a model further)")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="skip the first run: sharpen this model file (e.g. to train a model further)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "linear"])
@@ -75,13 +89,29 @@ def main() -> None:
     if args.init_from is not None and args.sharpen_epochs == 0:
         raise SystemExit("--init-from needs --sharpen-epochs > 0")
     torch.set_num_threads(args.threads)
-    task_config = {**RECIPE, "attention": args.attention, "synthetic_train": args.train,
-                   "synthetic_val": args.val, **json.loads(args.options)}
+    task_config = {
+        **RECIPE,
+        "attention": args.attention,
+        "synthetic_train": args.train,
+        "synthetic_val": args.val,
+        **json.loads(args.options),
+    }
     trainer_config = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": 100, "lr": args.lr,
-        "schedule": args.schedule, "warmup_steps": args.warmup_steps, "grad_clip": 5.0, "seed": args.seed,
-        "threads": args.threads, "early_stop": args.early_stop, "patience": args.patience, "log_every": 20,
-        "quiet": True, "tensorboard": False, "device": "cpu",
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "eval_batch_size": 100,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "warmup_steps": args.warmup_steps,
+        "grad_clip": 5.0,
+        "seed": args.seed,
+        "threads": args.threads,
+        "early_stop": args.early_stop,
+        "patience": args.patience,
+        "log_every": 20,
+        "quiet": True,
+        "tensorboard": False,
+        "device": "cpu",
     }
     root = args.run_dir or Path("runs") / f"caption-synthetic-{args.attention}"
     start_from = args.init_from
@@ -90,8 +120,9 @@ def main() -> None:
         start_from = result.best_path
     if args.sharpen_epochs > 0:
         sharpen = {**task_config, **SHARPEN, "init_from": str(start_from), **json.loads(args.options)}
-        result = _run(sharpen, {**trainer_config, "epochs": args.sharpen_epochs, "lr": args.sharpen_lr},
-                      root / "sharpen")
+        result = _run(
+            sharpen, {**trainer_config, "epochs": args.sharpen_epochs, "lr": args.sharpen_lr}, root / "sharpen"
+        )
     best = result.best_path
     assert best is not None
     atomic_write(args.out, lambda tmp: shutil.copyfile(best, tmp))
@@ -102,8 +133,7 @@ def _run(task_config: dict, trainer_config: dict, run_dir: Path) -> RunResult:
     """One ``fit`` run; prints its validation rows."""
     start = time.perf_counter()
     result = fit("caption", task_config, trainer_config, run_dir)
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    for row in read_metrics(run_dir):
         if row.get("split") == "val":
             shown = " ".join(f"{k}={row[k]:.4f}" for k in ("loss", "bleu4", "cider_d", "grounding") if k in row)
             print(f"{run_dir.name} epoch {row.get('epoch')} step {row.get('step')} val {shown}")

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from vlattn.data.images import load_image
+from vlattn.data.text import TextInputError, iter_lines, read_text, split_lines
 from vlattn.errors import VlattnError
 from vlattn.fileio import atomic_write_text
 from vlattn_caption import synthetic
@@ -90,7 +91,11 @@ def _object_json(obj: synthetic.SceneObject) -> dict[str, Any]:
 
 
 def write_synthetic(
-    out: str | Path, *, counts: dict[str, int], seed: int = 0, image_size: int = 64,
+    out: str | Path,
+    *,
+    counts: dict[str, int],
+    seed: int = 0,
+    image_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write synthetic scenes as PNGs plus a Karpathy-style ``dataset.json`` under ``out``.
@@ -136,19 +141,44 @@ def read_records(path: str | Path, image_root: str | Path | None = None) -> list
         raise CaptionDataError(f"caption dataset not found: {p}")
     root = Path(image_root) if image_root else p.parent
     suffix = p.suffix.lower()
+    if suffix not in (".json", ".jsonl", ".csv", ".tsv"):
+        raise CaptionDataError(f"{p}: unknown caption file type (use .json (Karpathy), .jsonl or .csv)")
     try:
-        if suffix == ".json":
-            return _karpathy(json.loads(p.read_text(encoding="utf-8")), root, p)
-        if suffix == ".jsonl":
-            rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-            return _grouped(rows, root, p)
-        if suffix in (".csv", ".tsv"):
-            with p.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
-            return _grouped(rows, root, p)
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
-        raise CaptionDataError(f"{p} cannot be parsed: {exc}") from None
-    raise CaptionDataError(f"{p}: unknown caption file type (use .json (Karpathy), .jsonl or .csv)")
+        text = read_text(p)
+    except TextInputError as exc:
+        raise CaptionDataError(str(exc)) from None
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CaptionDataError(f"{p} cannot be parsed: {exc}") from None
+        return _karpathy(data, root, p)
+    if suffix == ".jsonl":
+        return _grouped(_jsonl_rows(text, p), root, p)
+    return _grouped(_delimited_rows(text, p, "\t" if suffix == ".tsv" else ","), root, p)
+
+
+def _jsonl_rows(text: str, source: Path) -> list[tuple[int, Any]]:
+    """``(line number, object)`` for each non-blank line."""
+    rows = []
+    for line in iter_lines(text):
+        if line.blank:
+            continue
+        try:
+            rows.append((line.number, json.loads(line.text)))
+        except json.JSONDecodeError as exc:
+            raise CaptionDataError(f"{source}:{line.number}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def _delimited_rows(text: str, source: Path, delimiter: str) -> list[tuple[int, Any]]:
+    """``(line number, row as a dict)`` for each data row; the first row names the columns."""
+    # Lines keep a "\n" so that a quoted cell spanning lines keeps its line break.
+    reader = csv.DictReader((line + "\n" for line in split_lines(text)), delimiter=delimiter)
+    try:
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise CaptionDataError(f"{source}:{reader.line_num}: cannot be parsed ({exc})") from None
 
 
 def _karpathy(data: Any, root: Path, source: Path) -> list[CaptionRecord]:
@@ -169,11 +199,11 @@ def _karpathy(data: Any, root: Path, source: Path) -> list[CaptionRecord]:
     return records
 
 
-def _grouped(rows: list[dict[str, Any]], root: Path, source: Path) -> list[CaptionRecord]:
+def _grouped(rows: list[tuple[int, Any]], root: Path, source: Path) -> list[CaptionRecord]:
     by_image: dict[str, CaptionRecord] = {}
-    for n, row in enumerate(rows):
+    for number, row in rows:
         if not isinstance(row, dict) or not row.get("image") or not row.get("caption"):
-            raise CaptionDataError(f"{source}: row {n + 1} needs 'image' and 'caption' values")
+            raise CaptionDataError(f"{source}:{number}: the row needs 'image' and 'caption' values")
         name = str(row["image"])
         split = str(row.get("split") or _hash_split(name))
         record = by_image.setdefault(name, CaptionRecord(name, [], split, path=root / name))

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vlattn.data.text import iter_lines, read_text
+from vlattn.errors import VlattnError
 from vlattn.fileio import atomic_write_text
 
 JSONL = "metrics.jsonl"
@@ -20,6 +22,34 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run folder's ``metrics.jsonl`` in order (the shared line reader's rules).
+
+    A line that is not a JSON object (a row cut short by a crash) is skipped; a missing file gives
+    no rows.
+    """
+    path = Path(run_dir) / JSONL
+    if not path.exists():
+        return []
+    rows = []
+    for line in iter_lines(read_text(path)):
+        try:
+            row = json.loads(line.text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def row_step(row: Mapping[str, Any], path: Path) -> int:
+    """The ``step`` of a metrics row; a one-line error for a row without a usable one."""
+    try:
+        return int(row.get("step", 0))
+    except (TypeError, ValueError):
+        raise VlattnError(f"{path}: a row has step {row.get('step')!r}, not a number") from None
 
 
 class MetricsLog:
@@ -45,13 +75,7 @@ class MetricsLog:
         path = self.run_dir / JSONL
         if not path.exists():
             return
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if int(row.get("step", 0)) <= up_to_step:
-                self.rows.append(row)
+        self.rows.extend(row for row in read_metrics(self.run_dir) if row_step(row, path) <= up_to_step)
         self._rewrite()
 
     def log(self, step: int, epoch: int, split: str, metrics: Mapping[str, float]) -> None:
