@@ -89,15 +89,39 @@ def save_state(
     atomic_write(run_dir / rng_file(rank), lambda p: torch.save(rng, p))
 
 
+def read_state_file(path: Path) -> dict[str, Any]:
+    """One state file read with ``weights_only=True`` (tensors and plain values only).
+
+    Raises :class:`VlattnError` in one line naming the file: for a file holding other Python
+    objects (refused, never unpickled), and for a truncated or corrupt one.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise VlattnError(
+            f"{path} holds Python objects other than tensors and plain values; vlattn does not unpickle "
+            "them (it is not a trainer state written by vlattn)"
+        ) from None
+    except Exception as exc:  # torch reports a damaged zip archive in several ways
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise VlattnError(f"{path} is truncated or corrupt ({reason})") from None
+    if not isinstance(state, dict):
+        raise VlattnError(f"{path} is not a vlattn trainer state (it holds a {type(state).__name__})")
+    return state
+
+
 def load_state(run_dir: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Read the trainer state and this process's RNG state (``None`` if that file is missing)."""
     path = run_dir / STATE_FILE
     if not path.exists():
         raise VlattnError(f"{run_dir} has no {STATE_FILE}: it is not a resumable run folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        rng_path = run_dir / rng_file(rank)
-        rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.exists() else None
-    except Exception as exc:
-        raise VlattnError(f"cannot read the trainer state in {run_dir}: {exc}") from None
+    state = read_state_file(path)
+    missing = [key for key in ("progress", "optimizer", "scheduler", "scaler") if key not in state]
+    if missing:
+        raise VlattnError(f"{path} is not a vlattn trainer state (no {', '.join(missing)})")
+    rng_path = run_dir / rng_file(rank)
+    rng = read_state_file(rng_path) if rng_path.exists() else None
     return state, rng
