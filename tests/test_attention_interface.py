@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from attention_cases import (
@@ -14,10 +12,10 @@ from attention_cases import (
     builtin_only,
     inputs,
 )
-from safetensors.torch import load_file, save_file
 
 from vlattn.attention import build_attention
 from vlattn.attention.plugin import BUILTIN
+from vlattn.testing import ALL_CHECKS, check_mechanism
 
 NAMES = sorted(CASES)
 
@@ -31,20 +29,25 @@ def test_every_registered_name_is_covered_and_builds_with_defaults() -> None:
             assert spec.formula and spec.paper and spec.summary
 
 
+def contract_settings(name: str) -> dict[str, object]:
+    """The :func:`vlattn.testing.check_mechanism` settings of a built-in mechanism."""
+    query_dim, key_dim, options = CASES[name]
+    return {
+        "query_dim": query_dim,
+        "key_dim": key_dim,
+        "options": options,
+        "partial_weights": name in PARTIAL_WEIGHTS,
+        "per_step_query": name != "local-m",  # a single query must be told its step (``positions``)
+        "other_value_size": name not in PROJECTED_CONTEXT,
+    }
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_single_query_shapes_and_weights_sum_to_one(name: str) -> None:
-    module = build(name)
-    query, keys, mask = inputs(name)
-    context, weights = module(query, keys, mask=mask)
-    out_dim = CASES[name][0] if name in PROJECTED_CONTEXT else keys.shape[-1]
-    assert context.shape == (3, out_dim)
-    assert weights.shape == (3, 6)
-    assert torch.all(weights >= 0)
-    if name in PARTIAL_WEIGHTS:
-        assert torch.all(weights.sum(-1) > 0) and torch.all(weights.sum(-1) <= 1 + 1e-6)
-    else:
-        torch.testing.assert_close(weights.sum(-1), torch.ones(3))
-    assert torch.all(weights[~mask] == 0)
+def test_builtin_mechanisms_keep_the_contract(name: str) -> None:
+    """The plugin authors' contract kit, run on every built-in mechanism."""
+    with builtin_only():
+        passed = check_mechanism(name, **contract_settings(name))
+    assert passed == [check.__name__ for check in ALL_CHECKS]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -61,51 +64,11 @@ def test_query_sequence_matches_single_queries(name: str) -> None:
         torch.testing.assert_close(w_t, weights[:, t])
 
 
-@pytest.mark.parametrize("name", sorted(set(NAMES) - PROJECTED_CONTEXT))
-def test_values_default_to_keys_and_can_differ(name: str) -> None:
-    module = build(name)
-    query, keys, mask = inputs(name)
-    values = torch.randn(3, 6, 7)
-    context, weights = module(query, keys, values, mask=mask)
-    assert context.shape == (3, 7)
-    torch.testing.assert_close(context, torch.einsum("bs,bsd->bd", weights, values))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_fully_masked_row_gives_zeros_not_nan(name: str) -> None:
-    module = build(name)
-    query, keys, mask = inputs(name)
-    mask[1] = False
-    query.requires_grad_(True)
-    keys.requires_grad_(True)
-    context, weights = module(query, keys, mask=mask)
-    assert torch.isfinite(context).all() and torch.isfinite(weights).all()
-    assert torch.all(weights[1] == 0)
-    assert torch.all(context[1] == 0)
-    context.sum().backward()
-    assert keys.grad is not None and torch.isfinite(keys.grad).all()
-    assert query.grad is None or torch.isfinite(query.grad).all()
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_padding_content_does_not_change_the_result(name: str) -> None:
-    module = build(name)
-    query, keys, mask = inputs(name)
-    context, weights = module(query, keys, mask=mask)
-    noisy = keys.clone()
-    noisy[~mask] = 1e3 * torch.randn(int((~mask).sum()), keys.shape[-1])
-    context2, weights2 = module(query, noisy, mask=mask)
-    torch.testing.assert_close(context2, context)
-    torch.testing.assert_close(weights2, weights)
-
-
-@pytest.mark.parametrize("fast", [True, pytest.param(False, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", NAMES)
-def test_gradcheck_float64(name: str, fast: bool) -> None:
-    """Gradients with respect to the inputs and every parameter match finite differences.
-
-    The fast mode compares random projections of the Jacobians; ``-m slow`` checks them whole.
-    """
+def test_gradcheck_float64_whole_jacobians(name: str) -> None:
+    """Gradients with respect to the inputs and every parameter match finite differences, whole
+    Jacobians (the contract kit compares random projections of them)."""
     module = build(name, dtype=torch.float64)
     query, keys, mask = inputs(name, batch=2, source=4, dtype=torch.float64)
     names = [n for n, _ in module.named_parameters()]
@@ -117,22 +80,7 @@ def test_gradcheck_float64(name: str, fast: bool) -> None:
         state = dict(zip(names, flat, strict=True))
         return torch.func.functional_call(module, state, (q, k), {"mask": mask})
 
-    assert torch.autograd.gradcheck(run, (query, keys, *params), fast_mode=fast)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_state_round_trips_through_safetensors(name: str, tmp_path: Path) -> None:
-    module = build(name)
-    query, keys, mask = inputs(name)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    path = tmp_path / "attn.safetensors"
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
-    fresh = build(name)
-    fresh.load_state_dict(load_file(str(path)))
-    for out, ref in zip(fresh(query, keys, mask=mask), module(query, keys, mask=mask), strict=True):
-        torch.testing.assert_close(out, ref)
+    assert torch.autograd.gradcheck(run, (query, keys, *params), fast_mode=False)
 
 
 def test_registering_the_mechanisms_imports_no_torch() -> None:

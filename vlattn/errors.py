@@ -22,6 +22,14 @@ class PluginLoadError(VlattnError):
     """A plugin failed to load while ``VLATTN_STRICT_PLUGINS`` was set."""
 
 
+class PluginFactoryError(VlattnError):
+    """A plugin's factory (``"package.module:Name"``) is malformed or cannot be imported."""
+
+
+class PluginContractError(VlattnError):
+    """A plugin's mechanism or task does not keep the interface vlattn documents for it."""
+
+
 class ModelFileError(VlattnError):
     """A model file is missing, corrupt, or not a vlattn model."""
 

@@ -12,22 +12,40 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
-from vlattn.errors import DuplicateNameError, UnknownNameError
+from vlattn.errors import DuplicateNameError, PluginFactoryError, UnknownNameError
 
 Factory = str | Callable[..., Any]
 
 
 def resolve(factory: Factory) -> Any:
-    """Import ``"package.module:attr"`` (or return a callable unchanged)."""
+    """Import ``"package.module:attr"`` (or return a callable unchanged).
+
+    Raises :class:`PluginFactoryError` (one line: what failed and why) when the string is malformed,
+    the module cannot be imported or has no such attribute.
+    """
     if not isinstance(factory, str):
         return factory
     module_name, sep, attr = factory.partition(":")
-    if not sep or not attr:
-        raise ValueError(f"factory {factory!r} must look like 'package.module:Name'")
-    obj: Any = importlib.import_module(module_name)
+    if not sep or not attr or not module_name:
+        raise PluginFactoryError(f"factory {factory!r} must look like 'package.module:Name'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise PluginFactoryError(f"factory {factory!r} cannot be imported: {type(exc).__name__}: {exc}") from exc
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PluginFactoryError(f"factory {factory!r}: {module_name} has no attribute {attr!r}") from None
     return obj
+
+
+def _load(spec: AttentionSpec | TaskSpec, kind: str) -> Any:
+    try:
+        return resolve(spec.factory)
+    except PluginFactoryError as exc:
+        by = f" of plugin {spec.plugin!r}" if spec.plugin else ""
+        raise PluginFactoryError(f"{kind} {spec.name!r}{by}: {exc}") from exc.__cause__
 
 
 @dataclass(frozen=True)
@@ -38,8 +56,9 @@ class AttentionSpec:
         name: the name models and ``--attention`` options use (``"additive"``).
         factory: ``"module:Class"`` or callable; called as ``factory(query_dim, key_dim, **options)``.
         summary: one line shown by ``vlattn list``.
-        formula: the score or weighting formula, for documentation.
-        paper: citation of the paper that introduced it.
+        formula: the score or weighting formula in plain text, shown by ``vlattn list --json`` and the
+            docs (``"score = v^T tanh(W q + U k)"``); optional.
+        paper: a short citation of the paper that introduced it (``"Bahdanau et al. 2015"``); optional.
         plugin: filled in by the registry: the plugin that registered it.
     """
 
@@ -51,8 +70,9 @@ class AttentionSpec:
     plugin: str = ""
 
     def load(self) -> Callable[..., Any]:
-        """Return the factory, importing it if it is a dotted string."""
-        return resolve(self.factory)
+        """Return the factory, importing it if it is a dotted string (:class:`PluginFactoryError`
+        naming the mechanism and its plugin when that fails)."""
+        return _load(self, "attention mechanism")
 
 
 @dataclass(frozen=True)
@@ -72,8 +92,9 @@ class TaskSpec:
     plugin: str = ""
 
     def load(self) -> type[Any]:
-        """Return the :class:`vlattn.task.Task` subclass, importing it if needed."""
-        return resolve(self.factory)
+        """Return the :class:`vlattn.task.Task` subclass, importing it if needed (:class:`PluginFactoryError`
+        naming the task and its plugin when that fails)."""
+        return _load(self, "task")
 
 
 SpecT = TypeVar("SpecT", AttentionSpec, TaskSpec)
@@ -111,6 +132,13 @@ class Registry(Generic[SpecT]):
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(self._specs)) or "none"
         return f"unknown {self.kind} {name!r}{hint} (known: {known})"
+
+    def discard_plugin(self, plugin: str) -> list[str]:
+        """Withdraw every name ``plugin`` registered (it failed); returns the names withdrawn."""
+        gone = [name for name, spec in self._specs.items() if spec.plugin == plugin]
+        for name in gone:
+            del self._specs[name]
+        return gone
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

@@ -113,3 +113,33 @@ class Task(abc.ABC):
     def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:
         """Restore what :meth:`artifacts` returned, before :meth:`build_model` is called."""
         return None
+
+
+def task_class_problems(task_cls: Any) -> list[str]:
+    """What keeps ``task_cls`` from being a usable :class:`Task` (empty when nothing does).
+
+    Checked before a run folder is created, by ``vlattn plugins --check`` and by
+    :func:`vlattn.testing.check_task`: a ``Task`` subclass, no abstract method left, ``Config`` and
+    ``EvalOptions`` dataclasses, and ``best_metric`` a ``(name, "max" | "min")`` pair.
+    """
+    import dataclasses
+    import inspect
+
+    if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
+        return [f"the factory gave {task_cls!r}, not a subclass of vlattn.task.Task"]
+    problems = []
+    missing = sorted(getattr(task_cls, "__abstractmethods__", ()))
+    if inspect.isabstract(task_cls) and missing:
+        problems.append(f"{task_cls.__name__} does not implement {', '.join(missing)}")
+    config = getattr(task_cls, "Config", None)
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        problems.append(f"{task_cls.__name__}.Config must be a dataclass of the task's options")
+    options = getattr(task_cls, "EvalOptions", None)
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        problems.append(f"{task_cls.__name__}.EvalOptions must be a dataclass (EmptyOptions when there are none)")
+    metric = getattr(task_cls, "best_metric", None)
+    if not (
+        isinstance(metric, tuple) and len(metric) == 2 and isinstance(metric[0], str) and metric[1] in ("max", "min")
+    ):
+        problems.append(f"{task_cls.__name__}.best_metric must be (metric name, 'max' or 'min'), got {metric!r}")
+    return problems

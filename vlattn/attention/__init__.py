@@ -46,15 +46,20 @@ def build_attention(name: str, query_dim: int, key_dim: int, **options: Any) -> 
     """Instantiate the mechanism registered as ``name`` (by any plugin).
 
     Raises :class:`vlattn.errors.UnknownNameError` naming close matches for an unknown name,
-    and :class:`vlattn.attention.errors.AttentionConfigError` (a ``VlattnError``) naming the
-    accepted options when an option name is unknown.
+    :class:`vlattn.attention.errors.AttentionConfigError` (a ``VlattnError``) naming the
+    accepted options when an option name is unknown, and :class:`vlattn.errors.PluginContractError`
+    naming the mechanism and its plugin when the factory does not return a module or, at the
+    module's first calls, when ``forward`` returns something other than ``(context [B, (Tq,) Dc],
+    weights [B, (Tq,) S] | None)``.
     """
     import inspect
 
+    from vlattn.attention.boundary import watch_outputs
     from vlattn.attention.errors import AttentionConfigError
     from vlattn.plugins import attention_registry
 
-    factory = attention_registry().get(name).load()
+    spec = attention_registry().get(name)
+    factory = spec.load()
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # some callables have no inspectable signature
@@ -73,7 +78,22 @@ def build_attention(name: str, query_dim: int, key_dim: int, **options: Any) -> 
                 f"attention mechanism {name!r} has no option {', '.join(map(repr, unknown))}"
                 f" (options: {', '.join(accepted) or 'none'})"
             ) from None
-    return factory(query_dim, key_dim, **options)
+    module = factory(query_dim, key_dim, **options)
+    if not isinstance(module, torch_module()):
+        from vlattn.errors import PluginContractError
+
+        raise PluginContractError(
+            f"attention mechanism {name!r} of plugin {spec.plugin!r}: its factory returned "
+            f"{type(module).__name__}, expected a torch.nn.Module (subclass vlattn.attention.Attention)"
+        )
+    return watch_outputs(module, name, spec.plugin)
+
+
+def torch_module() -> type:
+    """``torch.nn.Module``, imported when first needed."""
+    from torch import nn
+
+    return nn.Module
 
 
 __all__ = [

@@ -32,7 +32,9 @@ def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
 class Attention(nn.Module):
     """Base class of attention mechanisms.
 
-    Every mechanism is built as ``Mechanism(query_dim, key_dim, **options)`` and called as
+    Every mechanism is built as ``Mechanism(query_dim, key_dim, **options)``; its ``__init__``
+    must call ``super().__init__(query_dim, key_dim)`` (it sets up ``nn.Module`` and records the
+    two sizes as ``self.query_dim`` / ``self.key_dim``). It is called as
     ``forward(query, keys, values=None, mask=None) -> (context, weights)``:
 
     Args:
@@ -60,6 +62,11 @@ class Attention(nn.Module):
         super().__init__()
         self.query_dim = query_dim
         self.key_dim = key_dim
+
+    def context_size(self, value_dim: int) -> int:
+        """The context's size ``Dc`` for values of size ``Dv``: ``Dv`` unless the mechanism
+        projects its output (multi-head attention returns ``embed_dim``)."""
+        return value_dim
 
     def forward(  # type: ignore[override]
         self,

@@ -195,6 +195,10 @@ class MultiHeadAttention(Attention):
             return F.linear(query, w_q, b_q), k, v
         return F.linear(query, w_q, b_q), F.linear(keys, w_k, b_k), F.linear(values, w_v, b_v)
 
+    def context_size(self, value_dim: int) -> int:
+        """``E``: the output projection maps every head's context to ``embed_dim``."""
+        return self.embed_dim
+
     def split_heads(self, x: Tensor) -> Tensor:
         """``[B, T, E]`` -> ``[B, h, T, E / h]``."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
