@@ -72,24 +72,27 @@ def test_reconstruct_an_image(model_file: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["--steps", "0"], "--steps must be between"),
-        (["--steps", "-4"], "--steps must be between"),
-        (["--steps", "1000000"], "--steps must be between"),
-        (["--num", "0"], "--num must be between"),
-        (["--num", "100000"], "--num must be between"),
-        (["--out", "/nonexistent-folder/x.gif"], "does not exist"),
-        (["--out", "picture.png"], "must name a .gif"),
-        (["--reconstruct", "/nonexistent.png"], "no such file"),
+        (["--steps", "0"], "Invalid value for '--steps'", 2),
+        (["--steps", "-4"], "Invalid value for '--steps'", 2),
+        (["--steps", "1000000"], "Invalid value for '--steps'", 2),
+        (["--num", "0"], "Invalid value for '--num'", 2),
+        (["--num", "100000"], "Invalid value for '--num'", 2),
+        (["--num", "1024", "--steps", "1000"], "GiB of GIF frames", 2),
+        (["--out", "/nonexistent-folder/x.gif"], "does not exist", 1),
+        (["--out", "picture.png"], "must name a .gif", 2),
+        (["--reconstruct", "/nonexistent.png"], "no such file", 1),
     ],
 )
-def test_bad_arguments_give_one_line_errors(model_file: Path, args: list[str], message: str, tmp_path: Path) -> None:
+def test_bad_arguments_give_one_line_errors(
+    model_file: Path, args: list[str], message: str, code: int, tmp_path: Path
+) -> None:
     defaults = ["--model", str(model_file)]
     if "--out" not in args:
         defaults += ["--out", str(tmp_path / "x.gif")]
     result = run(*defaults, *args)
-    assert result.exit_code != 0
+    assert result.exit_code == code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0

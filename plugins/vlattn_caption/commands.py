@@ -14,7 +14,7 @@ import click
 from vlattn.errors import VlattnError
 
 
-@click.command("caption")
+@click.command("caption", short_help="Caption IMAGE files (many are decoded as one batch).")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 @click.option("--model", "-m", default=None, metavar="PATH",
               help="model file or training run folder [default: the bundled synthetic-scenes model]")
@@ -27,8 +27,12 @@ from vlattn.errors import VlattnError
               help="write IMAGE_NAME.attention.png per image: the attention of every word over the image")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096), help="images per batch")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@click.option("--hard-attention", "hard_decoding", type=click.Choice(["expectation", "argmax", "sample"]),
+              default=None, help="hard-attention models: expected context, argmax location or a sampled one per word "
+              "[default: the model's own, expectation unless trained with --hard-decoding]")
 def caption(images: tuple[str, ...], model: str | None, beam_size: int, max_len: int, length_penalty: float,
-            as_json: bool, attention_out: Path | None, batch_size: int, device: str) -> None:
+            as_json: bool, attention_out: Path | None, batch_size: int, device: str,
+            hard_decoding: str | None) -> None:
     """Caption IMAGE files (many are decoded as one batch).
 
     Prints one caption per image (with the file name first when there are several). Unreadable
@@ -43,7 +47,8 @@ def caption(images: tuple[str, ...], model: str | None, beam_size: int, max_len:
 
     captioner = Captioner.load(model, device=device)  # a bad model file: one line from the root CLI
     results = captioner.caption_files(list(images), beam_size=beam_size, max_len=max_len, alpha=length_penalty,
-                                      batch_size=batch_size, keep_pictures=attention_out is not None)
+                                      batch_size=batch_size, keep_pictures=attention_out is not None,
+                                      hard_decoding=hard_decoding)
     if attention_out is not None:
         _write_figures(results, attention_out)
     failed = 0
@@ -84,7 +89,7 @@ def _write_figures(results: list, folder: Path) -> None:
         atomic_write(folder / name, lambda p, fig=figure: fig.save(p, format="PNG"))
 
 
-@click.command("caption-data")
+@click.command("caption-data", short_help="Write the synthetic scenes as PNG images and a Karpathy JSON.")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--train", "n_train", default=6000, show_default=True, type=click.IntRange(0), help="training scenes")
 @click.option("--val", "n_val", default=300, show_default=True, type=click.IntRange(0), help="validation scenes")

@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from vlattn.fileio import atomic_write
 
@@ -79,7 +80,13 @@ def image_grid(
 
 
 def _rectangle(
-    pen: ImageDraw.ImageDraw, box: Box, left: int, top: int, width: int, height: int, scale: int,
+    pen: ImageDraw.ImageDraw,
+    box: Box,
+    left: int,
+    top: int,
+    width: int,
+    height: int,
+    scale: int,
     colour: tuple[int, int, int],
 ) -> None:
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -97,13 +104,32 @@ def _rectangle(
     pen.rectangle(corners, outline=colour, width=max(1, scale // 3))
 
 
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write ``image`` as PNG to ``path`` atomically."""
-    return atomic_write(path, lambda p: image.save(p, format="PNG"))
+def save_png(image: Image.Image, path: str | Path, *, text: Mapping[str, str] | None = None) -> Path:
+    """Write ``image`` as PNG to ``path`` atomically; ``text`` goes into PNG text chunks (e.g.
+    ``{"Software": "vlattn draw"}``, which :func:`png_text` reads back)."""
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    return atomic_write(path, lambda p: image.save(p, format="PNG", pnginfo=info))
+
+
+def png_text(path: str | Path) -> dict[str, str]:
+    """The text chunks of the PNG file ``path``; empty for a file that is not a readable PNG."""
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                return {}
+            return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+    except Exception:  # not an image, truncated, unreadable: no text of ours
+        return {}
 
 
 def save_gif(
-    frames: Sequence[Image.Image], path: str | Path, *, duration_ms: int = 100, last_frame_ms: int = 1000,
+    frames: Sequence[Image.Image],
+    path: str | Path,
+    *,
+    duration_ms: int = 100,
+    last_frame_ms: int = 1000,
     loop: int = 0,
 ) -> Path:
     """Write ``frames`` as an animated GIF atomically (``loop = 0``: forever).
@@ -113,12 +139,18 @@ def save_gif(
     if not frames:
         raise ValueError("no frames to write")
     durations = [duration_ms] * (len(frames) - 1) + [last_frame_ms]
-    first, *rest = [f.convert("RGB") for f in frames]
+    first, *rest = [f if f.mode == "RGB" else f.convert("RGB") for f in frames]
 
     def write(p: Path) -> None:
         first.save(
-            p, format="GIF", save_all=True, append_images=rest, duration=durations, loop=loop,
-            disposal=1, optimize=False,
+            p,
+            format="GIF",
+            save_all=True,
+            append_images=rest,
+            duration=durations,
+            loop=loop,
+            disposal=1,
+            optimize=False,
         )
 
     return atomic_write(path, write)
