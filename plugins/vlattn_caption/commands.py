@@ -16,23 +16,47 @@ from vlattn.errors import VlattnError
 
 @click.command("caption", short_help="Caption IMAGE files (many are decoded as one batch).")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
-@click.option("--model", "-m", default=None, metavar="PATH",
-              help="model file or training run folder [default: the bundled synthetic-scenes model]")
-@click.option("--beam-size", "-k", default=5, show_default=True, type=click.IntRange(1, 100),
-              help="beam size (1 = greedy)")
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    metavar="PATH",
+    help="model file or training run folder [default: the bundled synthetic-scenes model]",
+)
+@click.option(
+    "--beam-size", "-k", default=5, show_default=True, type=click.IntRange(1, 100), help="beam size (1 = greedy)"
+)
 @click.option("--max-len", default=20, show_default=True, type=click.IntRange(1, 200), help="most words per caption")
 @click.option("--length-penalty", default=0.0, show_default=True, type=float, help="length penalty exponent alpha")
 @click.option("--json", "as_json", is_flag=True, help="print JSON: caption, tokens, score, per-word attention grids")
-@click.option("--attention-out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="write IMAGE_NAME.attention.png per image: the attention of every word over the image")
+@click.option(
+    "--attention-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="write IMAGE_NAME.attention.png per image: the attention of every word over the image",
+)
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096), help="images per batch")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
-@click.option("--hard-attention", "hard_decoding", type=click.Choice(["expectation", "argmax", "sample"]),
-              default=None, help="hard-attention models: expected context, argmax location or a sampled one per word "
-              "[default: the model's own, expectation unless trained with --hard-decoding]")
-def caption(images: tuple[str, ...], model: str | None, beam_size: int, max_len: int, length_penalty: float,
-            as_json: bool, attention_out: Path | None, batch_size: int, device: str,
-            hard_decoding: str | None) -> None:
+@click.option(
+    "--hard-attention",
+    "hard_decoding",
+    type=click.Choice(["expectation", "argmax", "sample"]),
+    default=None,
+    help="hard-attention models: expected context, argmax location or a sampled one per word "
+    "[default: the model's own, expectation unless trained with --hard-decoding]",
+)
+def caption(
+    images: tuple[str, ...],
+    model: str | None,
+    beam_size: int,
+    max_len: int,
+    length_penalty: float,
+    as_json: bool,
+    attention_out: Path | None,
+    batch_size: int,
+    device: str,
+    hard_decoding: str | None,
+) -> None:
     """Caption IMAGE files (many are decoded as one batch).
 
     Prints one caption per image (with the file name first when there are several). Unreadable
@@ -46,9 +70,15 @@ def caption(images: tuple[str, ...], model: str | None, beam_size: int, max_len:
     from vlattn_caption.predict import Captioner
 
     captioner = Captioner.load(model, device=device)  # a bad model file: one line from the root CLI
-    results = captioner.caption_files(list(images), beam_size=beam_size, max_len=max_len, alpha=length_penalty,
-                                      batch_size=batch_size, keep_pictures=attention_out is not None,
-                                      hard_decoding=hard_decoding)
+    results = captioner.caption_files(
+        list(images),
+        beam_size=beam_size,
+        max_len=max_len,
+        alpha=length_penalty,
+        batch_size=batch_size,
+        keep_pictures=attention_out is not None,
+        hard_decoding=hard_decoding,
+    )
     if attention_out is not None:
         _write_figures(results, attention_out)
     failed = 0
@@ -107,8 +137,13 @@ def caption_data(out: Path, n_train: int, n_val: int, n_test: int, seed: int, im
     total = n_train + n_val + n_test
     try:
         with click.progressbar(length=total, label="scenes", file=sys.stderr) as bar:
-            path = write_synthetic(out, counts={"train": n_train, "val": n_val, "test": n_test}, seed=seed,
-                                   image_size=image_size, progress=bar.update)
+            path = write_synthetic(
+                out,
+                counts={"train": n_train, "val": n_val, "test": n_test},
+                seed=seed,
+                image_size=image_size,
+                progress=bar.update,
+            )
     except OSError as exc:
         raise VlattnError(f"cannot write to {out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {total} scenes to {path}")
