@@ -58,6 +58,45 @@ def test_eval_modes_argmax_and_expectation() -> None:
         HardSpatialAttention(4, 4, eval_mode="mean")  # type: ignore[arg-type]
 
 
+def test_default_inference_is_the_expected_context_and_sample_mode_draws() -> None:
+    module = build("hard-spatial", expectation_prob=0.0)
+    module.eval_mode = "expectation"
+    query, keys, mask = repeated("hard-spatial", 4000)
+    default = HardSpatialAttention(5, 4, hidden_dim=3)
+    assert default.eval_mode == "expectation"
+    _, alpha = module.eval()(query, keys, mask=mask)
+    module.eval_mode = "sample"
+    torch.manual_seed(8)
+    _, drawn = module(query, keys, mask=mask)
+    assert torch.all(drawn.sum(-1) == 1) and torch.all((drawn == 0) | (drawn == 1))
+    torch.testing.assert_close(drawn.mean(0), alpha[0], atol=0.03, rtol=0)
+    assert module.last is not None and not module.last.sampled.any()  # no REINFORCE at inference
+    torch.testing.assert_close(module.last.alpha, alpha)
+
+
+def test_scorer_scope_keeps_the_score_gradient_out_of_keys_and_queries() -> None:
+    torch.manual_seed(2)
+    query = torch.randn(6, 5, requires_grad=True)
+    keys = torch.randn(6, 7, 4, requires_grad=True)
+    grads = {}
+    for scope in ("all", "scorer"):
+        torch.manual_seed(0)
+        module = HardSpatialAttention(5, 4, hidden_dim=3, expectation_prob=0.0, score_gradient=scope).train()
+        torch.manual_seed(1)
+        module(query, keys)
+        assert module.last is not None
+        log_prob = module.last.log_prob.sum()
+        grads[scope] = torch.autograd.grad(
+            log_prob, [query, keys, module.query_proj.weight, module.key_proj.weight], allow_unused=True
+        )
+    assert grads["all"][0].abs().sum() > 0 and grads["all"][1].abs().sum() > 0
+    assert grads["scorer"][0] is None and grads["scorer"][1] is None
+    for full, scorer in zip(grads["all"][2:], grads["scorer"][2:], strict=True):
+        torch.testing.assert_close(full, scorer)  # the scorer's own parameters learn the same
+    with pytest.raises(ValueError, match="score_gradient"):
+        HardSpatialAttention(4, 4, score_gradient="encoder")  # type: ignore[arg-type]
+
+
 def test_feature_map_keys_are_flattened_row_major() -> None:
     module = build("hard-spatial", eval_mode="expectation")
     query, _, _ = inputs("hard-spatial")
@@ -105,9 +144,7 @@ def test_reinforce_gradient_is_unbiased_on_a_toy_problem() -> None:
     surrogate = loss_fn(module.last.log_prob, reward)
     estimate = torch.autograd.grad(surrogate, list(module.parameters()))
     for g_exact, g_est in zip(exact, estimate, strict=True):
-        torch.testing.assert_close(
-            -g_est, g_exact, atol=0.03 * g_exact.abs().max().item() + 2e-3, rtol=0
-        )
+        torch.testing.assert_close(-g_est, g_exact, atol=0.03 * g_exact.abs().max().item() + 2e-3, rtol=0)
     assert loss_fn.baseline.item() == pytest.approx(0.9 * 0.7 + 0.1 * reward.mean().item())
 
 
@@ -118,8 +155,9 @@ def test_reinforce_loss_masks_steps_and_adds_entropy_bonus() -> None:
     step_mask = torch.tensor([[True, True, True], [True, True, False]])
     reward = torch.tensor([2.0, 4.0])
     loss = loss_fn(log_prob, reward, entropy=entropy, step_mask=step_mask)
-    # first call: the baseline starts at the batch mean 3.0; advantages -1 and +1
-    expected = -((-1.0) * (-6.0) + 1.0 * (-1.0)) / 2 - 0.1 * (3.0 + 4.0) / 2
+    # first call: the baseline starts at the batch mean 3.0; advantages -1 and +1; the entropy
+    # bonus is the mean over the 5 real steps
+    expected = -((-1.0) * (-6.0) + 1.0 * (-1.0)) / 2 - 0.1 * (3.0 + 4.0) / 5
     assert loss.item() == pytest.approx(expected)
     assert loss_fn.baseline.item() == pytest.approx(3.0)
     loss_fn.eval()
@@ -129,3 +167,50 @@ def test_reinforce_loss_masks_steps_and_adds_entropy_bonus() -> None:
     fresh = ReinforceLoss()
     fresh.load_state_dict(state)
     assert fresh.baseline.item() == pytest.approx(3.0) and bool(fresh.initialised)
+
+
+def test_leave_one_out_baseline_is_the_mean_of_the_other_draws() -> None:
+    loss_fn = ReinforceLoss(baseline="leave-one-out", entropy_weight=0.0)
+    reward = torch.tensor([1.0, 2.0, 6.0, -1.0, 0.0, 4.0])
+    log_prob = torch.zeros(6, requires_grad=True)
+    terms = loss_fn.terms(log_prob, reward, samples=3)
+    torch.testing.assert_close(terms.baseline, torch.tensor([4.0, 3.5, 1.5, 2.0, 1.5, -0.5]))
+    torch.testing.assert_close(terms.advantage, reward - terms.baseline)
+    with pytest.raises(ValueError, match="leave-one-out"):
+        loss_fn.terms(log_prob, reward, samples=4)
+    with pytest.raises(ValueError, match="leave-one-out"):
+        loss_fn.terms(log_prob, reward, samples=1)
+
+
+def test_learned_baseline_follows_a_reward_that_depends_on_the_features() -> None:
+    torch.manual_seed(0)
+    loss_fn = ReinforceLoss(baseline="learned", baseline_decay=0.5, entropy_weight=0.0, feature_dim=2)
+    optimizer = torch.optim.SGD(loss_fn.parameters(), lr=0.2)
+    features = torch.randn(256, 2)
+    reward = 3.0 * features[:, 0] - features[:, 1] + 1.0
+    log_prob = torch.zeros(256)
+    spread = reward.var().item()
+    for _ in range(300):
+        terms = loss_fn.terms(log_prob, reward, features=features)
+        optimizer.zero_grad()
+        terms.loss.backward()
+        optimizer.step()
+    assert terms.advantage.var().item() < 0.01 * spread  # a constant baseline leaves all of it
+    moving = ReinforceLoss(baseline="moving-average", entropy_weight=0.0)
+    assert moving.terms(log_prob, reward).advantage.var().item() == pytest.approx(spread, rel=0.01)
+    with pytest.raises(ValueError, match="feature_dim"):
+        ReinforceLoss(baseline="learned")
+
+
+def test_reward_scale_multiplies_the_score_term_only() -> None:
+    log_prob = torch.tensor([[-1.0, -2.0], [-0.5, -0.1]], requires_grad=True)
+    entropy = torch.tensor([[1.0, 2.0], [0.5, 0.5]])
+    reward = torch.tensor([0.0, 2.0])
+    plain = ReinforceLoss(entropy_weight=0.1, baseline="none").terms(log_prob, reward, entropy)
+    scaled = ReinforceLoss(entropy_weight=0.1, baseline="none", reward_scale=0.1).terms(log_prob, reward, entropy)
+    assert scaled.score.item() == pytest.approx(0.1 * plain.score.item())
+    assert scaled.entropy.item() == pytest.approx(plain.entropy.item()) == pytest.approx(-0.1 * 4.0 / 4)
+    with pytest.raises(ValueError, match="reward_scale"):
+        ReinforceLoss(reward_scale=0.0)
+    with pytest.raises(ValueError, match="baseline must be"):
+        ReinforceLoss(baseline="median")  # type: ignore[arg-type]

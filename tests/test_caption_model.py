@@ -70,8 +70,7 @@ def test_projected_keys_change_nothing_but_cost() -> None:
 
 
 def test_mechanisms_without_key_projection_decode() -> None:
-    decoder = ShowAttendTellDecoder(vocab_size=9, annotation_dim=20, embed_dim=8, hidden_dim=20,
-                                    attention="dot").eval()
+    decoder = ShowAttendTellDecoder(vocab_size=9, annotation_dim=20, embed_dim=8, hidden_dim=20, attention="dot").eval()
     annotations = torch.randn(2, L, 20)
     assert decoder.project_keys(annotations) is None
     logits, _, weights = decoder.step(torch.tensor([1, 2]), decoder.init_state(annotations), annotations)
@@ -110,9 +109,13 @@ def test_hard_attention_trains_the_scorer_with_reinforce() -> None:
     scorer = model.decoder.attention.query_proj.weight.grad
     assert scorer is not None and scorer.abs().sum() > 0
     model.eval()
-    decoded = search.greedy(model, images, max_len=5)
-    for w in decoded.weights:  # argmax location at inference
+    expected = search.greedy(model, images, max_len=5)  # default: the expected context, as the authors decode
+    for w in expected.weights:
+        assert (w < 1).all() and torch.allclose(w.sum(-1), torch.ones(len(w)))
+    argmax = search.decode(model, images, beam_size=1, max_len=5, hard_decoding="argmax")
+    for w in argmax.weights:
         assert ((w == 1).sum(-1) == 1).all()
+    assert model.decoder.attention.eval_mode == "expectation"  # the override lasts one call
 
 
 def test_batched_beam_search_matches_per_image_loop() -> None:
@@ -161,10 +164,19 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
 
 
 def _tiny_task(**extra: object) -> CaptionTask:
-    config = from_mapping(CaptionConfig, {
-        "synthetic_train": 6, "synthetic_val": 3, "image_size": 32, "grid": 4, "cnn_channels": 8,
-        "embed_dim": 8, "hidden_dim": 16, **extra,
-    })
+    config = from_mapping(
+        CaptionConfig,
+        {
+            "synthetic_train": 6,
+            "synthetic_val": 3,
+            "image_size": 32,
+            "grid": 4,
+            "cnn_channels": 8,
+            "embed_dim": 8,
+            "hidden_dim": 16,
+            **extra,
+        },
+    )
     return CaptionTask(config)
 
 
@@ -172,8 +184,9 @@ def test_model_file_round_trip(tmp_path: Path) -> None:
     task = _tiny_task(attention="hard-spatial")
     task.setup_data()
     model = task.build_model().eval()
-    path = save_model(tmp_path / "m.safetensors", model, task_name="caption", config=to_dict(task.config),
-                      artifacts=task.artifacts())
+    path = save_model(
+        tmp_path / "m.safetensors", model, task_name="caption", config=to_dict(task.config), artifacts=task.artifacts()
+    )
     loaded = load_model(path, expect_task="caption")
     assert loaded.task.vocab.words == task.vocab.words  # type: ignore[attr-defined]
     images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
@@ -240,8 +253,9 @@ def test_fine_tune_blocks_freeze_the_rest(monkeypatch: pytest.MonkeyPatch) -> No
     import torchvision
     from vlattn_caption import encoder as encoder_module
 
-    monkeypatch.setattr(encoder_module, "_pretrained_state",
-                        lambda name: torchvision.models.get_model(name, weights=None).state_dict())
+    monkeypatch.setattr(
+        encoder_module, "_pretrained_state", lambda name: torchvision.models.get_model(name, weights=None).state_dict()
+    )
     frozen = Encoder("resnet18", pretrained=True, fine_tune_blocks=0)
     assert not any(p.requires_grad for p in frozen.parameters())
     tuned = Encoder("resnet18", pretrained=True, fine_tune_blocks=1)

@@ -16,8 +16,8 @@ step the LSTM reads ``[E y_{t-1}; 0]`` instead of ``[E y_{t-1}; z_t]`` (the deep
 ``z_t``), so what a word needs from the image cannot always be remembered from an earlier
 glimpse and every word learns to attend to what it describes. Training steps run on a
 length-sorted batch and shrink it as captions end, so no LSTM or attention compute is spent on
-padding. With ``hard-spatial`` attention the per-step sample log-probabilities and entropies are
-collected for REINFORCE.
+padding. With ``hard-spatial`` attention the per-step sample log-probabilities, entropies and
+attention distributions are collected for REINFORCE and the attention regularisers.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from vlattn.attention import build_attention
 from vlattn.attention.additive import AdditiveAttention
-from vlattn.attention.spatial import SoftSpatialAttention
+from vlattn.attention.spatial import HardSpatialAttention, SoftSpatialAttention
 
 
 @dataclass
@@ -39,15 +39,20 @@ class DecoderOutput:
 
     Attributes:
         logits: ``[B, T, V]`` word scores for targets ``captions[:, 1:]`` (0 on padding steps).
-        weights: ``[B, T, L]`` attention weights of each step (0 on padding steps).
+        weights: ``[B, T, L]`` attention weights applied at each step (0 on padding steps): for hard
+            attention in training the one-hot samples (or ``alpha`` where the expectation was used).
         step_mask: ``[B, T]`` True on real steps.
-        log_prob: ``[B, T]`` hard-attention sample log-probabilities, or ``None``.
-        entropy: ``[B, T]`` attention entropies (hard attention), or ``None``.
+        alpha: ``[B, T, L]`` the attention distributions (equal to ``weights`` for soft attention).
+        annotation_mean: ``[B, D]`` mean annotation vector of each image (detached).
+        log_prob: ``[B, T]`` hard-attention sample log-probabilities (training), or ``None``.
+        entropy: ``[B, T]`` attention entropies (hard attention, training), or ``None``.
     """
 
     logits: Tensor
     weights: Tensor
     step_mask: Tensor
+    alpha: Tensor
+    annotation_mean: Tensor
     log_prob: Tensor | None = None
     entropy: Tensor | None = None
 
@@ -68,9 +73,18 @@ class ShowAttendTellDecoder(nn.Module):
             a step (per example; the deep output still sees it). No parameters.
     """
 
-    def __init__(self, vocab_size: int, annotation_dim: int, embed_dim: int = 128, hidden_dim: int = 256,
-                 attention: str = "soft-spatial", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.5, gate: bool = True, context_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        annotation_dim: int,
+        embed_dim: int = 128,
+        hidden_dim: int = 256,
+        attention: str = "soft-spatial",
+        attention_options: dict[str, Any] | None = None,
+        dropout: float = 0.5,
+        gate: bool = True,
+        context_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if not 0.0 <= context_dropout <= 1.0:
             raise ValueError(f"context_dropout must be in [0, 1], got {context_dropout}")
@@ -104,8 +118,14 @@ class ShowAttendTellDecoder(nn.Module):
             return self.attention.project_keys(annotations)
         return None
 
-    def step(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor,
-             projected_keys: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+    def step(
+        self,
+        prev_words: Tensor,
+        state: tuple[Tensor, Tensor],
+        annotations: Tensor,
+        projected_keys: Tensor | None = None,
+        score_keys: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One word for ``N`` sequences.
 
         Args:
@@ -113,17 +133,22 @@ class ShowAttendTellDecoder(nn.Module):
             state: ``(h, c)``, each ``[N, H]``.
             annotations: ``[N, L, D]``.
             projected_keys: ``[N, L, H']`` from :meth:`project_keys` for these rows, or ``None``.
+            score_keys: hard attention with ``score_gradient="scorer"``: the key projection of the
+                detached annotations for these rows, or ``None``.
 
         Returns:
             logits ``[N, V]``, the new state, attention weights ``[N, L]``.
         """
-        reuse = {} if projected_keys is None else {"projected_keys": projected_keys}
+        reuse: dict[str, Tensor] = {} if projected_keys is None else {"projected_keys": projected_keys}
+        if score_keys is not None:
+            reuse["score_keys"] = score_keys
         context, weights = self.attention(state[0], annotations, **reuse)
         logits, state = self._advance(self.embed(prev_words), context, state)
         return logits, state, weights
 
-    def _advance(self, emb: Tensor, context: Tensor, state: tuple[Tensor, Tensor]
-                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def _advance(
+        self, emb: Tensor, context: Tensor, state: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Gate, LSTM update and deep output: ``emb [N, E]``, ``context [N, D]``, ``state`` (each
         ``[N, H]``) -> logits ``[N, V]`` and the new state."""
         h, c = state
@@ -149,9 +174,15 @@ class ShowAttendTellDecoder(nn.Module):
             return attention.project_keys(annotations).mul_(2.0)
         return None
 
-    def step_rows(self, prev_words: Tensor, state: tuple[Tensor, Tensor], annotations: Tensor,
-                  scoring_keys: Tensor | None, rows: Tensor, per_image: int
-                  ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+    def step_rows(
+        self,
+        prev_words: Tensor,
+        state: tuple[Tensor, Tensor],
+        annotations: Tensor,
+        scoring_keys: Tensor | None,
+        rows: Tensor,
+        per_image: int,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One word for ``N`` hypotheses that share their images' annotations (inference only).
 
         The hypotheses are ``rows`` of a ``[B * per_image]`` grid, image-major: row ``r`` reads
@@ -195,8 +226,9 @@ class ShowAttendTellDecoder(nn.Module):
         """The mechanism's last hard-attention sample (``None`` for deterministic mechanisms)."""
         return getattr(self.attention, "last", None)
 
-    def forward(self, annotations: Tensor, captions: Tensor, lengths: Tensor,
-                scheduled_sampling: float = 0.0) -> DecoderOutput:
+    def forward(
+        self, annotations: Tensor, captions: Tensor, lengths: Tensor, scheduled_sampling: float = 0.0
+    ) -> DecoderOutput:
         """Teacher-forced pass.
 
         Args:
@@ -213,23 +245,35 @@ class ShowAttendTellDecoder(nn.Module):
         h, c = self.init_state(annotations)
         logits = annotations.new_zeros(batch, steps, self.vocab_size)
         weights = annotations.new_zeros(batch, steps, annotations.shape[1])
-        hard = self.training and hasattr(self.attention, "last")
-        log_prob = annotations.new_zeros(batch, steps) if hard else None
-        entropy = annotations.new_zeros(batch, steps) if hard else None
+        attention = self.attention
+        hard = isinstance(attention, HardSpatialAttention)
+        alpha = annotations.new_zeros(batch, steps, annotations.shape[1]) if hard else weights
+        log_prob = annotations.new_zeros(batch, steps) if hard and self.training else None
+        entropy = annotations.new_zeros(batch, steps) if hard and self.training else None
         prev = captions[:, 0]
         keys = self.project_keys(annotations)
+        score_keys = None
+        if hard and self.training and attention.score_gradient == "scorer":
+            score_keys = attention.project_keys(annotations.detach())
         for t in range(steps):
             n = sum(1 for a in active if a > t)
             if n == 0:
                 break
             step_logits, (h, c), step_weights = self.step(
-                prev[:n], (h[:n], c[:n]), annotations[:n], None if keys is None else keys[:n])
+                prev[:n],
+                (h[:n], c[:n]),
+                annotations[:n],
+                None if keys is None else keys[:n],
+                None if score_keys is None else score_keys[:n],
+            )
             logits[:n, t] = step_logits
             weights[:n, t] = step_weights
-            sample = self.last_hard_sample() if hard else None
-            if sample is not None and log_prob is not None and entropy is not None:
-                log_prob[:n, t] = sample.log_prob
-                entropy[:n, t] = sample.entropy
+            sample = attention.last if hard else None
+            if sample is not None:
+                alpha[:n, t] = sample.alpha
+                if log_prob is not None and entropy is not None:
+                    log_prob[:n, t] = sample.log_prob
+                    entropy[:n, t] = sample.entropy
             prev = captions[:n, t + 1]
             if scheduled_sampling > 0 and self.training:
                 own = torch.multinomial(torch.softmax(step_logits.detach(), -1), 1).squeeze(1)
@@ -242,6 +286,8 @@ class ShowAttendTellDecoder(nn.Module):
             logits=logits[inverse],
             weights=weights[inverse],
             step_mask=step_mask,
+            alpha=alpha[inverse] if hard else weights[inverse],
+            annotation_mean=annotations.detach().mean(dim=1)[inverse],
             log_prob=None if log_prob is None else log_prob[inverse],
             entropy=None if entropy is None else entropy[inverse],
         )

@@ -53,8 +53,12 @@ class CaptionResult:
     def to_json(self, with_attention: bool = True) -> dict[str, Any]:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        data: dict[str, Any] = {"image": self.image, "caption": self.caption, "tokens": self.tokens,
-                                "score": round(self.score, 4)}
+        data: dict[str, Any] = {
+            "image": self.image,
+            "caption": self.caption,
+            "tokens": self.tokens,
+            "score": round(self.score, 4),
+        }
         if with_attention and self.attention is not None:
             data["attention_grid"] = list(self.attention.shape[1:])
             data["attention"] = np.round(self.attention, 4).tolist()
@@ -94,14 +98,26 @@ class Captioner:
     def image_size(self) -> int:
         return self.task.image_size
 
-    def caption_images(self, images: list[Image.Image], *, beam_size: int = 5, max_len: int = 20,
-                       alpha: float = 0.0) -> list[tuple[list[str], float, np.ndarray]]:
-        """Captions of RGB images, decoded as one batch: ``(words, score, attention [n, h, w])``."""
+    def caption_images(
+        self,
+        images: list[Image.Image],
+        *,
+        beam_size: int = 5,
+        max_len: int = 20,
+        alpha: float = 0.0,
+        hard_decoding: str | None = None,
+    ) -> list[tuple[list[str], float, np.ndarray]]:
+        """Captions of RGB images, decoded as one batch: ``(words, score, attention [n, h, w])``.
+
+        ``hard_decoding`` (hard-attention models: ``expectation``, ``argmax``, ``sample``) overrides
+        the model's inference mode."""
         if not images:
             return []
         batch = torch.stack([image_tensor(img, self.image_size) for img in images]).to(self.device)
         with torch.no_grad():
-            decoded = decode(self.model, batch, beam_size=beam_size, max_len=max_len, alpha=alpha)
+            decoded = decode(
+                self.model, batch, beam_size=beam_size, max_len=max_len, alpha=alpha, hard_decoding=hard_decoding
+            )
         grid = self.model.grid
         out = []
         for ids, score, weights in zip(decoded.tokens, decoded.scores.tolist(), decoded.weights, strict=True):
@@ -111,8 +127,17 @@ class Captioner:
             out.append((words, float(score), maps))
         return out
 
-    def caption_files(self, paths: list[str], *, beam_size: int = 5, max_len: int = 20, alpha: float = 0.0,
-                      batch_size: int = 16, keep_pictures: bool = False) -> list[CaptionResult]:
+    def caption_files(
+        self,
+        paths: list[str],
+        *,
+        beam_size: int = 5,
+        max_len: int = 20,
+        alpha: float = 0.0,
+        batch_size: int = 16,
+        keep_pictures: bool = False,
+        hard_decoding: str | None = None,
+    ) -> list[CaptionResult]:
         """Caption every readable file; unreadable ones get a :class:`CaptionResult` with ``error``."""
         results = [CaptionResult(image=str(p)) for p in paths]
         for start in range(0, len(results), batch_size):
@@ -122,7 +147,9 @@ class Captioner:
                     good.append((result, load_image(result.image)))
                 except ImageLoadError as exc:
                     result.error = str(exc)
-            captions = self.caption_images([img for _, img in good], beam_size=beam_size, max_len=max_len, alpha=alpha)
+            captions = self.caption_images(
+                [img for _, img in good], beam_size=beam_size, max_len=max_len, alpha=alpha, hard_decoding=hard_decoding
+            )
             for (result, img), (words, score, maps) in zip(good, captions, strict=True):
                 result.tokens, result.caption, result.score, result.attention = words, " ".join(words), score, maps
                 if keep_pictures:

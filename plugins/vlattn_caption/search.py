@@ -12,11 +12,14 @@ back-pointers instead of copying every hypothesis' history.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from vlattn.attention.spatial import HardSpatialAttention, check_eval_mode
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.vocab import Vocabulary
 
@@ -51,8 +54,12 @@ def _annotations(model: CaptionModel, inputs: Tensor) -> Tensor:
         return inputs
     if inputs.device.type != "cpu":
         return model.encode(inputs)
-    return torch.cat([model.encode(inputs[i : i + ENCODE_CHUNK].contiguous(memory_format=torch.channels_last))
-                      for i in range(0, inputs.shape[0], ENCODE_CHUNK)])
+    return torch.cat(
+        [
+            model.encode(inputs[i : i + ENCODE_CHUNK].contiguous(memory_format=torch.channels_last))
+            for i in range(0, inputs.shape[0], ENCODE_CHUNK)
+        ]
+    )
 
 
 def _never(logits: Tensor, last: bool = False) -> Tensor:
@@ -79,8 +86,14 @@ BEAM_CHUNK = 50
 
 
 @torch.no_grad()
-def beam_search(model: CaptionModel, inputs: Tensor, beam_size: int = 5, max_len: int = 20,
-                alpha: float = 0.0, chunk: int = BEAM_CHUNK) -> Decoded:
+def beam_search(
+    model: CaptionModel,
+    inputs: Tensor,
+    beam_size: int = 5,
+    max_len: int = 20,
+    alpha: float = 0.0,
+    chunk: int = BEAM_CHUNK,
+) -> Decoded:
     """Beam search over a whole batch at once (in chunks of ``chunk`` images).
 
     Args:
@@ -93,10 +106,15 @@ def beam_search(model: CaptionModel, inputs: Tensor, beam_size: int = 5, max_len
     """
     annotations = _annotations(model, inputs)
     if annotations.shape[0] > chunk > 0:
-        parts = [_beam_search(model, annotations[i : i + chunk], beam_size, max_len, alpha)
-                 for i in range(0, annotations.shape[0], chunk)]
-        return Decoded(tokens=[t for p in parts for t in p.tokens], scores=torch.cat([p.scores for p in parts]),
-                       weights=[w for p in parts for w in p.weights])
+        parts = [
+            _beam_search(model, annotations[i : i + chunk], beam_size, max_len, alpha)
+            for i in range(0, annotations.shape[0], chunk)
+        ]
+        return Decoded(
+            tokens=[t for p in parts for t in p.tokens],
+            scores=torch.cat([p.scores for p in parts]),
+            weights=[w for p in parts for w in p.weights],
+        )
     return _beam_search(model, annotations, beam_size, max_len, alpha)
 
 
@@ -124,8 +142,9 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
     for step in range(max_len + 1):
         # only live hypotheses (not finished, finite score) run the decoder; the rest are frozen
         rows = (~finished & (scores > float("-inf"))).view(-1).nonzero().squeeze(1)
-        logits, (h_live, c_live), weights_live = decoder.step_rows(prev[rows], (h[rows], c[rows]), annotations,
-                                                                   keys, rows, k)
+        logits, (h_live, c_live), weights_live = decoder.step_rows(
+            prev[rows], (h[rows], c[rows]), annotations, keys, rows, k
+        )
         logp = done_row.expand(batch * k, vocab).clone()
         logp[rows] = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
         logp = logp.view(batch, k, vocab)
@@ -179,16 +198,22 @@ def greedy(model: CaptionModel, inputs: Tensor, max_len: int = 20) -> Decoded:
 
 
 @torch.no_grad()
-def sample(model: CaptionModel, inputs: Tensor, max_len: int = 20, temperature: float = 1.0,
-           generator: torch.Generator | None = None) -> Decoded:
+def sample(
+    model: CaptionModel,
+    inputs: Tensor,
+    max_len: int = 20,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Decoded:
     """Words drawn from ``softmax(logits / temperature)`` at each step."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use greedy for argmax decoding)")
     return _step_decode(model, inputs, max_len, temperature, generator)
 
 
-def _step_decode(model: CaptionModel, inputs: Tensor, max_len: int, temperature: float,
-                 generator: torch.Generator | None = None) -> Decoded:
+def _step_decode(
+    model: CaptionModel, inputs: Tensor, max_len: int, temperature: float, generator: torch.Generator | None = None
+) -> Decoded:
     decoder = model.decoder
     annotations = _annotations(model, inputs).contiguous()
     batch = annotations.shape[0]
@@ -228,16 +253,45 @@ def _collect(tokens: Tensor, weights: Tensor, scores: Tensor) -> Decoded:
     return Decoded(tokens=ids, scores=scores.cpu(), weights=maps)
 
 
-def decode(model: CaptionModel, inputs: Tensor, *, beam_size: int = 5, max_len: int = 20,
-           alpha: float = 0.0) -> Decoded:
-    """Beam search when ``beam_size > 1``, else greedy."""
-    if beam_size > 1:
-        return beam_search(model, inputs, beam_size=beam_size, max_len=max_len, alpha=alpha)
-    return greedy(model, inputs, max_len=max_len)
+def decode(
+    model: CaptionModel,
+    inputs: Tensor,
+    *,
+    beam_size: int = 5,
+    max_len: int = 20,
+    alpha: float = 0.0,
+    hard_decoding: str | None = None,
+) -> Decoded:
+    """Beam search when ``beam_size > 1``, else greedy.
+
+    ``hard_decoding`` (``"expectation"``, ``"argmax"``, ``"sample"``) overrides a hard-attention
+    model's inference mode for this call; ``None`` keeps the model's own.
+    """
+    with hard_attention_mode(model, hard_decoding):
+        if beam_size > 1:
+            return beam_search(model, inputs, beam_size=beam_size, max_len=max_len, alpha=alpha)
+        return greedy(model, inputs, max_len=max_len)
 
 
-def per_image_beam_search(model: CaptionModel, images: Tensor, beam_size: int = 5, max_len: int = 20,
-                          alpha: float = 0.0) -> Decoded:
+@contextmanager
+def hard_attention_mode(model: CaptionModel, mode: str | None) -> Iterator[None]:
+    """Within the block, a hard-attention model decodes with ``mode`` (no effect for ``None`` or
+    other mechanisms): the expected context, the argmax location or a sampled location per word."""
+    attention = model.decoder.attention
+    if mode is None or not isinstance(attention, HardSpatialAttention):
+        yield
+        return
+    previous = attention.eval_mode
+    attention.eval_mode = check_eval_mode(mode)
+    try:
+        yield
+    finally:
+        attention.eval_mode = previous
+
+
+def per_image_beam_search(
+    model: CaptionModel, images: Tensor, beam_size: int = 5, max_len: int = 20, alpha: float = 0.0
+) -> Decoded:
     """The usual public-implementation pattern: one beam search per image, in a Python loop.
 
     Kept as the baseline that ``scripts/caption_speed.py`` measures the batched search against.

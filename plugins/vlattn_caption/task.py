@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from vlattn.attention.reinforce import advantage_statistics
+from vlattn.attention.spatial import HardSpatialAttention
 from vlattn.config import option
 from vlattn.task import DataSplits, Task
 from vlattn_caption import records as rec
@@ -21,7 +23,7 @@ from vlattn_caption.dataset import CaptionEvaluationSet, CaptionTrainingSet, col
 from vlattn_caption.decoder import ShowAttendTellDecoder
 from vlattn_caption.encoder import Encoder
 from vlattn_caption.metrics import caption_scores, grounding_counts
-from vlattn_caption.model import CaptionModel
+from vlattn_caption.model import CaptionModel, reinforce_gradient_ratios, repeat_batch
 from vlattn_caption.search import decode
 from vlattn_caption.vocab import Vocabulary
 
@@ -57,14 +59,27 @@ class CaptionConfig:
     context_dropout: float = option(
         0.0, help="training: probability of hiding the context from the LSTM input at a step (0 = the paper)"
     )
-    doubly_stochastic: float = option(
-        1.0, help="weight of the attention regulariser mean_i (1 - sum_t alpha_ti)^2"
-    )
+    doubly_stochastic: float = option(1.0, help="weight of the attention regulariser mean_i (1 - sum_t alpha_ti)^2")
     attention_entropy: float = option(
         0.0, help="soft attention: weight of the mean attention entropy in the loss (> 0: sharper glimpses)"
     )
-    entropy_weight: float = option(0.01, help="hard attention: entropy bonus weight")
+    entropy_weight: float = option(0.01, help="hard attention: REINFORCE entropy bonus weight")
     baseline_decay: float = option(0.9, help="hard attention: moving-average baseline decay")
+    reward_baseline: Literal["moving-average", "learned", "leave-one-out", "none"] = option(
+        "moving-average",
+        help="hard attention: REINFORCE baseline of the per-word reward (leave-one-out needs --reinforce-samples >= 2)",
+    )
+    reward_scale: float = option(0.1, help="hard attention: factor on the REINFORCE advantage (the authors' 0.1)")
+    reinforce_samples: int = option(1, help="hard attention: location draws per training caption")
+    reinforce_scope: Literal["all", "scorer"] = option(
+        "all", help="hard attention: REINFORCE gradient to every module, or to the attention scorer only"
+    )
+    reinforce_diagnostics: int = option(
+        0, help="hard attention: every N training steps log REINFORCE/likelihood gradient-norm ratios (0 = never)"
+    )
+    hard_decoding: Literal["expectation", "argmax", "sample"] = option(
+        "expectation", help="hard attention at inference: expected context, argmax location, or a sampled one"
+    )
     scheduled_sampling: float = option(0.0, help="probability of feeding back the model's own word")
     train_captions: Literal["all", "first"] = option(
         "all", help="train on every reference or only the first of each image"
@@ -91,6 +106,16 @@ class CaptionConfig:
             (self.max_caption_len >= 1 and self.eval_max_len >= 1, "caption lengths must be >= 1"),
             (self.min_word_freq >= 1, "min_word_freq must be >= 1"),
             (self.synthetic_train >= 1, "synthetic_train must be >= 1"),
+            (self.reward_scale > 0, "reward_scale must be > 0"),
+            (self.entropy_weight >= 0, "entropy_weight must be >= 0"),
+            (0.0 <= self.baseline_decay < 1.0, "baseline_decay must be in [0, 1)"),
+            (self.reinforce_samples >= 1, "reinforce_samples must be >= 1"),
+            (
+                self.reward_baseline != "leave-one-out" or self.reinforce_samples >= 2,
+                "reward_baseline leave-one-out needs reinforce_samples >= 2",
+            ),
+            (self.reinforce_diagnostics >= 0, "reinforce_diagnostics must be >= 0"),
+            ("eval_mode" not in self.attention_options, "set hard attention's inference mode with hard_decoding"),
         ]
         for ok, message in checks:
             if not ok:
@@ -106,6 +131,11 @@ class CaptionEvalOptions:
     max_len: int = option(20, help="most words per caption")
     alpha: float = option(0.0, help="length penalty exponent")
     meteor: bool = option(False, help="also compute METEOR (needs Java)")
+    hard_decoding: str = option(
+        "",
+        help="hard attention: expectation, argmax or sample (default: the model's --hard-decoding)",
+        choices=("", "expectation", "argmax", "sample"),
+    )
 
 
 class CaptionTask(Task):
@@ -122,6 +152,7 @@ class CaptionTask(Task):
         self.vocab: Vocabulary | None = None
         self.restoring = False
         self.annotation_cache: dict[int, torch.Tensor] = {}
+        self.steps_taken = 0
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -154,8 +185,9 @@ class CaptionTask(Task):
         if self.vocab is None and self.config.init_from and not self.restoring:
             self.vocab = Vocabulary.from_json(self._init_header().artifacts["vocab"])
         if self.vocab is None:
-            self.vocab = Vocabulary.build((c for r in train for c in r.captions), self.config.min_word_freq,
-                                          self.config.max_vocab)
+            self.vocab = Vocabulary.build(
+                (c for r in train for c in r.captions), self.config.min_word_freq, self.config.max_vocab
+            )
         val = self.records("val")
         cache = self.synthetic
         size, max_len = self.image_size, self.config.max_caption_len
@@ -168,8 +200,7 @@ class CaptionTask(Task):
         split = getattr(options, "split", "test")
         assert self.vocab is not None, "load_artifacts or setup_data first"
         found = self.records(split, data)
-        return CaptionEvaluationSet(found, self.vocab, self.image_size, self.config.max_caption_len,
-                                    cache_images=False)
+        return CaptionEvaluationSet(found, self.vocab, self.image_size, self.config.max_caption_len, cache_images=False)
 
     def collate(self, items: list[Any]) -> Any:
         return collate(items)
@@ -179,15 +210,40 @@ class CaptionTask(Task):
         if self.vocab is None:
             raise RuntimeError("the vocabulary is built by setup_data() or restored by load_artifacts()")
         cfg = self.config
-        encoder = Encoder(cfg.encoder, cfg.grid, pretrained=cfg.pretrained, fine_tune_blocks=cfg.fine_tune_blocks,
-                          channels=cfg.cnn_channels, load_weights=not self.restoring, coordinates=cfg.coordinates)
-        decoder = ShowAttendTellDecoder(
-            len(self.vocab), encoder.dim, cfg.embed_dim, cfg.hidden_dim, cfg.attention,
-            dict(cfg.attention_options), cfg.dropout, cfg.gate, context_dropout=cfg.context_dropout,
+        encoder = Encoder(
+            cfg.encoder,
+            cfg.grid,
+            pretrained=cfg.pretrained,
+            fine_tune_blocks=cfg.fine_tune_blocks,
+            channels=cfg.cnn_channels,
+            load_weights=not self.restoring,
+            coordinates=cfg.coordinates,
         )
-        hard = hasattr(decoder.attention, "last")
-        model = CaptionModel(encoder, decoder, hard=hard, baseline_decay=cfg.baseline_decay,
-                             entropy_weight=cfg.entropy_weight)
+        decoder = ShowAttendTellDecoder(
+            len(self.vocab),
+            encoder.dim,
+            cfg.embed_dim,
+            cfg.hidden_dim,
+            cfg.attention,
+            dict(cfg.attention_options),
+            cfg.dropout,
+            cfg.gate,
+            context_dropout=cfg.context_dropout,
+        )
+        hard = isinstance(decoder.attention, HardSpatialAttention)
+        if isinstance(decoder.attention, HardSpatialAttention):
+            decoder.attention.eval_mode = cfg.hard_decoding
+            decoder.attention.score_gradient = cfg.reinforce_scope
+        model = CaptionModel(
+            encoder,
+            decoder,
+            hard=hard,
+            baseline_decay=cfg.baseline_decay,
+            entropy_weight=cfg.entropy_weight,
+            baseline=cfg.reward_baseline,
+            reward_scale=cfg.reward_scale,
+            samples=cfg.reinforce_samples,
+        )
         if cfg.init_from and not self.restoring:
             self._load_initial_weights(model)
         return model
@@ -234,13 +290,24 @@ class CaptionTask(Task):
 
     def training_step(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         net = _unwrap(model)
+        cfg = self.config
         annotations = self.cached_annotations(net, batch)
-        out = model(batch["images"], batch["captions"], batch["lengths"], self.config.scheduled_sampling,
-                    annotations=annotations)
-        parts = net.loss(out, batch["captions"], self.config.doubly_stochastic, self.config.attention_entropy)
+        images, captions, lengths = batch["images"], batch["captions"], batch["lengths"]
+        draws = cfg.reinforce_samples if net.reinforce is not None else 1
+        if draws > 1:  # consecutive rows: draws of locations for the same caption
+            if annotations is None:
+                annotations = net.encode(images)
+            annotations, captions, lengths = repeat_batch(draws, annotations, captions, lengths)
+        out = model(images, captions, lengths, cfg.scheduled_sampling, annotations=annotations)
+        parts = net.loss(out, captions, cfg.doubly_stochastic, cfg.attention_entropy)
         logs: dict[str, Any] = {"nll": parts.nll, "attention_reg": parts.doubly_stochastic}
         if net.reinforce is not None:
             logs["reinforce"] = parts.reinforce
+            if parts.advantage is not None and parts.words is not None:
+                logs.update(advantage_statistics(parts.advantage, parts.words))
+            self.steps_taken += 1
+            if cfg.reinforce_diagnostics and self.steps_taken % cfg.reinforce_diagnostics == 0:
+                logs.update(reinforce_gradient_ratios(net, parts))
         return parts.total, logs
 
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Any], options: Any = None) -> dict[str, float]:
@@ -250,6 +317,7 @@ class CaptionTask(Task):
         beam = getattr(options, "beam_size", cfg.eval_beam_size)
         max_len = getattr(options, "max_len", cfg.eval_max_len)
         alpha = getattr(options, "alpha", cfg.length_penalty)
+        hard_decoding = getattr(options, "hard_decoding", "") or None
         hypotheses: list[list[str]] = []
         references: list[list[list[str]]] = []
         nll_sum, tokens = 0.0, 0
@@ -261,15 +329,18 @@ class CaptionTask(Task):
             parts = net.loss(out, batch["captions"], 0.0)
             nll_sum += float(parts.nll) * parts.tokens
             tokens += parts.tokens
-            decoded = decode(net, annotations, beam_size=beam, max_len=max_len, alpha=alpha)
+            decoded = decode(
+                net, annotations, beam_size=beam, max_len=max_len, alpha=alpha, hard_decoding=hard_decoding
+            )
             for i, ids in enumerate(decoded.tokens):
                 words = self.vocab.decode(ids)
                 hypotheses.append(words)
                 references.append(batch["references"][i])
                 if batch["objects"][i] and batch["sizes"][i]:
                     has_boxes = True
-                    g, a, m = grounding_counts(words, decoded.weights[i].numpy(), batch["objects"][i],
-                                               batch["sizes"][i][0], net.grid)
+                    g, a, m = grounding_counts(
+                        words, decoded.weights[i].numpy(), batch["objects"][i], batch["sizes"][i][0], net.grid
+                    )
                     grounded, groundable, mentioned = grounded + g, groundable + a, mentioned + m
         metrics = {"loss": nll_sum / max(tokens, 1)}
         metrics.update(caption_scores(hypotheses, references, meteor=getattr(options, "meteor", False)))

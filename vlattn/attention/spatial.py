@@ -12,7 +12,8 @@ map; both mechanisms score them with the additive MLP ``e = v^T tanh(W h + U a +
   (0.5 in the paper) an example uses the soft expectation instead. The sampling is not
   differentiable, so the scorer learns through REINFORCE: after each call, :attr:`last` holds a
   :class:`HardAttentionSample` with the log-probability of the sampled locations and the entropy
-  of ``alpha``, to be fed to :class:`vlattn.attention.reinforce.ReinforceLoss`.
+  of ``alpha``, to be fed to :class:`vlattn.attention.reinforce.ReinforceLoss`. At inference it
+  uses the expected context (the authors' released code), the argmax location, or a sample.
 
 Keys may be given as ``[B, S, C]`` or as a feature map ``[B, C, H, W]`` (flattened row-major to
 ``S = H * W`` positions, so ``weights.view(B, H, W)`` is the attention map).
@@ -87,29 +88,38 @@ class SoftSpatialAttention(AdditiveAttention):
         return context, weights
 
 
+HardEvalMode = Literal["expectation", "argmax", "sample"]
+HARD_EVAL_MODES: tuple[str, ...] = ("expectation", "argmax", "sample")
+ScoreGradient = Literal["all", "scorer"]
+
+
 @dataclass
 class HardAttentionSample:
     """What REINFORCE needs from hard-attention calls.
 
-    From one call the tensors are ``[B]`` (single query) or ``[B, Tq]``; :meth:`stack` joins
-    several calls (decoding steps) into ``[B, N]``.
+    From one call the tensors are ``[B]`` (single query) or ``[B, Tq]`` (``alpha``: one more
+    axis of ``S`` locations); :meth:`stack` joins several calls (decoding steps) into ``[B, N]``
+    (``alpha``: ``[B, N, S]``).
 
     Attributes:
-        index: the chosen location of each query (sampled in training, argmax in eval).
-        log_prob: ``log alpha[index]`` with gradient to the scorer, where a location was sampled,
-            else 0 (the examples that used the expectation, eval mode, fully masked rows).
+        index: the chosen location of each query (sampled in training and in ``eval_mode="sample"``,
+            else the argmax).
+        log_prob: ``log alpha[index]`` with gradient to the scorer, where a location was sampled in
+            training, else 0 (the examples that used the expectation, eval mode, fully masked rows).
         entropy: entropy ``-sum alpha log alpha`` of the attention distribution (with gradient).
-        sampled: boolean, True where the one-hot sample was used (REINFORCE applies).
+        sampled: boolean, True where the one-hot sample was used in training (REINFORCE applies).
+        alpha: the attention distribution itself (with gradient), whatever the weights applied.
     """
 
     index: Tensor
     log_prob: Tensor
     entropy: Tensor
     sampled: Tensor
+    alpha: Tensor
 
     @staticmethod
     def stack(samples: list[HardAttentionSample]) -> HardAttentionSample:
-        """Concatenate calls along a last axis: each ``[B]``/``[B, Tq]`` -> one ``[B, N]``."""
+        """Concatenate calls along a step axis: each ``[B]``/``[B, Tq]`` -> one ``[B, N]``."""
         if not samples:
             raise ValueError("no hard-attention calls to stack")
 
@@ -117,7 +127,18 @@ class HardAttentionSample:
             parts = [getattr(s, name) for s in samples]
             return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1)
 
-        return HardAttentionSample(cat("index"), cat("log_prob"), cat("entropy"), cat("sampled"))
+        alpha = torch.cat([s.alpha.reshape(s.alpha.shape[0], -1, s.alpha.shape[-1]) for s in samples], dim=1)
+        return HardAttentionSample(cat("index"), cat("log_prob"), cat("entropy"), cat("sampled"), alpha)
+
+    def squeezed(self) -> HardAttentionSample:
+        """The sample of a single-query call: drop the ``Tq = 1`` axis."""
+        return HardAttentionSample(
+            self.index.squeeze(1),
+            self.log_prob.squeeze(1),
+            self.entropy.squeeze(1),
+            self.sampled.squeeze(1),
+            self.alpha.squeeze(1),
+        )
 
 
 class HardSpatialAttention(SoftSpatialAttention):
@@ -126,10 +147,11 @@ class HardSpatialAttention(SoftSpatialAttention):
     In training mode each query samples one location ``s ~ Categorical(alpha)`` and the
     weights are ``one_hot(s)``; independently for each query, with probability
     ``expectation_prob`` the soft weights ``alpha`` are used instead. In eval mode the weights
-    are ``one_hot(argmax alpha)`` (``eval_mode="argmax"``, the default) or ``alpha``
-    (``eval_mode="expectation"``). After every call :attr:`last` holds a
-    :class:`HardAttentionSample`; collect it at each decoding step and pass
-    ``HardAttentionSample.stack(steps)`` to :class:`~vlattn.attention.reinforce.ReinforceLoss`.
+    are ``alpha`` (``eval_mode="expectation"``, the default, as the authors decode),
+    ``one_hot(argmax alpha)`` (``"argmax"``) or ``one_hot(s)`` for a sample ``s``
+    (``"sample"``). After every call :attr:`last` holds a :class:`HardAttentionSample`; collect
+    it at each decoding step and pass ``HardAttentionSample.stack(steps)`` to
+    :class:`~vlattn.attention.reinforce.ReinforceLoss`.
 
     Args:
         query_dim: decoder state size ``Dq``.
@@ -137,7 +159,11 @@ class HardSpatialAttention(SoftSpatialAttention):
         hidden_dim: hidden size of the scoring MLP (default ``key_dim``).
         gate: the ``beta`` gate, as in :class:`SoftSpatialAttention`.
         expectation_prob: probability of using the expectation during training (paper: 0.5).
-        eval_mode: ``"argmax"`` or ``"expectation"``.
+        eval_mode: ``"expectation"``, ``"argmax"`` or ``"sample"``.
+        score_gradient: where the gradient of the sample log-probabilities goes: ``"all"`` (the
+            scorer, the query and the keys, hence the networks that made them) or ``"scorer"``
+            (only the scoring MLP's own parameters: the log-probability is recomputed from
+            detached queries and keys, which costs a second scoring pass in training).
     """
 
     last: HardAttentionSample | None
@@ -149,35 +175,46 @@ class HardSpatialAttention(SoftSpatialAttention):
         hidden_dim: int | None = None,
         gate: bool = False,
         expectation_prob: float = 0.5,
-        eval_mode: Literal["argmax", "expectation"] = "argmax",
+        eval_mode: HardEvalMode = "expectation",
+        score_gradient: ScoreGradient = "all",
     ) -> None:
         super().__init__(query_dim, key_dim, hidden_dim=hidden_dim, gate=gate)
         if not 0.0 <= expectation_prob <= 1.0:
             raise AttentionConfigError(f"expectation_prob must be in [0, 1], got {expectation_prob}")
-        if eval_mode not in ("argmax", "expectation"):
-            raise AttentionConfigError(f"eval_mode must be 'argmax' or 'expectation', got {eval_mode!r}")
         self.expectation_prob = expectation_prob
-        self.eval_mode = eval_mode
+        self.eval_mode: HardEvalMode = check_eval_mode(eval_mode)
+        if score_gradient not in ("all", "scorer"):
+            raise AttentionConfigError(f"score_gradient must be 'all' or 'scorer', got {score_gradient!r}")
+        self.score_gradient: ScoreGradient = score_gradient
         self.last = None
 
-    def select(self, alpha: Tensor) -> Tensor:
-        """Sample (training) or pick (eval) from ``alpha [B, Tq, S]``; fills :attr:`last`."""
+    def select(self, alpha: Tensor, score_alpha: Tensor | None = None) -> Tensor:
+        """Sample (training) or pick (eval) from ``alpha [B, Tq, S]``; fills :attr:`last`.
+
+        ``score_alpha`` (same shape, the same values computed on detached inputs) is what the
+        log-probability is taken from when given.
+        """
         nonempty = alpha.sum(-1) > 0  # [B, Tq]; fully masked rows have all-zero alpha
         safe = torch.where(nonempty.unsqueeze(-1), alpha, torch.ones_like(alpha)).detach()
-        if self.training:
+        draw = self.training or self.eval_mode == "sample"
+        if draw:
             flat = safe.reshape(-1, safe.shape[-1])
             index = torch.multinomial(flat, 1).view(alpha.shape[:-1])
-            use_expectation = torch.rand(index.shape, device=alpha.device) < self.expectation_prob
         else:
             index = safe.argmax(-1)
+        if self.training:
+            use_expectation = torch.rand(index.shape, device=alpha.device) < self.expectation_prob
+        else:
             use_expectation = torch.full_like(nonempty, self.eval_mode == "expectation")
         one_hot = nn.functional.one_hot(index, alpha.shape[-1]).to(alpha.dtype) * nonempty.unsqueeze(-1)
         weights = torch.where(use_expectation.unsqueeze(-1), alpha, one_hot)
         sampled = nonempty & ~use_expectation & self.training
-        picked = alpha.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        log_prob = torch.where(sampled, picked.clamp_min(torch.finfo(alpha.dtype).tiny).log(), 0.0)
-        entropy = -(alpha * alpha.clamp_min(torch.finfo(alpha.dtype).tiny).log()).sum(-1)
-        self.last = HardAttentionSample(index, log_prob, entropy, sampled)
+        tiny = torch.finfo(alpha.dtype).tiny
+        source = alpha if score_alpha is None else score_alpha
+        picked = source.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        log_prob = torch.where(sampled, picked.clamp_min(tiny).log(), 0.0)
+        entropy = -(alpha * alpha.clamp_min(tiny).log()).sum(-1)
+        self.last = HardAttentionSample(index, log_prob, entropy, sampled, alpha)
         return weights
 
     def forward(  # type: ignore[override]
@@ -187,15 +224,37 @@ class HardSpatialAttention(SoftSpatialAttention):
         values: Tensor | None = None,
         mask: Tensor | None = None,
         projected_keys: Tensor | None = None,
+        score_keys: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """See the class docstring; fills :attr:`last`."""
-        context, weights = super().forward(query, keys, values, mask, projected_keys)
-        if query.dim() == 2 and self.last is not None:
-            last = self.last
-            self.last = HardAttentionSample(
-                last.index.squeeze(1),
-                last.log_prob.squeeze(1),
-                last.entropy.squeeze(1),
-                last.sampled.squeeze(1),
-            )
+        """See the class docstring; fills :attr:`last`.
+
+        ``score_keys`` (``[B, S, H']``): :meth:`project_keys` of the *detached* keys, reused across
+        steps by ``score_gradient="scorer"`` (computed here when not given).
+        """
+        keys = flatten_feature_map(keys)
+        values = check_keys(keys, None if values is None else flatten_feature_map(values), mask)
+        queries, single = as_query_sequence(query)
+        row_mask = expand_mask(mask)
+        alpha = self.normalise(self.score(queries, keys, projected_keys), row_mask)
+        score_alpha = None
+        if self.training and self.score_gradient == "scorer":
+            detached = keys.detach()
+            if score_keys is None:
+                score_keys = self.project_keys(detached)
+            score_alpha = self.normalise(self.score(queries.detach(), detached, score_keys), row_mask)
+        weights = self.select(alpha, score_alpha)
+        context = weighted_sum(weights, values)
+        if self.gate is not None:
+            context = context * torch.sigmoid(self.gate(queries))
+        if single:
+            if self.last is not None:
+                self.last = self.last.squeezed()
+            return context.squeeze(1), weights.squeeze(1)
         return context, weights
+
+
+def check_eval_mode(mode: str) -> HardEvalMode:
+    """``mode`` if it is a hard-attention inference mode, else :class:`AttentionConfigError`."""
+    if mode not in HARD_EVAL_MODES:
+        raise AttentionConfigError(f"eval_mode must be one of {', '.join(HARD_EVAL_MODES)}, got {mode!r}")
+    return mode  # type: ignore[return-value]
