@@ -24,6 +24,7 @@ class RegressionConfig:
     nan_at_step: int = option(0, help="return a NaN loss at this training step (0 = never)")
     with_val: bool = option(True, help="have a validation split")
     flat_metric: bool = option(False, help="report a validation 'score' that never improves")
+    fail_at_step: int = option(0, help="raise RuntimeError in training_step at this call (0 = never)")
 
 
 @dataclass
@@ -37,6 +38,8 @@ class RegressionTask(Task):
     Config = RegressionConfig
     EvalOptions = RegressionEvalOptions
     trainer_defaults: ClassVar[dict[str, int]] = {"epochs": 2, "batch_size": 8, "log_every": 1}
+
+    evaluations: ClassVar[int] = 0  # evaluate() calls, over all instances
 
     def __init__(self, config: RegressionConfig) -> None:
         super().__init__(config)
@@ -54,6 +57,8 @@ class RegressionTask(Task):
 
     def training_step(self, model: nn.Module, batch: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
         self.calls += 1
+        if self.config.fail_at_step and self.calls >= self.config.fail_at_step:
+            raise RuntimeError(f"task bug at call {self.calls}")
         x, y = batch
         loss = nn.functional.mse_loss(model(x).squeeze(-1), y)
         if self.config.nan_at_step and self.calls >= self.config.nan_at_step:
@@ -61,6 +66,7 @@ class RegressionTask(Task):
         return loss, {"calls": float(self.calls)}
 
     def evaluate(self, model: nn.Module, batches: Iterable[list[Tensor]], options: object = None) -> dict[str, float]:
+        RegressionTask.evaluations += 1
         total, n = 0.0, 0
         for x, y in batches:
             total += float(nn.functional.mse_loss(model(x).squeeze(-1), y, reduction="sum"))
@@ -69,6 +75,18 @@ class RegressionTask(Task):
         if self.config.flat_metric:
             metrics["score"] = 1.0
         return metrics
+
+
+class UnfinishedTask(Task):
+    """A task that forgot ``training_step`` and ``evaluate``."""
+
+    Config = RegressionConfig
+
+    def setup_data(self) -> DataSplits:
+        raise AssertionError("never reached: the class is refused first")
+
+    def build_model(self) -> nn.Module:
+        raise AssertionError("never reached")
 
 
 class ToyPlugin:
@@ -100,3 +118,4 @@ class ToyPlugin:
     @hookimpl
     def register_tasks(register: Callable[[TaskSpec], None]) -> None:
         register(TaskSpec("toy-regression", RegressionTask, summary="toy regression for tests"))
+        register(TaskSpec("toy-unfinished", UnfinishedTask, summary="a task missing methods"))

@@ -28,8 +28,9 @@ class VlattnGroup(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("vlattn: aborted", err=True)
+        except click.Abort as exc:  # click turns Ctrl-C (and SIGTERM while a run starts) into Abort
+            interrupted = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)
+            click.echo("vlattn: interrupted" if interrupted else "vlattn: aborted", err=True)
             sys.exit(130)
         except click.UsageError as exc:
             fail(usage_message(exc), code=exc.exit_code)
@@ -84,10 +85,16 @@ def cli() -> None:
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def plugins_command(as_json: bool) -> None:
+@click.option(
+    "--check", is_flag=True, help="import every factory and run the cheap contract checks (exit 1 if any fails)"
+)
+def plugins_command(as_json: bool, check: bool) -> None:
     """Installed plugins: version, hooks, what each registered, load errors."""
     from vlattn.plugins import get_host
 
+    if check:
+        check_plugins_command(as_json)
+        return
     infos = get_host().plugin_list()
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
@@ -101,9 +108,32 @@ def plugins_command(as_json: bool) -> None:
             click.echo(f"  error: {info.error}")
             continue
         click.echo(f"  hooks: {', '.join(info.hooks) or '-'}")
+        for problem in info.problems:
+            click.echo(f"  problem: {problem}")
         for label, items in (("tasks", info.tasks), ("attention", info.attention), ("commands", info.commands)):
             if items:
                 click.echo(f"  {label}: {', '.join(items)}")
+
+
+def check_plugins_command(as_json: bool) -> None:
+    """``vlattn plugins --check``: one block per plugin, exit status 1 when anything failed."""
+    from vlattn.plugins import get_host
+    from vlattn.testing.plugins import check_plugins
+
+    results = check_plugins(get_host())
+    if as_json:
+        rows = [{"name": r.info.name, "ok": r.ok, "passed": r.passed, "failed": r.failed} for r in results]
+        click.echo(json.dumps(rows, indent=2))
+    for result in [] if as_json else results:
+        info = result.info
+        dist = f" ({info.distribution} {info.version})" if info.distribution else ""
+        click.echo(f"{info.name}{dist}: {'ok' if result.ok else 'FAILED'}")
+        for line in result.passed:
+            click.echo(f"  ok      {line}")
+        for line in result.failed:
+            click.echo(f"  failed  {line}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
 
 
 @cli.command("list")

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +53,20 @@ def run_training(
     out: Path | None,
     resume: Path | None,
 ) -> None:
-    """Train and print where the run went."""
-    from vlattn.train import fit
+    """Train and print where the run went.
 
-    result = fit(
-        task_name, task_values, trainer_values, resume if resume is not None else out, resume=resume is not None
-    )
-    if int(__import__("os").environ.get("RANK", "0")) != 0:
+    SIGTERM during start-up (imports, data, model) stops like Ctrl-C: one line and exit 130; the
+    trainer takes the signals over once its loop runs (save, then stop).
+    """
+    import os
+
+    with startup_signals():
+        from vlattn.train import fit
+
+        result = fit(
+            task_name, task_values, trainer_values, resume if resume is not None else out, resume=resume is not None
+        )
+    if int(os.environ.get("RANK", "0")) != 0:
         return
     best = (
         f"; best {result.best_metric} {result.best_value:.4g} in {result.best_path}"
@@ -68,6 +78,24 @@ def run_training(
     if result.reason == "interrupted":
         click.echo(f"resume with: vlattn train --resume {result.run_dir}", err=True)
         sys.exit(130)
+
+
+@contextlib.contextmanager
+def startup_signals() -> Iterator[None]:
+    """Turn SIGTERM into :class:`KeyboardInterrupt` (what Ctrl-C raises) while the run starts."""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def plain_text(doc: str) -> str:

@@ -78,5 +78,6 @@ def on_checkpoint(run_dir: Path, step: int, path: Path, is_best: bool) -> None:
 def on_train_end(run_dir: Path, step: int, reason: str) -> None:
     """Called on the main process when training stops.
 
-    ``reason`` is one of ``"finished"``, ``"early_stop"``, ``"interrupted"`` or ``"diverged"``.
+    ``reason`` is one of ``"finished"``, ``"early_stop"``, ``"interrupted"``, ``"diverged"`` (NaN or
+    infinite loss) or ``"failed"`` (an exception, which the trainer re-raises after this hook).
     """

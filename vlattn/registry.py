@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -59,6 +59,10 @@ class AttentionSpec:
         formula: the score or weighting formula in plain text, shown by ``vlattn list --json`` and the
             docs (``"score = v^T tanh(W q + U k)"``); optional.
         paper: a short citation of the paper that introduced it (``"Bahdanau et al. 2015"``); optional.
+        contract: settings of :func:`vlattn.testing.check_mechanism` for this mechanism, where it
+            departs from the common contract on purpose: ``{"options": {...}}`` it needs to keep
+            it, ``{"partial_weights": True}`` (weights may sum below 1), ``{"per_step_query": False}``,
+            ``{"other_value_size": False}``; optional.
         plugin: filled in by the registry: the plugin that registered it.
     """
 
@@ -67,6 +71,7 @@ class AttentionSpec:
     summary: str = ""
     formula: str = ""
     paper: str = ""
+    contract: Mapping[str, Any] = field(default_factory=dict)
     plugin: str = ""
 
     def load(self) -> Callable[..., Any]:

@@ -58,6 +58,7 @@ BUILTIN: tuple[AttentionSpec, ...] = (
         summary="Luong's local attention on the window [t - D, t + D] (monotonic alignment)",
         formula="a_t = softmax(score(h_t, h_s)) for |s - t| <= D",
         paper=LUONG,
+        contract={"per_step_query": False},  # a single query must be told its step (``positions``)
     ),
     AttentionSpec(
         "local-p",
@@ -65,6 +66,7 @@ BUILTIN: tuple[AttentionSpec, ...] = (
         summary="Luong's local attention around a predicted position, Gaussian-weighted",
         formula="p_t = S sigmoid(v_p^T tanh(W_p h_t)); a_t(s) = softmax(score) exp(-(s-p_t)^2/(2 sigma^2))",
         paper=LUONG,
+        contract={"partial_weights": True},  # the paper keeps the Gaussian factor: weights sum below 1
     ),
     AttentionSpec(
         "scaled-dot",
@@ -79,6 +81,7 @@ BUILTIN: tuple[AttentionSpec, ...] = (
         summary="multi-head attention, same layout and results as torch.nn.MultiheadAttention",
         formula="concat_i softmax(q W_i^Q (k W_i^K)^T / sqrt(d_h)) v W_i^V, then W^O",
         paper=VASWANI,
+        contract={"other_value_size": False},  # built for one value size (``value_dim``)
     ),
     AttentionSpec(
         "tutorial",
@@ -86,6 +89,7 @@ BUILTIN: tuple[AttentionSpec, ...] = (
         summary="the tutorial's query-free pooling, kept faithful (bias per step, no mask)",
         formula="e_t = tanh(x_t W + b_t); a = softmax(e); c = sum_t a_t x_t",
         paper=TUTORIAL,
+        contract={"options": {"mask_padding": True}},  # faithful by default: the tutorial ignores padding
     ),
     AttentionSpec(
         "tutorial-corrected",

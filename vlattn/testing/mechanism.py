@@ -252,21 +252,34 @@ ALL_CHECKS: tuple[Callable[[MechanismCase], None], ...] = (
 
 
 def mechanism_case(mechanism: str | Callable[..., nn.Module], **settings: Any) -> MechanismCase:
-    """A :class:`MechanismCase` for a registered name or a factory (class or callable)."""
+    """A :class:`MechanismCase` for a registered name or a factory (class or callable).
+
+    For a registered name, the spec's ``contract`` settings apply first; ``settings`` win (their
+    ``options`` are merged into the spec's).
+    """
     if isinstance(mechanism, str):
         from vlattn.plugins import attention_registry
 
         spec = attention_registry().get(mechanism)
-        return MechanismCase(spec.load(), f"{mechanism} (plugin {spec.plugin})", **settings)
+        merged = {**dict(spec.contract), **settings}
+        merged["options"] = {**dict(spec.contract.get("options", {})), **dict(settings.get("options", {}))}
+        return MechanismCase(spec.load(), f"{mechanism} (plugin {spec.plugin})", **merged)
     return MechanismCase(mechanism, getattr(mechanism, "__name__", repr(mechanism)), **settings)
 
 
-def check_mechanism(mechanism: str | Callable[..., nn.Module], *, cheap: bool = False, **settings: Any) -> list[str]:
+def check_mechanism(
+    mechanism: str | Callable[..., nn.Module],
+    *,
+    cheap: bool = False,
+    checks: tuple[Callable[[MechanismCase], None], ...] | None = None,
+    **settings: Any,
+) -> list[str]:
     """Run the mechanism contract on ``mechanism`` (a registered name, or a class / factory).
 
     Args:
         mechanism: ``"additive"`` or a class called as ``Class(query_dim, key_dim, **options)``.
         cheap: only the shape, weight, values and mask checks (no gradcheck, no file round trip).
+        checks: run exactly these checks instead (any of :data:`ALL_CHECKS`).
         settings: fields of :class:`MechanismCase` (``query_dim``, ``key_dim``, ``options``,
             ``partial_weights``, ``per_step_query``, ...).
 
@@ -275,7 +288,7 @@ def check_mechanism(mechanism: str | Callable[..., nn.Module], *, cheap: bool = 
     """
     case = mechanism_case(mechanism, **settings)
     passed = []
-    for check in CHEAP_CHECKS if cheap else ALL_CHECKS:
+    for check in checks or (CHEAP_CHECKS if cheap else ALL_CHECKS):
         try:
             check(case)
         except ContractViolation:

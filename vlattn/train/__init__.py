@@ -32,14 +32,16 @@ def fit(
         task_config: the task's ``Config`` instance or a mapping of its fields.
         trainer: a :class:`TrainerConfig` or a mapping of its fields (the task's
             ``trainer_defaults`` fill what the mapping leaves out).
-        out: the run folder; must be new or empty unless ``resume``.
+        out: the run folder; must be new, empty, or a run stopped before its first checkpoint
+            (which starts again) unless ``resume``.
         resume: continue the run in ``out`` exactly where its last checkpoint left it; ``trainer``
-            values given here override the saved ones (to extend ``max_steps``, say).
+            values given here override the saved ones (to extend ``max_steps``, say). A run that
+            stopped before its first checkpoint starts again from step 0 with its saved options.
     """
     from vlattn.train.run import prepare_run
 
     run = prepare_run(task_name, task_config, trainer, out, resume=resume)
-    return run.trainer.train(resume=resume)
+    return run.trainer.train(resume=run.resume)
 
 
 __all__ = ["TrainerConfig", "fit"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -67,6 +68,9 @@ class Trainer:
         self.metric_name, self.metric_mode = self._metric()
         self.progress = Progress()
         self._stop_signal: str | None = None
+        self._last_train_row: dict[str, float] = {}
+        # without a terminal the progress bar is off: print a line per epoch and per validation
+        self._plain_progress = not cfg.quiet and not sys.stderr.isatty()
 
     # -- setup -----------------------------------------------------------------------------------
     def _metric(self) -> tuple[str, str]:
@@ -177,12 +181,16 @@ class Trainer:
                             self._log("train", row)
                         if at_end:
                             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                        validated = False
                         if (cfg.eval_every and p.step % cfg.eval_every == 0) or (not cfg.eval_every and at_end):
                             last_metrics, improved_out = self._validate()
+                            validated = True
                             if improved_out:
                                 reason = "early_stop"
                         elif at_end and self.val_loader is None:
                             self._save(is_best=False)
+                        if at_end or validated:
+                            self._progress_line(last_metrics if validated else {})
                         if self._stop_signal:
                             reason = "interrupted"
                         if p.step >= self.total_steps or reason != "finished":
@@ -190,9 +198,14 @@ class Trainer:
             except TrainingDivergedError:
                 reason = "diverged"
                 raise
+            except BaseException:
+                # a task's error (or an abort): report it as it is; never validate or save after a
+                # failed step, so the last checkpoint stays the last good one
+                reason = "failed"
+                raise
             finally:
                 bar.close()
-                if reason != "diverged":
+                if reason not in ("diverged", "failed"):
                     self._finish(reason)
                 if self.dist.is_main and self.hooks is not None:
                     self.hooks.broadcast("on_train_end", run_dir=self.run_dir, step=p.step, reason=reason)
@@ -318,7 +331,22 @@ class Trainer:
             return None
         return int(torch.load(path, map_location="cpu", weights_only=True)["progress"]["step"])
 
+    def _progress_line(self, val_metrics: dict[str, float]) -> None:
+        """One line on stderr (when it is not a terminal): step, epoch, train loss, validation."""
+        if not self._plain_progress or not self.dist.is_main:
+            return
+        p = self.progress
+        parts = [f"{self.task_name}: step {p.step}/{self.total_steps} epoch {p.epoch}"]
+        if "loss" in self._last_train_row:
+            parts.append(f"train loss {self._last_train_row['loss']:.4g}")
+        if val_metrics:
+            shown = list(val_metrics.items())[:6]
+            parts.append("val " + " ".join(f"{k} {v:.4g}" for k, v in shown))
+        print(" | ".join(parts), file=sys.stderr, flush=True)
+
     def _log(self, split: str, metrics: dict[str, float]) -> None:
+        if split == "train":
+            self._last_train_row = dict(metrics)
         if self.log is None:
             return
         self.log.log(self.progress.step, self.progress.epoch, split, metrics)

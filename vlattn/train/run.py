@@ -18,6 +18,8 @@ from vlattn.fileio import atomic_write_text
 from vlattn.train.config import TrainerConfig
 
 CONFIG_FILE = "config.json"
+# what a run folder holds before its first checkpoint: such a folder can be started again
+PRE_CHECKPOINT_FILES = frozenset({CONFIG_FILE, "metrics.jsonl", "metrics.csv", "tensorboard"})
 
 
 @dataclass
@@ -27,6 +29,7 @@ class PreparedRun:
     run_dir: Path
     config: dict[str, Any]
     trainer: Any  # vlattn.train.loop.Trainer
+    resume: bool = False  # False also for a --resume of a run that never reached a checkpoint
 
 
 def _as_mapping(obj: Any) -> dict[str, Any]:
@@ -50,6 +53,46 @@ def default_run_dir(task_name: str) -> Path:
     return Path("runs") / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds anything beyond what a run writes before its first checkpoint."""
+    return any(entry.name not in PRE_CHECKPOINT_FILES for entry in run_dir.iterdir())
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The saved ``config.json`` of ``run_dir``, or a one-line :class:`VlattnError` saying why not."""
+    if not run_dir.exists():
+        raise VlattnError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise VlattnError(f"{run_dir} is a file, not a run folder")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise VlattnError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VlattnError(f"{path} is corrupt ({exc}); the run cannot be resumed from it") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("task"), str):
+        raise VlattnError(f"{path} is not a vlattn run configuration (no task name)")
+    for key in ("task_config", "trainer"):
+        if not isinstance(saved.get(key, {}), dict):
+            raise VlattnError(f"{path} is corrupt: {key!r} is not a table of options")
+    return saved
+
+
+def load_task_class(task_name: str) -> type:
+    """The registered task class, checked to be usable before any file is written."""
+    from vlattn.errors import PluginContractError
+    from vlattn.plugins import task_registry
+    from vlattn.task import task_class_problems
+
+    spec = task_registry().get(task_name)
+    task_cls = spec.load()
+    problems = task_class_problems(task_cls)
+    if problems:
+        raise PluginContractError(f"task {task_name!r} of plugin {spec.plugin!r}: {'; '.join(problems)}")
+    return task_cls
+
+
 def prepare_run(
     task_name: str | None,
     task_config: Any,
@@ -59,7 +102,7 @@ def prepare_run(
     resume: bool = False,
 ) -> PreparedRun:
     """Check the options, create (or reopen) the run folder and build the :class:`Trainer`."""
-    from vlattn.plugins import get_host, task_registry
+    from vlattn.plugins import get_host
     from vlattn.train.loop import Trainer
 
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -67,22 +110,24 @@ def prepare_run(
         if out is None:
             raise VlattnError("--resume needs the run folder to continue")
         run_dir = Path(out)
-        config_path = run_dir / CONFIG_FILE
-        if not config_path.is_file():
-            raise VlattnError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        saved = read_run_config(run_dir)
         if task_name is not None and task_name != saved["task"]:
             raise VlattnError(f"{run_dir} is a {saved['task']!r} run, not {task_name!r}")
         if task_config:
             raise VlattnError("task options cannot change on --resume; only trainer options can")
         task_name = saved["task"]
-        task_cls = task_registry().get(task_name).load()
-        task_cfg = from_mapping(task_cls.Config, saved["task_config"], where=str(config_path))
-        trainer_cfg = from_mapping(TrainerConfig, {**saved["trainer"], **_as_mapping(trainer)}, where="trainer options")
+        task_cls = load_task_class(task_name)
+        where = str(run_dir / CONFIG_FILE)
+        task_cfg = from_mapping(task_cls.Config, saved.get("task_config", {}), where=where)
+        trainer_cfg = from_mapping(
+            TrainerConfig, {**saved.get("trainer", {}), **_as_mapping(trainer)}, where="trainer options"
+        )
+        # a run stopped before its first checkpoint starts again from step 0 with its saved options
+        resume = has_checkpoint(run_dir)
     else:
         if task_name is None:
             raise VlattnError("name the task to train")
-        task_cls = task_registry().get(task_name).load()
+        task_cls = load_task_class(task_name)
         task_cfg = (
             task_config
             if isinstance(task_config, task_cls.Config)
@@ -90,11 +135,17 @@ def prepare_run(
         )
         trainer_cfg = resolve_trainer(task_cls, trainer)
         run_dir = Path(out) if out is not None else default_run_dir(task_name)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and is_main:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise VlattnError(f"run folder {run_dir} is a file; choose another --out")
+        if run_dir.is_dir() and has_checkpoint(run_dir) and is_main:
             raise VlattnError(
-                f"run folder {run_dir} already exists and is not empty; choose another --out "
+                f"run folder {run_dir} already exists and holds more than an unstarted run; choose another --out "
                 f"or continue it with --resume {run_dir}"
             )
+    try:
+        task = task_cls(task_cfg)
+    except (ValueError, ConfigError) as exc:
+        raise VlattnError(f"{task_name}: {exc}") from None
     config = {
         "task": task_name,
         "task_config": to_dict(task_cfg),
@@ -107,9 +158,5 @@ def prepare_run(
             atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         except OSError as exc:
             raise VlattnError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
-    try:
-        task = task_cls(task_cfg)
-    except (ValueError, ConfigError) as exc:
-        raise VlattnError(f"{task_name}: {exc}") from None
     trainer_obj = Trainer(task, task_name, trainer_cfg, run_dir, hooks=get_host())
-    return PreparedRun(run_dir, config, trainer_obj)
+    return PreparedRun(run_dir, config, trainer_obj, resume)
