@@ -22,7 +22,8 @@ def test_plugin_is_listed_with_its_distribution(example_plugin: dict[str, str]) 
     info = {p["name"]: p for p in json.loads(proc.stdout)}["example"]
     assert info["distribution"] == "vlattn-example" and info["version"] == "0.1.0" and info["error"] is None
     assert info["attention"] == ["cosine"] and info["tasks"] == ["find-marker"]
-    assert info["hooks"] == ["register_attention", "register_tasks"]
+    assert info["hooks"] == ["register_attention", "register_commands", "register_tasks"]
+    assert info["commands"] == ["find-marker"] and info["problems"] == []
 
 
 def test_mechanisms_cross_plug(example_plugin: dict[str, str]) -> None:
@@ -46,3 +47,32 @@ def test_mechanisms_cross_plug(example_plugin: dict[str, str]) -> None:
 def test_example_package_metadata_is_installable() -> None:
     pyproject = (Path(__file__).resolve().parents[1] / "examples" / "vlattn-example" / "pyproject.toml").read_text()
     assert '[project.entry-points.vlattn]\nexample = "vlattn_example.plugin"' in pyproject
+
+
+def test_the_example_plugins_own_tests_pass(example_plugin: dict[str, str]) -> None:
+    """The template's tests (vlattn's contract kit on its mechanism and task, and its command)."""
+    tests = Path(__file__).resolve().parents[1] / "examples" / "vlattn-example" / "tests"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tests), str(tests)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(example_plugin),
+        cwd=tests,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "4 passed" in proc.stdout
+
+
+def test_help_stays_fast_and_torch_free_with_the_plugin_installed(example_plugin: dict[str, str]) -> None:
+    code = (
+        "import sys, time, contextlib; t = time.perf_counter(); from vlattn.cli import main\n"
+        "with contextlib.suppress(SystemExit): main(['--help'])\n"
+        "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(example_plugin)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "find-marker" in proc.stdout
+    _elapsed, torch_loaded = proc.stdout.strip().splitlines()[-1].split()
+    assert torch_loaded == "False"

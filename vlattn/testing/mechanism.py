@@ -45,6 +45,7 @@ class MechanismCase:
         call_options: extra keyword arguments of ``forward`` (besides query, keys, values, mask).
         other_value_size: check ``values`` whose size differs from the keys'; turn off for
             mechanisms built for one value size (``multihead``'s ``value_dim``).
+        plugin: the plugin that registered the mechanism, for messages.
     """
 
     factory: Callable[..., nn.Module]
@@ -59,13 +60,14 @@ class MechanismCase:
     per_step_query: bool = True
     call_options: Mapping[str, Any] = field(default_factory=dict)
     other_value_size: bool = True
+    plugin: str = ""
 
     def build(self, dtype: torch.dtype = torch.float32) -> nn.Module:
         """A fresh module (seed 0, eval mode, ``dtype``)."""
         torch.manual_seed(0)
         module = self.factory(self.query_dim, self.key_dim, **dict(self.options))
         if not isinstance(module, nn.Module):
-            raise ContractViolation(f"{self.name}: the factory returned {type(module).__name__}, not a torch.nn.Module")
+            raise self.fail(f"the factory returned {type(module).__name__}, not a torch.nn.Module")
         return module.to(dtype).eval()
 
     def inputs(self, *, steps: int | None = None, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,11 +87,13 @@ class MechanismCase:
         """``module(query, keys, values, mask=mask)``, checked to be a ``(context, weights)`` pair."""
         output = module(query, keys, values, mask=mask, **dict(self.call_options))
         if not isinstance(output, tuple) or len(output) != 2:
-            raise ContractViolation(f"{self.name}: forward must return (context, weights), got {type(output).__name__}")
+            raise self.fail(f"forward must return (context, weights), got {type(output).__name__}")
         return output  # type: ignore[return-value]
 
     def fail(self, message: str) -> ContractViolation:
-        return ContractViolation(f"attention mechanism {self.name!r}: {message}")
+        """The :class:`ContractViolation` to raise: ``attention mechanism 'x' of plugin 'p': message``."""
+        by = f" of plugin {self.plugin!r}" if self.plugin else ""
+        return ContractViolation(f"attention mechanism {self.name!r}{by}: {message}")
 
 
 def _close(a: Tensor, b: Tensor, tol: float = 1e-5) -> bool:
@@ -263,7 +267,7 @@ def mechanism_case(mechanism: str | Callable[..., nn.Module], **settings: Any) -
         spec = attention_registry().get(mechanism)
         merged = {**dict(spec.contract), **settings}
         merged["options"] = {**dict(spec.contract.get("options", {})), **dict(settings.get("options", {}))}
-        return MechanismCase(spec.load(), f"{mechanism} (plugin {spec.plugin})", **merged)
+        return MechanismCase(spec.load(), mechanism, plugin=spec.plugin, **merged)
     return MechanismCase(mechanism, getattr(mechanism, "__name__", repr(mechanism)), **settings)
 
 
