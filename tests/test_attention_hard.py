@@ -214,3 +214,19 @@ def test_reward_scale_multiplies_the_score_term_only() -> None:
         ReinforceLoss(reward_scale=0.0)
     with pytest.raises(ValueError, match="baseline must be"):
         ReinforceLoss(baseline="median")  # type: ignore[arg-type]
+
+
+def test_straight_through_gumbel_samples_alpha_and_differentiates_the_sample() -> None:
+    module = build("hard-spatial", expectation_prob=0.0, estimator="gumbel", temperature=0.5).train()
+    query, keys, mask = repeated("hard-spatial", 20000)
+    torch.manual_seed(6)
+    context, weights = module(query, keys, mask=mask)
+    alpha = build("hard-spatial").eval()(query[:1], keys[:1], mask=mask[:1])[1][0]
+    assert torch.all(weights.detach().sum(-1).sub(1).abs() < 1e-5)
+    assert torch.all(weights.detach().max(-1).values > 1 - 1e-5)  # one-hot values
+    torch.testing.assert_close(weights.detach().mean(0), alpha, atol=0.015, rtol=0)  # Gumbel-max is exact
+    assert module.last is not None and not module.last.sampled.any() and torch.all(module.last.log_prob == 0)
+    grad = torch.autograd.grad(context.pow(2).sum(), module.v.weight)[0]
+    assert grad.abs().sum() > 0  # the scorer learns through the sampled context itself
+    with pytest.raises(ValueError, match="estimator"):
+        HardSpatialAttention(4, 4, estimator="score")  # type: ignore[arg-type]

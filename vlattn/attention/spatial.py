@@ -164,6 +164,13 @@ class HardSpatialAttention(SoftSpatialAttention):
             scorer, the query and the keys, hence the networks that made them) or ``"scorer"``
             (only the scoring MLP's own parameters: the log-probability is recomputed from
             detached queries and keys, which costs a second scoring pass in training).
+        estimator: ``"reinforce"`` (the paper: the sample is not differentiated, the scorer learns
+            from the sample log-probabilities in :attr:`last`) or ``"gumbel"`` (straight-through
+            Gumbel-softmax: the sample is ``argmax(log alpha + g)`` with Gumbel noise ``g``, the
+            same distribution, and its one-hot weights carry the gradient of
+            ``softmax((log alpha + g) / temperature)``; biased but without REINFORCE's variance,
+            and :attr:`last` reports no REINFORCE samples).
+        temperature: the Gumbel-softmax temperature (``estimator="gumbel"``).
     """
 
     last: HardAttentionSample | None
@@ -177,6 +184,8 @@ class HardSpatialAttention(SoftSpatialAttention):
         expectation_prob: float = 0.5,
         eval_mode: HardEvalMode = "expectation",
         score_gradient: ScoreGradient = "all",
+        estimator: Literal["reinforce", "gumbel"] = "reinforce",
+        temperature: float = 1.0,
     ) -> None:
         super().__init__(query_dim, key_dim, hidden_dim=hidden_dim, gate=gate)
         if not 0.0 <= expectation_prob <= 1.0:
@@ -186,6 +195,12 @@ class HardSpatialAttention(SoftSpatialAttention):
         if score_gradient not in ("all", "scorer"):
             raise AttentionConfigError(f"score_gradient must be 'all' or 'scorer', got {score_gradient!r}")
         self.score_gradient: ScoreGradient = score_gradient
+        if estimator not in ("reinforce", "gumbel"):
+            raise AttentionConfigError(f"estimator must be 'reinforce' or 'gumbel', got {estimator!r}")
+        if not temperature > 0:
+            raise AttentionConfigError(f"temperature must be > 0, got {temperature}")
+        self.estimator = estimator
+        self.temperature = temperature
         self.last = None
 
     def select(self, alpha: Tensor, score_alpha: Tensor | None = None) -> Tensor:
@@ -196,8 +211,15 @@ class HardSpatialAttention(SoftSpatialAttention):
         """
         nonempty = alpha.sum(-1) > 0  # [B, Tq]; fully masked rows have all-zero alpha
         safe = torch.where(nonempty.unsqueeze(-1), alpha, torch.ones_like(alpha)).detach()
-        draw = self.training or self.eval_mode == "sample"
-        if draw:
+        tiny = torch.finfo(alpha.dtype).tiny
+        gumbel = self.training and self.estimator == "gumbel"
+        relaxed = None
+        if gumbel:  # Gumbel-max: argmax(log alpha + g) ~ Categorical(alpha)
+            noise = -torch.log(-torch.log(torch.rand_like(alpha).clamp(tiny, 1.0 - 1e-7)))
+            perturbed = alpha.clamp_min(tiny).log() + noise
+            relaxed = torch.softmax(perturbed / self.temperature, dim=-1)
+            index = perturbed.detach().argmax(-1)
+        elif self.training or self.eval_mode == "sample":
             flat = safe.reshape(-1, safe.shape[-1])
             index = torch.multinomial(flat, 1).view(alpha.shape[:-1])
         else:
@@ -207,9 +229,10 @@ class HardSpatialAttention(SoftSpatialAttention):
         else:
             use_expectation = torch.full_like(nonempty, self.eval_mode == "expectation")
         one_hot = nn.functional.one_hot(index, alpha.shape[-1]).to(alpha.dtype) * nonempty.unsqueeze(-1)
+        if relaxed is not None:  # straight through: the one-hot value, the relaxed sample's gradient
+            one_hot = one_hot + (relaxed - relaxed.detach()) * nonempty.unsqueeze(-1)
         weights = torch.where(use_expectation.unsqueeze(-1), alpha, one_hot)
-        sampled = nonempty & ~use_expectation & self.training
-        tiny = torch.finfo(alpha.dtype).tiny
+        sampled = nonempty & ~use_expectation & self.training & (not gumbel)
         source = alpha if score_alpha is None else score_alpha
         picked = source.gather(-1, index.unsqueeze(-1)).squeeze(-1)
         log_prob = torch.where(sampled, picked.clamp_min(tiny).log(), 0.0)
