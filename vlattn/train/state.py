@@ -96,9 +96,12 @@ def read_state_file(path: Path) -> dict[str, Any]:
     objects (refused, never unpickled), and for a truncated or corrupt one.
     """
     import pickle
+    import warnings
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise VlattnError(
             f"{path} holds Python objects other than tensors and plain values; vlattn does not unpickle "
