@@ -174,3 +174,29 @@ def test_plugins_check_reports_per_plugin(tmp_path: Path) -> None:
         [sys.executable, "-m", "vlattn", "plugins", "--check"], capture_output=True, text=True, env=env
     )
     assert "sloppy (vlattn-sloppy 0.0.1): FAILED" in text.stdout and "Traceback" not in text.stderr
+
+
+def test_a_wrong_output_surfaces_at_the_mechanism_inside_the_captioner(mistakes: PluginHost) -> None:
+    from vlattn_caption.task import CaptionConfig, CaptionTask
+
+    from vlattn.config import from_mapping
+
+    config = from_mapping(
+        CaptionConfig,
+        {
+            "synthetic_train": 4,
+            "synthetic_val": 1,
+            "image_size": 32,
+            "grid": 4,
+            "cnn_channels": 8,
+            "embed_dim": 8,
+            "hidden_dim": 16,
+            "attention": "extradim",
+        },
+    )
+    task = CaptionTask(config)
+    splits = task.setup_data()
+    model = task.build_model()
+    batch = task.collate([splits.train[i] for i in range(2)])
+    with pytest.raises(PluginContractError, match=r"'extradim' of plugin 'sloppy': context has shape \(2, 1, 10\), expected \(2, 10\)"):
+        task.training_step(model, batch)
