@@ -163,10 +163,12 @@ def build_cli() -> click.Group:
     """The root group with the built-in commands and every plugin's commands added."""
     from vlattn.cli_train import eval_command, train_group
     from vlattn.plugins import get_host
+    from vlattn.serve.command import serve_command
 
     if "train" not in cli.commands:
         cli.add_command(train_group)
         cli.add_command(eval_command)
+        cli.add_command(serve_command)
         get_host().add_commands(cli)
     return cli
 

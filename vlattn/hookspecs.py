@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import click
 
     from vlattn.registry import AttentionSpec, TaskSpec
+    from vlattn.serve.spec import ViewSpec
 
 PROJECT = "vlattn"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -50,6 +51,15 @@ def register_commands(cli: click.Group) -> None:
     """Add click commands to the ``vlattn`` command group (``cli.add_command(...)``).
 
     Keep module-level imports of the command light: ``vlattn --help`` builds every command.
+    """
+
+
+@hookspec
+def register_views(register: Callable[[ViewSpec], None]) -> None:
+    """Add pages to ``vlattn serve`` by calling ``register(ViewSpec(...))`` once for each.
+
+    A view names its handler class, its page script and its API routes by dotted strings, so
+    registering it imports neither torch nor the web server; see :mod:`vlattn.serve`.
     """
 
 

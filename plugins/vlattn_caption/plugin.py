@@ -30,3 +30,11 @@ def register_commands(cli: click.Group) -> None:
 
     cli.add_command(caption)
     cli.add_command(caption_data)
+
+
+@hookimpl
+def register_views(register: Callable[..., None]) -> None:
+    """Add the caption page to ``vlattn serve``."""
+    from vlattn_caption.view import VIEW
+
+    register(VIEW)

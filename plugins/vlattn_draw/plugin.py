@@ -33,3 +33,11 @@ def register_commands(cli: click.Group) -> None:
     from vlattn_draw.cli import draw_command
 
     cli.add_command(draw_command)
+
+
+@hookimpl
+def register_views(register: Callable[..., None]) -> None:
+    """Add the DRAW page to ``vlattn serve``."""
+    from vlattn_draw.view import VIEW
+
+    register(VIEW)

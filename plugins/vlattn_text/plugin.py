@@ -37,3 +37,11 @@ def register_commands(cli: click.Group) -> None:
     from vlattn_text.cli import classify
 
     cli.add_command(classify)
+
+
+@hookimpl
+def register_views(register: Callable[..., None]) -> None:
+    """Add the text page to ``vlattn serve``."""
+    from vlattn_text.view import VIEW
+
+    register(VIEW)

@@ -120,3 +120,11 @@ def register_attention(register: Callable[[AttentionSpec], None]) -> None:
     """Register every mechanism in :mod:`vlattn.attention`."""
     for spec in BUILTIN:
         register(spec)
+
+
+@hookimpl
+def register_views(register: Callable[..., None]) -> None:
+    """Add the mechanisms page to ``vlattn serve``."""
+    from vlattn.attention.view import VIEW
+
+    register(VIEW)
