@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlattn.serve import ApiInput, ApiRoute, ViewHandler, ViewSpec
+from vlattn.serve import ApiError, ApiInput, ApiRoute, ViewHandler, ViewSpec
 
 MAX_SENTENCES = 100
 MAX_CHARS = 2_000
@@ -45,7 +45,9 @@ class TextView(ViewHandler):
 
     def parse(self, request: ApiInput) -> list[str]:
         """The request's sentences: ``texts`` (a list) or ``text`` (one sentence per line)."""
-        name = "texts" if request.has("texts") else "text"
+        name = "texts" if "texts" in request.fields else "text"
+        if name not in request.fields:
+            raise ApiError("send 'texts' (a list of sentences) or 'text' (one sentence per line)", 400)
         return request.texts(name, max_items=MAX_SENTENCES, max_chars=MAX_CHARS)
 
     def classify(self, requests: list[list[str]]) -> list[dict[str, Any]]:

@@ -86,7 +86,7 @@ async def read_input(request: Request, limits: Limits) -> ApiInput:
     if request.method == "GET":
         return ApiInput(dict(request.query_params), {}, limits)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind.startswith("multipart/form-data"):
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form(max_files=4, max_fields=64, max_part_size=limits.max_body_bytes)
         except HTTPException as exc:
@@ -105,7 +105,7 @@ async def read_input(request: Request, limits: Limits) -> ApiInput:
     if not body.strip():
         return ApiInput(dict(request.query_params), {}, limits)
     if kind not in ("application/json", "") and not kind.endswith("+json"):
-        raise ApiError(f"send JSON, multipart/form-data or an image, not {kind}", 400)
+        raise ApiError(f"send JSON, a form or an image, not {kind}", 400)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
