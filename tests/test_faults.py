@@ -122,7 +122,7 @@ def tiny_text_data(folder: Path, n: int = 64) -> Path:
     return path
 
 
-def train_args(data: Path, out: Path, epochs: int = 2, size: int = 8) -> list[str]:
+def train_args(data: Path, out: Path, epochs: int = 1, size: int = 8) -> list[str]:
     return [
         "train", "text-classifier", "--data", str(data), "--epochs", str(epochs), "--embed-dim", str(size),
         "--hidden-size", str(size), "--subword-buckets", "0", "--seed", "3", "--quiet", "--out", str(out),

@@ -12,7 +12,7 @@ from typing import Any
 
 from vlattn.data.text import iter_lines, read_text
 from vlattn.errors import VlattnError
-from vlattn.fileio import atomic_write_text
+from vlattn.fileio import atomic_write_text, write_error
 
 JSONL = "metrics.jsonl"
 CSV = "metrics.csv"
@@ -82,8 +82,12 @@ class MetricsLog:
         """Record one row."""
         row = {"step": step, "epoch": epoch, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
         self.rows.append(row)
-        with (self.run_dir / JSONL).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        path = self.run_dir / JSONL
+        try:
+            with path.open("a", encoding="utf-8") as fh:  # a row cut short by a crash is skipped on reading
+                fh.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise write_error(path, exc, existed=True) from None
         self._write_csv()
         if self._writer is not None:
             for key, value in metrics.items():
