@@ -327,11 +327,10 @@ def test_damaged_model_files_are_one_line(damaged_models: dict[str, Path], name:
 
 
 def test_damaged_model_files_in_a_fresh_process(damaged_models: dict[str, Path]) -> None:
-    """Through the real entry point, with memory capped: an absurd config fails in one line."""
+    """Through the real entry point, with memory capped: an absurd config fails in one line, before
+    the model is built (building it would ask for terabytes)."""
     absurd = vlattn("classify", "--model", str(damaged_models["absurd"]), "fine", memory_limit=MEMORY_LIMIT)
     assert_one_error(absurd, 1, "the file holds", "the config gives")
-    future = vlattn("eval", str(damaged_models["future"]))
-    assert_one_error(future, 1, "newer vlattn", "upgrade vlattn")
 
 
 def test_absurd_sizes_are_refused_before_anything_is_built(damaged_models: dict[str, Path]) -> None:
