@@ -50,6 +50,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(2048)  # connections queue from now on, even before the server's loop accepts them
     except OSError as exc:
         raise VlattnError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
