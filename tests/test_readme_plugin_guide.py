@@ -30,11 +30,12 @@ def test_the_guide_has_a_snippet_per_extension_point() -> None:
         "class ParityTask(Task)",
         "def register_commands",
         "def on_metrics",
+        "def register_views",
         "check_mechanism(",
         "check_task(",
     ):
         assert name in joined, name
-    assert len(snippets) == 5
+    assert len(snippets) == 6
 
 
 def test_the_guide_snippets_run_and_keep_their_promises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,3 +61,11 @@ def test_the_guide_snippets_run_and_keep_their_promises(tmp_path: Path, monkeypa
     events = next(ns for ns in namespaces if "on_metrics" in ns)
     host.add_plugin(type("Events", (), {k: staticmethod(events[k]) for k in ("on_metrics", "on_train_end")}), "ev")
     assert host.infos["ev"].problems == [] and host.infos["ev"].hooks == ["on_metrics", "on_train_end"]
+    views = next(ns for ns in namespaces if "ParityView" in ns)
+    found: list = []
+    views["register_views"](found.append)
+    assert [v.name for v in found] == ["parity"] and found[0].routes[0].path == "/api/parity"
+    from vlattn.serve import ApiInput
+
+    handler = views["ParityView"]({})
+    assert handler.parity([handler.parse(ApiInput({"bits": "0111"}))]) == [{"bits": "0111", "odd": True}]
