@@ -42,8 +42,12 @@ PAPER = dict(steps=64, read_n=2, write_n=5, enc_size=256, dec_size=256, z_size=1
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("plugins/vlattn_draw/weights/draw_mnist.safetensors"),
-                        help="where the best model goes (with its test results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("plugins/vlattn_draw/weights/draw_mnist.safetensors"),
+        help="where the best model goes (with its test results)",
+    )
     parser.add_argument("--run-dir", type=Path, default=Path("runs/draw-bundled"), help="trainer run folder (new)")
     parser.add_argument("--data-path", default="", help="binarized_mnist.npz (default: ../shared/data)")
     parser.add_argument("--paper", action="store_true", help="the paper's configuration (T=64, LSTM 256, z 100)")
@@ -51,9 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="override T")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock training budget (0 = none)")
-    parser.add_argument("--stop-after-epochs", type=int, default=0,
-                        help="stop after this many epochs (validations) without shortening the schedule "
-                        "(for short runs comparable with the first epochs of a full one; 0 = off)")
+    parser.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=0,
+        help="stop after this many epochs (validations) without shortening the schedule "
+        "(for short runs comparable with the first epochs of a full one; 0 = off)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default 64 (128 with --paper)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
@@ -79,13 +87,15 @@ def model_config(args: argparse.Namespace) -> dict:
 def _stop_after(run_dir: Path, validations: int, done: threading.Event) -> None:
     """Ask the trainer to stop (SIGTERM: finish the step, save) once ``metrics.jsonl`` holds
     ``validations`` validation rows (one per epoch)."""
-    metrics = run_dir / "metrics.jsonl"
+    from vlattn.errors import VlattnError
+    from vlattn.train.logging import read_metrics
+
     while not done.wait(2.0):
         try:
-            rows = metrics.read_text(encoding="utf-8").splitlines()
-        except OSError:
+            rows = read_metrics(run_dir)
+        except (OSError, VlattnError):
             continue
-        if sum('"split": "val"' in row for row in rows) >= validations:
+        if sum(row.get("split") == "val" for row in rows) >= validations:
             os.kill(os.getpid(), signal.SIGTERM)
             return
 
@@ -95,10 +105,20 @@ def train(args: argparse.Namespace) -> Path:
     from vlattn.train import fit
 
     trainer = dict(
-        epochs=args.epochs, batch_size=args.batch_size or (128 if args.paper else 64),
-        eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer="adam", schedule="cosine",
-        grad_clip=5.0, patience=args.patience, seed=args.seed, threads=args.threads, device=args.device,
-        log_every=100, quiet=True, tensorboard=False,
+        epochs=args.epochs,
+        batch_size=args.batch_size or (128 if args.paper else 64),
+        eval_batch_size=args.eval_batch_size,
+        lr=args.lr,
+        optimizer="adam",
+        schedule="cosine",
+        grad_clip=5.0,
+        patience=args.patience,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        log_every=100,
+        quiet=True,
+        tensorboard=False,
     )
     timer = None
     if args.max_minutes > 0:  # the trainer treats SIGTERM like Ctrl-C: finish the step, save, stop
@@ -116,9 +136,18 @@ def train(args: argparse.Namespace) -> Path:
         done.set()
         if timer is not None:
             timer.cancel()
-    print(json.dumps({"run_dir": str(result.run_dir), "steps": result.step, "reason": result.reason,
-                      "best_val_nll_bound": result.best_value, "minutes": round((time.time() - start) / 60, 1)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "steps": result.step,
+                "reason": result.reason,
+                "best_val_nll_bound": result.best_value,
+                "minutes": round((time.time() - start) / 60, 1),
+            }
+        ),
+        flush=True,
+    )
     if result.best_path is None:
         raise SystemExit("training produced no best model")
     return result.best_path
@@ -136,8 +165,11 @@ def score(path: Path, out: Path, args: argparse.Namespace, extra_info: dict | No
     start = time.time()
     bound = evaluate_file(path, device=args.device, batch_size=args.eval_batch_size)
     options = DrawEvalOptions(iw_samples=args.iw_samples, iw_chunk=args.iw_samples)
-    iw = evaluate_file(path, device=args.device, batch_size=args.eval_batch_size, options=options) \
-        if args.iw_samples > 0 else {}
+    iw = (
+        evaluate_file(path, device=args.device, batch_size=args.eval_batch_size, options=options)
+        if args.iw_samples > 0
+        else {}
+    )
     summary = {
         "test_images": int(bound["images"]),
         "test_nll_bound": round(bound["nll_bound"], 3),
@@ -150,8 +182,9 @@ def score(path: Path, out: Path, args: argparse.Namespace, extra_info: dict | No
     loaded = load_model(path)
     info = {**loaded.header.info, **(extra_info or {}), **summary}
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(out, loaded.model, task_name="draw", config=loaded.header.config,
-               artifacts=loaded.task.artifacts(), info=info)
+    save_model(
+        out, loaded.model, task_name="draw", config=loaded.header.config, artifacts=loaded.task.artifacts(), info=info
+    )
     return info
 
 
@@ -160,8 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     best = args.out if args.eval_only else train(args)
-    recipe = "scripts/train_draw_bundled.py" + (" --paper" if args.paper else "") + \
-        (" --no-attention" if args.no_attention else "")
+    recipe = (
+        "scripts/train_draw_bundled.py"
+        + (" --paper" if args.paper else "")
+        + (" --no-attention" if args.no_attention else "")
+    )
     info = score(best, args.out, args, {"recipe": recipe})
     print(json.dumps(info), flush=True)
 
