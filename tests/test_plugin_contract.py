@@ -198,5 +198,6 @@ def test_a_wrong_output_surfaces_at_the_mechanism_inside_the_captioner(mistakes:
     splits = task.setup_data()
     model = task.build_model()
     batch = task.collate([splits.train[i] for i in range(2)])
-    with pytest.raises(PluginContractError, match=r"'extradim' of plugin 'sloppy': context has shape \(2, 1, 10\), expected \(2, 10\)"):
+    expected = r"'extradim' of plugin 'sloppy': context has shape \(2, 1, 10\), expected \(2, 10\)"
+    with pytest.raises(PluginContractError, match=expected):
         task.training_step(model, batch)
