@@ -396,3 +396,30 @@ def test_help_keeps_whole_summaries() -> None:
     assert proc.returncode == 0
     draw = next(line for line in proc.stdout.splitlines() if line.strip().startswith("draw "))
     assert "Gregor et al. 2015" in draw, proc.stdout
+
+
+# --- signals during training ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_training_saves_and_the_run_resumes(tmp_path: Path, signum: int) -> None:
+    data = tiny_text_data(tmp_path, n=256)
+    run = tmp_path / "run"
+    args = [*train_args(data, run, epochs=30, size=32), "--batch-size", "4", "--eval-every", "5"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlattn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env()
+    )
+    deadline = time.monotonic() + 120
+    while not (run / STATE_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first checkpoint is written
+    time.sleep(random.Random(int(signum)).uniform(0.0, 1.0))  # then anywhere: in a step, a validation, a save
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()  # the run is far from done when the signal comes
+    assert "Traceback" not in err.decode()
+    stopped_at = read_header(run / "last.safetensors").info["step"]
+    resumed = vlattn("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_header(run / "last.safetensors").info["step"] >= stopped_at
+    load_model(run / "last.safetensors")
