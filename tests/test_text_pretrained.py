@@ -175,6 +175,35 @@ def test_classify_command_with_a_pretrained_model(tmp_path: Path, tiny_bert: Pat
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["tokens"] for r in rows] == [["[CLS]", "great", "phone", "[SEP]"], ["[CLS]", "not", "good", "[SEP]"]]
     assert all(len(r["attention"]) == len(r["tokens"]) for r in rows)
+    assert all("encoder_attention" not in r for r in rows)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlattn",
+            "classify",
+            "--model",
+            str(path),
+            "--json",
+            "--encoder-attention",
+            "great phone",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    matrix = json.loads(proc.stdout)["encoder_attention"]
+    assert len(matrix) == 4 and all(len(row) == 4 and abs(sum(row) - 1) < 1e-3 for row in matrix)
+    proc = subprocess.run(  # the bundled BiGRU model has no encoder of this kind
+        [sys.executable, "-m", "vlattn", "classify", "--json", "--encoder-attention", "great phone"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
+    assert proc.returncode == 1 and "has no pretrained encoder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 MINILM_FIXTURE = REPO / "tests" / "fixtures" / "minilm_reference.safetensors"

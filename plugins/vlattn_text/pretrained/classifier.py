@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from vlattn.attention import build_attention, lengths_to_mask
+from vlattn.errors import VlattnError
 from vlattn_text.models import ClassifierOutput, output_size
 from vlattn_text.pretrained.bert import BertEncoder
 
@@ -35,6 +36,8 @@ class PretrainedClassifier(nn.Module):
             (``last``: the encoder's summary token), or the masked ``mean`` of the states.
         dropout: dropout on the pooled vector.
         finetune_layers: trainable top layers of the encoder (0 = frozen, -1 = all, with embeddings).
+        mix_layers: the states pooled are those of the top ``mix_layers`` layers side by side
+            (``[B, T, mix_layers * H]``): lower layers add what the last one has abstracted away.
         feature_cache: texts whose frozen-part states are kept (0 = no cache); used while training.
     """
 
@@ -48,6 +51,7 @@ class PretrainedClassifier(nn.Module):
         query: PoolQuery = "learned",
         dropout: float = 0.1,
         finetune_layers: int = 0,
+        mix_layers: int = 1,
         feature_cache: int = 0,
     ) -> None:
         super().__init__()
@@ -56,7 +60,14 @@ class PretrainedClassifier(nn.Module):
         self.trainable_layers = layers if finetune_layers < 0 else min(finetune_layers, layers)
         self.frozen_layers = layers - self.trainable_layers
         self.embeddings_trainable = finetune_layers < 0
-        width = encoder.config.hidden_size
+        if not 1 <= mix_layers <= layers + 1:
+            raise VlattnError(f"mix_layers must be in 1..{layers + 1} (the embeddings and {layers} layers)")
+        # hidden states by index: 0 = the embeddings' output, i = layer i's output
+        self.mixed = list(range(layers + 1 - mix_layers, layers + 1))
+        last_frozen = self.frozen_layers if not self.embeddings_trainable else -1
+        # what the frozen part hands on: its mixed states and its last output (the trainable input)
+        self.kept = sorted({i for i in self.mixed if i <= last_frozen} | {last_frozen}) if last_frozen >= 0 else []
+        width = encoder.config.hidden_size * mix_layers
         self.attention_name, self.query_kind = attention, query
         if attention != "none":
             self.attention = build_attention(attention, width, width, **(attention_options or {}))
@@ -99,20 +110,23 @@ class PretrainedClassifier(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def lower_states(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """The frozen part's output ``[B, T, H]`` (embeddings and the bottom layers)."""
-        grad = torch.is_grad_enabled() and self.embeddings_trainable
-        with torch.set_grad_enabled(grad):
+        """The frozen part's hidden states that the rest needs: ``[B, T, len(kept), H]`` for the
+        indices :attr:`kept` (mixed ones, and the input of the first trainable layer)."""
+        with torch.no_grad():
             x = self.encoder.embeddings(ids)
-            for layer in self.encoder.layers[: self.frozen_layers]:
+            outputs = [x] if 0 in self.kept else []
+            for i, layer in enumerate(self.encoder.layers[: self.frozen_layers], start=1):
                 x = layer(x, mask)
-        return x
+                if i in self.kept:
+                    outputs.append(x)
+        return torch.stack(outputs, dim=2)
 
     def cached_lower_states(self, ids: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
         """:meth:`lower_states`, computed once per distinct text (the cache keeps the most recent
         :attr:`cache_size` texts)."""
         sizes = lengths.tolist()
         keys = [row[:n].cpu().numpy().tobytes() for row, n in zip(ids, sizes, strict=True)]
-        out = torch.zeros((*ids.shape, self.encoder.config.hidden_size), device=ids.device)
+        out = torch.zeros((*ids.shape, len(self.kept), self.encoder.config.hidden_size), device=ids.device)
         missing = []
         for i, key in enumerate(keys):
             states = self._cache.get(key)
@@ -124,7 +138,7 @@ class PretrainedClassifier(nn.Module):
         if missing:
             rows = torch.tensor(missing, device=ids.device)
             width = max(sizes[i] for i in missing)
-            fresh = self.lower_states(ids[rows, :width], mask[rows, :width]).detach()
+            fresh = self.lower_states(ids[rows, :width], mask[rows, :width])
             for j, i in enumerate(missing):
                 out[i, : sizes[i]] = fresh[j, : sizes[i]]
                 self._cache[keys[i]] = fresh[j, : sizes[i]].clone()
@@ -135,20 +149,27 @@ class PretrainedClassifier(nn.Module):
     def encode(
         self, ids: Tensor, lengths: Tensor, *, last_attention: bool = False
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(states [B, T, H], mask [B, T], last-layer attention averaged over heads [B, T, T] or None)``."""
+        """``(states [B, T, mix_layers * H], mask [B, T], last-layer attention averaged over heads
+        [B, T, T] or None)``."""
         mask = lengths_to_mask(lengths, ids.shape[1])
         last = self.encoder.layers[-1]
         last.need_weights = last_attention
         try:
-            if self.cache_size and not last_attention:
-                x = self.cached_lower_states(ids, lengths, mask)
+            if self.embeddings_trainable:  # nothing frozen
+                x = self.encoder.embeddings(ids)
+                found = {0: x}
             else:
-                x = self.lower_states(ids, mask)
-            for layer in self.encoder.layers[self.frozen_layers :]:
+                use_cache = self.cache_size and not last_attention
+                kept = self.cached_lower_states(ids, lengths, mask) if use_cache else self.lower_states(ids, mask)
+                found = {index: kept[:, :, k] for k, index in enumerate(self.kept)}
+                x = found[self.kept[-1]]
+            for i, layer in enumerate(self.encoder.layers[self.frozen_layers :], start=self.frozen_layers + 1):
                 x = layer(x, mask)
+                found[i] = x
         finally:
             last.need_weights = False
-        return x, mask, last.attention_weights if last_attention else None
+        states = torch.cat([found[i] for i in self.mixed], dim=-1) if len(self.mixed) > 1 else found[self.mixed[0]]
+        return states, mask, last.attention_weights if last_attention else None
 
     def pool(self, states: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(pooled [B, H], weights [B, T] or None)``."""
