@@ -47,10 +47,12 @@ def test_results_script_prints_the_tables(corpus: Path, tmp_path: Path, capsys: 
     torch.set_num_threads(1)
     results = load_script("text_results")
     code = results.main(["--data", str(corpus), "--models", "tutorial-attention,ours", "--seeds", "1", "--folds", "2",
-                         "--work", str(tmp_path / "work"), "--json", str(tmp_path / "summary.json")])
+                         "--work", str(tmp_path / "work"), "--json", str(tmp_path / "summary.json"),
+                         "--baselines", "tfidf"])
     assert code == 0
     out = capsys.readouterr().out
     assert "| tutorial-attention |" in out and "| ours |" in out
+    assert "| baseline: tfidf | - | " in out  # cross-validated on the same two folds
     assert "* ours, CV folds: " in out and "Heaviest attention tokens, ours" in out
     assert (tmp_path / "summary.json").is_file()
 
