@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO, subprocess_env
 from tests.toy_tasks import RegressionTask, ToyPlugin
@@ -136,3 +137,42 @@ def test_without_a_terminal_each_epoch_prints_one_progress_line(tmp_path: Path) 
     lines = [line for line in err.splitlines() if line.startswith("toy-regression: step")]
     assert len(lines) == 3, err
     assert lines[-1].startswith("toy-regression: step 24/24 epoch 3 | train loss ") and "| val loss " in lines[-1]
+
+
+def test_a_crash_between_weights_and_state_resumes_from_the_matching_pair(tmp_path: Path) -> None:
+    """Simulates a kill -9 after last.safetensors of step 16 was written, before its trainer state:
+    the previous weights (step 8) kept during the save match the state, so the resume is exact."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    straight = fit("toy-regression", {}, {**QUIET, "epochs": 3}, tmp_path / "straight")
+    run = tmp_path / "run"
+    fit("toy-regression", {}, {**QUIET, "epochs": 1}, run)
+    state = (run / "trainer_state.pt").read_bytes()
+    rng = (run / "rng_state.rank0.pt").read_bytes()
+    fit(None, None, {"epochs": 2}, run, resume=True)  # step 16 written...
+    shutil.copy(run / "last.safetensors", tmp_path / "step16.safetensors")
+    (run / "trainer_state.pt").write_bytes(state)  # ...but its state never was: step 8 on disk
+    (run / "rng_state.rank0.pt").write_bytes(rng)
+    with pytest.raises(VlattnError, match=r"trainer state is from step 8 but last\.safetensors is from step 16"):
+        fit(None, None, {"epochs": 3}, run, resume=True)
+    # with the copy the trainer keeps during a save, the pair matches
+    fit("toy-regression", {}, {**QUIET, "epochs": 1}, tmp_path / "again")
+    shutil.copy(tmp_path / "again" / "last.safetensors", run / "last.previous.safetensors")
+    shutil.copy(tmp_path / "step16.safetensors", run / "last.safetensors")
+    result = fit(None, None, {"epochs": 3}, run, resume=True)
+    assert result.step == 24 and not (run / "last.previous.safetensors").exists()
+    for name, value in load_file(str(straight.last_path)).items():
+        assert torch.equal(value, load_file(str(result.last_path))[name]), name
+
+
+def test_a_stale_rng_file_resumes_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    fit("toy-regression", {}, {**QUIET, "epochs": 1}, run)
+    rng = (run / "rng_state.rank0.pt").read_bytes()
+    fit(None, None, {"epochs": 2}, run, resume=True)
+    (run / "rng_state.rank0.pt").write_bytes(rng)  # the RNG file of step 8 beside the state of step 16
+    result = fit(None, None, {"epochs": 3}, run, resume=True)
+    assert result.step == 24
+    assert "the RNG state is from step 8, the trainer state from step 16" in capsys.readouterr().err

@@ -32,6 +32,9 @@ from vlattn.train.optim import build_optimizer, build_scheduler
 from vlattn.train.state import Progress, load_state, restore_rng, save_state
 
 LAST, BEST = "last.safetensors", "best.safetensors"
+# the previous last.safetensors, kept while a checkpoint is being written: a crash between the
+# weights and the trainer state leaves a pair that still matches
+PREVIOUS = "last.previous.safetensors"
 LOWER_IS_BETTER = ("loss", "nll", "error", "perplexity", "ppl", "bpd", "kl")
 
 
@@ -130,17 +133,40 @@ class Trainer:
 
         state, rng = load_state(self.run_dir, self.dist.rank)
         self.progress = Progress(**state["progress"])
-        weights = load_file(str(self.run_dir / LAST), device=str(self.device))
+        weights = load_file(str(self._weights_for_step(self.progress.step)), device=str(self.device))
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if rng is not None:
-            if rng.get("step") != self.progress.step:
-                raise VlattnError(f"{self.run_dir}: RNG state and trainer state are from different steps")
+        if rng is not None and rng.get("step") == self.progress.step:
             restore_rng(rng)
+        elif rng is not None:  # the run stopped while writing its RNG file: continue, not bit-exactly
+            print(
+                f"vlattn: warning: {self.run_dir}: the RNG state is from step {rng.get('step')}, the trainer "
+                f"state from step {self.progress.step}; resuming with fresh random streams (not bit-exact)",
+                file=sys.stderr,
+            )
         if self.log is not None:
             self.log.resume(up_to_step=self.progress.step)
+
+    def _weights_for_step(self, step: int) -> Path:
+        """``last.safetensors``, or the previous one kept during a save that did not finish: the
+        one written at ``step``, as the trainer state was."""
+        from vlattn.checkpoint import read_header
+
+        found = []
+        for name in (LAST, PREVIOUS):
+            path = self.run_dir / name
+            if path.is_file():
+                saved = read_header(path).info.get("step")
+                if saved == step:
+                    return path
+                found.append(f"{name} is from step {saved}")
+        detail = "; ".join(found) or f"no {LAST}"
+        raise VlattnError(
+            f"{self.run_dir}: the trainer state is from step {step} but {detail}; the run cannot continue "
+            f"exactly ({LAST} is still a complete model file: evaluate or use it, or train again)"
+        )
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> RunResult:
@@ -290,6 +316,9 @@ class Trainer:
     def _save(self, *, is_best: bool) -> None:
         p = self.progress
         info = {"step": p.step, "epoch": p.epoch, "best_metric": self.metric_name, "best_value": p.best_value}
+        previous = self.run_dir / PREVIOUS
+        if self.dist.is_main and (self.run_dir / LAST).is_file():
+            _keep_copy(self.run_dir / LAST, previous)
         if self.dist.is_main:
             for name, wanted in ((LAST, True), (BEST, is_best)):
                 if not wanted:
@@ -316,6 +345,8 @@ class Trainer:
             is_main=self.dist.is_main,
         )
         D.barrier(self.dist)
+        if self.dist.is_main:
+            previous.unlink(missing_ok=True)  # weights and state now match again
 
     def _finish(self, reason: str) -> None:
         """Final checkpoint, unless the last validation already wrote one for this step."""
@@ -381,6 +412,21 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def _keep_copy(path: Path, copy: Path) -> None:
+    """Keep ``path``'s current content as ``copy``: a hard link (instant) where the file system has
+    them, else a copy; the link is replaced atomically."""
+    import os
+    import shutil
+
+    tmp = copy.with_name(copy.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copy2(path, tmp)
+    os.replace(tmp, copy)
 
 
 class _Window:
