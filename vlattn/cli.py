@@ -83,7 +83,7 @@ def cli() -> None:
     """
 
 
-@cli.command("plugins")
+@cli.command("plugins", short_help="Installed plugins: hooks, what each registered, errors.")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option(
     "--check", is_flag=True, help="import every factory and run the cheap contract checks (exit 1 if any fails)"
@@ -136,7 +136,7 @@ def check_plugins_command(as_json: bool) -> None:
         sys.exit(1)
 
 
-@cli.command("list")
+@cli.command("list", short_help="Registered tasks and attention mechanisms.")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def list_command(as_json: bool) -> None:
     """Registered tasks and attention mechanisms, each with its plugin."""
