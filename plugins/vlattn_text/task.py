@@ -229,6 +229,7 @@ class TextClassifierTask(Task):
         return PretrainedClassifier(
             encoder, len(self.labels), attention=s.attention, attention_options=s.attention_options,
             query=s.query, dropout=s.dropout or 0.0, finetune_layers=s.finetune_layers, mix_layers=s.mix_layers,
+            head_lr=s.head_lr,
             feature_cache=200_000 if self.training_run else 0,
         )
 

@@ -28,7 +28,7 @@ from vlattn.train import distributed as D
 from vlattn.train.config import TrainerConfig
 from vlattn.train.data import ResumableSampler, batch_size_of, make_loader, to_device
 from vlattn.train.logging import MetricsLog
-from vlattn.train.optim import build_optimizer, build_scheduler
+from vlattn.train.optim import build_optimizer, build_scheduler, trainable_groups
 from vlattn.train.state import Progress, load_state, restore_rng, save_state
 
 LAST, BEST = "last.safetensors", "best.safetensors"
@@ -119,7 +119,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.grad_accum)
         epoch_steps = self.cfg.epochs * self.steps_per_epoch
         self.total_steps = min(s for s in (self.cfg.max_steps, epoch_steps) if s > 0)
-        self.optimizer = build_optimizer(model.parameters(), self.cfg)
+        self.optimizer = build_optimizer(trainable_groups(model, self.cfg.lr), self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.log = MetricsLog(self.run_dir, tensorboard=self.cfg.tensorboard) if self.dist.is_main else None

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 from vlattn.train.config import TrainerConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.optimizer`` over the trainable ``params``."""
-    trainable = [p for p in params if p.requires_grad]
+def trainable_groups(model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+    """The parameter groups to optimise: the model's own ``parameter_groups(lr)`` when it has one
+    (``[{"params": [...], "lr": ...}, ...]``: a fine-tuned encoder slower than a fresh head, say),
+    else one group of every parameter; parameters that do not require a gradient are left out."""
+    method = getattr(model, "parameter_groups", None)
+    groups = list(method(lr)) if callable(method) else [{"params": list(model.parameters())}]
+    out = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            out.append({**group, "params": params})
+    return out
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter] | list[dict[str, Any]], cfg: TrainerConfig
+) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` over the trainable ``params`` (parameters, or parameter
+    groups as :func:`trainable_groups` gives them)."""
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        trainable: list[Any] = items
+    else:
+        trainable = [p for p in items if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":

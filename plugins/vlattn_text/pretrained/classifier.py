@@ -38,6 +38,8 @@ class PretrainedClassifier(nn.Module):
         finetune_layers: trainable top layers of the encoder (0 = frozen, -1 = all, with embeddings).
         mix_layers: the states pooled are those of the top ``mix_layers`` layers side by side
             (``[B, T, mix_layers * H]``): lower layers add what the last one has abstracted away.
+        head_lr: learning rate of the pooling and the head when the encoder is fine-tuned (0 = the
+            trainer's); a fresh head learns at a rate that would wreck pretrained weights.
         feature_cache: texts whose frozen-part states are kept (0 = no cache); used while training.
     """
 
@@ -52,6 +54,7 @@ class PretrainedClassifier(nn.Module):
         dropout: float = 0.1,
         finetune_layers: int = 0,
         mix_layers: int = 1,
+        head_lr: float = 0.0,
         feature_cache: int = 0,
     ) -> None:
         super().__init__()
@@ -77,10 +80,19 @@ class PretrainedClassifier(nn.Module):
         self.classifier = nn.Linear(width, output_size(num_classes))
         for name, param in self.encoder.named_parameters():
             param.requires_grad_(not self._is_frozen(f"encoder.{name}"))
+        self.head_lr = head_lr
         self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
         self.cache_size = feature_cache if self.frozen_layers or not self.embeddings_trainable else 0
         self._register_state_dict_hook(_drop_frozen)
         self._register_load_state_dict_pre_hook(self._fill_frozen, with_module=False)
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The encoder at ``lr``, the pooling and head at :attr:`head_lr` (the trainer's
+        :func:`~vlattn.train.optim.trainable_groups` asks for these)."""
+        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
+        own = {id(p) for p in self.encoder.parameters()}
+        head = [p for p in self.parameters() if id(p) not in own]
+        return [{"params": encoder, "lr": lr}, {"params": head, "lr": self.head_lr or lr}]
 
     # -- which part is frozen ----------------------------------------------------------------------
     def _is_frozen(self, name: str) -> bool:
