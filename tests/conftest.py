@@ -84,3 +84,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def toy_host() -> Iterator[object]:
+    """A plugin host with the built-in plugins and the test-only toy tasks (``tests/toy_tasks.py``)."""
+    from tests.toy_tasks import ToyPlugin
+    from vlattn.plugins import PluginHost, set_host
+
+    host = PluginHost()
+    host.load_entry_points()
+    host.add_plugin(ToyPlugin, "toy")
+    set_host(host)
+    yield host
+    set_host(None)

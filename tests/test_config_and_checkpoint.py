@@ -10,11 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.toy_tasks import ToyPlugin
 from vlattn.checkpoint import load_model, read_header, save_model
 from vlattn.config import ConfigError, from_mapping, option, read_toml
 from vlattn.errors import ModelFileError
-from vlattn.plugins import PluginHost, set_host
 
 
 @dataclass
@@ -47,16 +45,6 @@ def test_read_toml_flattens_tables(tmp_path: Path) -> None:
     assert read_toml(path) == {"top": 1, "max_len": 32, "lr": 0.1}
     with pytest.raises(ConfigError, match="not found"):
         read_toml(tmp_path / "missing.toml")
-
-
-@pytest.fixture
-def toy_host() -> object:
-    host = PluginHost()
-    host.load_entry_points()
-    host.add_plugin(ToyPlugin, "toy")
-    set_host(host)
-    yield host
-    set_host(None)
 
 
 def test_model_file_round_trip(tmp_path: Path, toy_host: object) -> None:

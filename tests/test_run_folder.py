@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,12 @@ import torch
 from tests.conftest import REPO, subprocess_env
 from tests.toy_tasks import RegressionTask, ToyPlugin
 from vlattn.errors import PluginContractError, VlattnError
-from vlattn.plugins import PluginHost, set_host
 from vlattn.train import fit
 
 QUIET = {"quiet": True, "tensorboard": False}
 
 
-@pytest.fixture(autouse=True)
-def toy_host() -> Iterator[PluginHost]:
-    host = PluginHost()
-    host.load_entry_points()
-    host.add_plugin(ToyPlugin, "toy")
-    set_host(host)
-    yield host
-    set_host(None)
+pytestmark = pytest.mark.usefixtures("toy_host")
 
 
 def test_a_failing_training_step_is_reported_as_itself_and_nothing_runs_after_it(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,9 @@ from safetensors.torch import load_file
 
 from tests.toy_tasks import ToyPlugin
 from vlattn.errors import TrainingDivergedError, VlattnError
-from vlattn.plugins import PluginHost, set_host
 from vlattn.train import fit
 
-
-@pytest.fixture(autouse=True)
-def toy_host() -> Iterator[PluginHost]:
-    host = PluginHost()
-    host.load_entry_points()
-    host.add_plugin(ToyPlugin, "toy")
-    set_host(host)
-    yield host
-    set_host(None)
+pytestmark = pytest.mark.usefixtures("toy_host")
 
 
 def quiet(**kw: object) -> dict[str, object]:

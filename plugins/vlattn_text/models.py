@@ -39,6 +39,21 @@ def output_size(num_classes: int) -> int:
     return 1 if num_classes == 2 else num_classes
 
 
+def add_pooling_head(module: nn.Module, width: int, num_classes: int, *, attention: str,
+                     attention_options: dict[str, Any] | None, query: str, dropout: float) -> None:
+    """Give ``module`` what every attention-pooled classifier here has, under the same names:
+    ``attention`` (the mechanism, unless ``"none"``), ``query`` (``[W]``, for a learned query),
+    ``dropout`` and ``classifier`` (``W`` -> :func:`output_size`); plus ``attention_name`` and
+    ``query_kind``."""
+    module.attention_name, module.query_kind = attention, query
+    if attention != "none":
+        module.attention = build_attention(attention, width, width, **(attention_options or {}))
+        if query == "learned":
+            module.query = nn.Parameter(torch.randn(width) * width**-0.5)
+    module.dropout = nn.Dropout(dropout)
+    module.classifier = nn.Linear(width, output_size(num_classes))
+
+
 def keras_lstm_init(lstm: nn.LSTM) -> None:
     """Keras' LSTM initialisation: Glorot-uniform input kernel, orthogonal recurrent kernel,
     zero biases except 1 on the forget gate (``unit_forget_bias``). Gate order i, f, g, o matches."""
@@ -213,14 +228,8 @@ class RecurrentClassifier(nn.Module):
         self.rnn = rnn_class(embed_dim, hidden_size, num_layers=layers, batch_first=True,
                              bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
         width = hidden_size * (2 if bidirectional else 1)
-        self.query_kind = query
-        self.attention_name = attention
-        if attention != "none":
-            self.attention = build_attention(attention, width, width, **(attention_options or {}))
-            if query == "learned":
-                self.query = nn.Parameter(torch.randn(width) * width**-0.5)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(width, output_size(num_classes))
+        add_pooling_head(self, width, num_classes, attention=attention, attention_options=attention_options,
+                         query=query, dropout=dropout)
 
     def encode(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``ids [B, T]``, ``lengths [B]`` (``subwords [B, T, K]``) -> ``(states [B, T, W], last [B, W],

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlattn.attention import build_attention, lengths_to_mask
+from vlattn.attention import lengths_to_mask
 from vlattn.attention.transformer import SinusoidalPositionalEncoding, TransformerEncoder
-from vlattn_text.models import ClassifierOutput, QueryKind, WordEmbedding, output_size
+from vlattn_text.models import ClassifierOutput, QueryKind, WordEmbedding, add_pooling_head
 
 
 class TransformerClassifier(nn.Module):
@@ -50,14 +50,8 @@ class TransformerClassifier(nn.Module):
                                           dropout=dropout)
         self.word_dropout = word_dropout if unk_index is not None else 0.0
         self.unk_index = unk_index
-        self.attention_name = attention
-        self.query_kind = query
-        if attention != "none":
-            self.attention = build_attention(attention, embed_dim, embed_dim, **(attention_options or {}))
-            if query == "learned":
-                self.query = nn.Parameter(torch.randn(embed_dim) * embed_dim**-0.5)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(embed_dim, output_size(num_classes))
+        add_pooling_head(self, embed_dim, num_classes, attention=attention, attention_options=attention_options,
+                         query=query, dropout=dropout)
 
     def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
         if self.training and self.word_dropout > 0 and self.unk_index is not None:

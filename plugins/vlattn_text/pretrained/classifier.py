@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from vlattn.attention import build_attention, lengths_to_mask
+from vlattn.attention import lengths_to_mask
 from vlattn.errors import VlattnError
-from vlattn_text.models import ClassifierOutput, output_size
+from vlattn_text.models import ClassifierOutput, add_pooling_head
 from vlattn_text.pretrained.bert import BertEncoder
 
 PoolQuery = Literal["learned", "last", "mean"]
@@ -71,13 +71,8 @@ class PretrainedClassifier(nn.Module):
         # what the frozen part hands on: its mixed states and its last output (the trainable input)
         self.kept = sorted({i for i in self.mixed if i <= last_frozen} | {last_frozen}) if last_frozen >= 0 else []
         width = encoder.config.hidden_size * mix_layers
-        self.attention_name, self.query_kind = attention, query
-        if attention != "none":
-            self.attention = build_attention(attention, width, width, **(attention_options or {}))
-            if query == "learned":
-                self.query = nn.Parameter(torch.randn(width) * width**-0.5)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(width, output_size(num_classes))
+        add_pooling_head(self, width, num_classes, attention=attention, attention_options=attention_options,
+                         query=query, dropout=dropout)
         for name, param in self.encoder.named_parameters():
             param.requires_grad_(not self._is_frozen(f"encoder.{name}"))
         self.head_lr = head_lr
