@@ -22,8 +22,18 @@ from vlattn_caption.task import CaptionEvalOptions
 
 from vlattn.checkpoint import load_model
 
-COLUMNS = ["bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d", "meteor", "grounding", "object_words_correct",
-           "exact_match"]
+COLUMNS = [
+    "bleu1",
+    "bleu2",
+    "bleu3",
+    "bleu4",
+    "rouge_l",
+    "cider_d",
+    "meteor",
+    "grounding",
+    "object_words_correct",
+    "exact_match",
+]
 
 
 def main() -> None:
@@ -33,6 +43,12 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--meteor", action="store_true", help="also compute METEOR (needs Java)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--hard-decoding",
+        default="",
+        choices=["", "expectation", "argmax", "sample"],
+        help="hard-attention models: inference mode (default: the model's own)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = args.model or sorted(WEIGHTS_DIR.glob("synthetic-*.safetensors"))
@@ -43,7 +59,9 @@ def main() -> None:
         loaded = load_model(path, expect_task="caption")
         task = loaded.task
         task.config.synthetic_test = args.test  # type: ignore[attr-defined]
-        options = CaptionEvalOptions(split="test", beam_size=args.beam_size, meteor=args.meteor)
+        options = CaptionEvalOptions(
+            split="test", beam_size=args.beam_size, meteor=args.meteor, hard_decoding=args.hard_decoding
+        )
         dataset = task.eval_data(None, options)
         loader = DataLoader(dataset, batch_size=100, collate_fn=task.collate)
         start = time.perf_counter()
@@ -53,6 +71,9 @@ def main() -> None:
         cells = [f"{metrics[c]:.3f}" if c in metrics else "n/a" for c in COLUMNS]
         run_file = path.name in ("best.safetensors", "last.safetensors")
         label = f"{path.parent.name}/{path.name}" if run_file else path.name
+        attention = getattr(loaded.model.decoder.attention, "eval_mode", None)
+        if attention is not None:
+            label += f" ({args.hard_decoding or attention})"
         print(f"| {label} | {task.config.attention} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
 
 
