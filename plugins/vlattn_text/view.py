@@ -1,7 +1,8 @@
 """The text classifier's page in ``vlattn serve``: sentences in, label, score and attention out.
 
 ``POST /api/classify`` takes ``{"texts": ["...", ...]}`` (or ``{"text": "one per line"}``) and
-answers with one prediction per sentence (``vlattn_text.predict.Prediction``'s fields). Requests
+answers with one prediction per sentence (``vlattn_text.predict.Prediction``'s fields; a model on
+a pretrained encoder adds ``encoder_attention``, its last layer's attention, mean over heads). Requests
 that arrive together are classified as one batch. Imports torch only when the model loads.
 """
 
@@ -53,7 +54,9 @@ class TextView(ViewHandler):
     def classify(self, requests: list[list[str]]) -> list[dict[str, Any]]:
         """One answer per request; all their sentences are classified together."""
         flat = [text for texts in requests for text in texts]
-        predictions = [p.to_dict() for p in self.classifier.classify(flat)]
+        # a model on a pretrained encoder also shows the encoder's own last-layer attention
+        encoder = self.classifier.has_encoder
+        predictions = [p.to_dict() for p in self.classifier.classify(flat, encoder_attention=encoder)]
         model = Path(self.classifier.path).name if self.classifier.path else "bundled"
         answers, start = [], 0
         for texts in requests:
@@ -83,7 +86,10 @@ export function mount(root, ui) {
       results.replaceChildren(...data.predictions.map((p) => el("div", { class: "result" },
         el("div", {}, el("span", { class: `label ${p.label}` }, p.label), " ",
           el("span", { class: "score" }, p.score.toFixed(3)), " ", el("small", {}, p.text)),
-        p.attention ? ui.shadeTokens(p.tokens, p.attention) : el("p", { class: "legend" }, "(no attention)"))));
+        p.attention ? ui.shadeTokens(p.tokens, p.attention) : el("p", { class: "legend" }, "(no attention)"),
+        p.encoder_attention ? el("details", { class: "encoder-attention" },
+          el("summary", {}, "encoder attention: last layer, mean over heads (row: token attending)"),
+          ui.matrix(p.encoder_attention, p.tokens, p.tokens)) : "")));
       results.append(el("p", { class: "legend" }, `model: ${data.model}; tokens shaded by attention weight ` +
         "relative to the sentence's largest (hover for the weight)"));
     });
