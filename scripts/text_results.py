@@ -50,11 +50,11 @@ RECIPES["pretrained-frozen"] = {
     "task": {"model": "pretrained", "mix_layers": 5, "attention_options": {"hidden_dim": 128}, "dropout": 0.2},
     "trainer": {"epochs": 10, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.01},
 }
-# The same encoder fine-tuned whole under attention pooling.
+# The same encoder fine-tuned whole under attention pooling; the fresh pooling and head learn at 2e-3.
 RECIPES["pretrained-finetune"] = {
-    "task": {"model": "pretrained", "finetune_layers": -1},
+    "task": {"model": "pretrained", "finetune_layers": -1, "head_lr": 2e-3},
     "trainer": {
-        "epochs": 3,
+        "epochs": 4,
         "lr": 5e-5,
         "optimizer": "adamw",
         "weight_decay": 0.01,
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds on the tutorial's split (0 = skip)")
     parser.add_argument("--folds", type=int, default=10, help="cross-validation folds (0 = skip)")
     parser.add_argument("--cv-models", default="", help="models to cross-validate (default: all of --models)")
+    parser.add_argument("--only-folds", default="", help="cross-validate only these folds (e.g. 0,1; default: all)")
     parser.add_argument("--split-models", default="", help="models to run on the tutorial split (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default="", help="folder for run folders (default: a temporary one)")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.folds and name in cv_models:
             runs = [
                 run_one(data, recipe, {"folds": args.folds, "fold": k, "split_seed": 0}, 0, work, args.threads)
-                for k in range(args.folds)
+                for k in ([int(f) for f in args.only_folds.split(",")] if args.only_folds else range(args.folds))
             ]
             summary.setdefault(name, {})["cv"] = summarise(runs)
             last_cv_model[name] = runs[0]["model"]
