@@ -298,3 +298,21 @@ def test_a_pretrained_encoder_model_also_answers_with_the_encoder_attention() ->
     assert prediction["label"] == "negative" and prediction["tokens"][0] == "[CLS]"
     matrix = prediction["encoder_attention"]
     assert len(matrix) == len(prediction["tokens"]) and all(abs(sum(row) - 1) < 1e-3 for row in matrix)
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    code = (
+        "import sys; sys.modules['uvicorn'] = None; sys.modules['starlette'] = None\n"
+        "from vlattn.cli import main\nmain(['serve', '--port', '0'])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "vlattn: error: vlattn serve needs the 'serve' extra: pip install 'vlattn[serve]' "
+        "(starlette, uvicorn, python-multipart)"
+    )
