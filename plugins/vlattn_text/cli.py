@@ -119,7 +119,11 @@ def use_colour(choice: bool | None) -> bool:
     is_flag=True,
     help="one JSON object per input: source, line, text, label, score, tokens, attention",
 )
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="texts per forward pass")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="texts per forward pass [default: 32 for a pretrained encoder, else 256]",
+)
 @click.option("--color/--no-color", "colour", default=None, help="shade tokens by attention [default: on a terminal]")
 @click.option(
     "--encoder-attention",
@@ -131,7 +135,7 @@ def classify(
     file: str | None,
     model_path: str | None,
     as_json: bool,
-    batch_size: int,
+    batch_size: int | None,
     colour: bool | None,
     encoder_attention: bool,
 ) -> None:
@@ -155,6 +159,7 @@ def classify(
     from vlattn_text.render import render_blank, render_line
 
     classifier = TextClassifier.load(model_path)
+    batch_size = batch_size or classifier.default_batch_size
     inputs = gather_inputs(texts, file, classifier.labels)
     colour_on = use_colour(colour)
     width = max(len(label) for label in classifier.labels)
