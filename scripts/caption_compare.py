@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,18 +27,12 @@ from vlattn_caption.task import CaptionEvalOptions
 from vlattn.checkpoint import load_model
 from vlattn.train import fit
 
-RECIPE = {
-    "image_size": 48,
-    "grid": 12,
-    "cnn_channels": 64,
-    "coordinates": True,
-    "embed_dim": 64,
-    "hidden_dim": 128,
-    "dropout": 0.2,
-    "train_captions": "first",
-    "eval_beam_size": 3,
-    "doubly_stochastic": 0.0,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_caption_synthetic import RECIPE as BUNDLED_RECIPE
+
+# the bundled model's architecture (scripts/train_caption_synthetic.py), without its data sizes
+RECIPE = {k: v for k, v in BUNDLED_RECIPE.items() if k not in ("synthetic_train", "synthetic_val")}
 COLUMNS = ("bleu4", "cider_d", "grounding", "object_words_correct", "exact_match")
 
 
