@@ -57,10 +57,10 @@ def spec_arguments(pm: pluggy.PluginManager) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def implementation_arguments(function: Callable[..., Any]) -> list[str]:
-    """The parameter names pluggy passes to ``function`` (positional-or-keyword ones)."""
-    parameters = inspect.signature(function).parameters.values()
-    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+def implementation_arguments(function: Callable[..., Any], options: dict[str, Any]) -> tuple[str, ...]:
+    """The arguments pluggy will pass to ``function``: its own :class:`pluggy.HookImpl` reading
+    (positional parameters without a default)."""
+    return tuple(pluggy.HookImpl(None, "check", function, options).argnames)  # type: ignore[arg-type]
 
 
 def inspect_plugin(pm: pluggy.PluginManager, plugin: object) -> tuple[list[HookImplementation], list[HookProblem]]:
@@ -98,9 +98,9 @@ def inspect_plugin(pm: pluggy.PluginManager, plugin: object) -> tuple[list[HookI
             problems.append(HookProblem(attribute, f"implements unknown hook {hook_name!r}{hint}"))
             continue
         try:
-            arguments = implementation_arguments(function)  # type: ignore[arg-type]
+            arguments = implementation_arguments(function, options)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            arguments = []
+            arguments = ()
         unknown = [a for a in arguments if a not in specs[hook_name]]
         if unknown:
             problems.append(
@@ -111,8 +111,9 @@ def inspect_plugin(pm: pluggy.PluginManager, plugin: object) -> tuple[list[HookI
                 )
             )
             continue
-        if (options.get("wrapper") or options.get("hookwrapper")) and not inspect.isgeneratorfunction(function):
+        impl = HookImplementation(attribute, hook_name, function, options)  # type: ignore[arg-type]
+        if impl.is_wrapper and not inspect.isgeneratorfunction(function):
             problems.append(HookProblem(attribute, f"wrapper of hook {hook_name!r} must be a generator (use yield)"))
             continue
-        valid.append(HookImplementation(attribute, hook_name, function, options))  # type: ignore[arg-type]
+        valid.append(impl)
     return valid, problems

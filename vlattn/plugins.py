@@ -45,7 +45,6 @@ ENTRY_POINT_GROUP = "vlattn"
 ENV_ALLOW = "VLATTN_PLUGINS"
 ENV_DISABLE = "VLATTN_DISABLE_PLUGINS"
 ENV_STRICT = "VLATTN_STRICT_PLUGINS"
-REGISTRATION_HOOKS = ("register_attention", "register_tasks")
 
 
 def _env_names(var: str) -> set[str] | None:
@@ -344,10 +343,6 @@ class PluginHost:
         """Every plugin seen, loaded or not, with what it registered."""
         self.ensure_registered()
         return [self.infos[n] for n in sorted(self.infos)]
-
-    def plugin_of(self, name: str) -> PluginInfo | None:
-        """The :class:`PluginInfo` of the plugin registered as ``name``, if any."""
-        return self.infos.get(name)
 
 
 _HOST: PluginHost | None = None
