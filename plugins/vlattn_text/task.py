@@ -112,7 +112,7 @@ class TextClassifierTask(Task):
             raise VlattnError("the tokenizer is not ready: call setup_data() or load_artifacts() first")
         max_len = self.settings.max_len or 0
         if self.settings.model == "pretrained":  # WordPiece keeps the first pieces, [CLS] and [SEP]
-            return self.tokenizer.encode(text[: max_len * 64 + 1024] if max_len else text)
+            return self.tokenizer.encode(text)
         encoded = None
         window = max_len * 64 + 1024
         if max_len and len(text) > window:
@@ -129,9 +129,7 @@ class TextClassifierTask(Task):
     def encode_many(self, texts: Sequence[str]) -> list[Encoded]:
         """:meth:`encode` of each text (a pretrained model's tokenizer takes them as one batch)."""
         if self.settings.model == "pretrained" and self.tokenizer is not None:
-            max_len = self.settings.max_len or 0
-            cut = [text[: max_len * 64 + 1024] if max_len else text for text in texts]
-            return self.tokenizer.encode_batch(cut)  # type: ignore[union-attr]
+            return self.tokenizer.encode_batch(texts)  # type: ignore[union-attr]
         return [self.encode(text) for text in texts]
 
     def make_item(self, encoded: Encoded, label: int = 0) -> Item:

@@ -16,6 +16,7 @@ from vlattn.fileio import atomic_write_text, write_error
 
 JSONL = "metrics.jsonl"
 CSV = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _clean(value: Any) -> Any:
@@ -66,7 +67,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                self._writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
             except Exception:  # tensorboard not installed: files only
                 self._writer = None
 

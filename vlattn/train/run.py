@@ -16,10 +16,11 @@ from vlattn.config import ConfigError, from_mapping, to_dict
 from vlattn.errors import VlattnError
 from vlattn.fileio import atomic_write_text
 from vlattn.train.config import TrainerConfig
+from vlattn.train.logging import CSV, JSONL, TENSORBOARD_DIR
 
 CONFIG_FILE = "config.json"
 # what a run folder holds before its first checkpoint: such a folder can be started again
-PRE_CHECKPOINT_FILES = frozenset({CONFIG_FILE, "metrics.jsonl", "metrics.csv", "tensorboard"})
+PRE_CHECKPOINT_FILES = frozenset({CONFIG_FILE, JSONL, CSV, TENSORBOARD_DIR})
 
 
 @dataclass

@@ -73,11 +73,15 @@ class PretrainedClassifier(nn.Module):
         width = encoder.config.hidden_size * mix_layers
         add_pooling_head(self, width, num_classes, attention=attention, attention_options=attention_options,
                          query=query, dropout=dropout)
-        for name, param in self.encoder.named_parameters():
-            param.requires_grad_(not self._is_frozen(f"encoder.{name}"))
+        frozen = [] if self.embeddings_trainable else [encoder.embeddings, *encoder.layers[: self.frozen_layers]]
+        frozen_ids = {id(p) for module in frozen for p in module.parameters()}
+        #: state-dict names of the frozen encoder part (left out of saved files)
+        self.frozen_names = [f"encoder.{n}" for n, p in encoder.named_parameters() if id(p) in frozen_ids]
+        for param in encoder.parameters():
+            param.requires_grad_(id(param) not in frozen_ids)
         self.head_lr = head_lr
         self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
-        self.cache_size = feature_cache if self.frozen_layers or not self.embeddings_trainable else 0
+        self.cache_size = 0 if self.embeddings_trainable else feature_cache  # nothing frozen: nothing to cache
         self._register_state_dict_hook(_drop_frozen)
         self._register_load_state_dict_pre_hook(self._fill_frozen, with_module=False)
 
@@ -89,22 +93,10 @@ class PretrainedClassifier(nn.Module):
         head = [p for p in self.parameters() if id(p) not in own]
         return [{"params": encoder, "lr": lr}, {"params": head, "lr": self.head_lr or lr}]
 
-    # -- which part is frozen ----------------------------------------------------------------------
-    def _is_frozen(self, name: str) -> bool:
-        if not name.startswith("encoder."):
-            return False
-        if name.startswith("encoder.embeddings."):
-            return not self.embeddings_trainable
-        index = int(name.split(".")[3])  # encoder.encoder.layers.<i>.
-        return index < self.frozen_layers
-
-    def frozen_names(self) -> list[str]:
-        """State-dict names of the frozen encoder part (left out of saved files)."""
-        return [f"encoder.{n}" for n, _ in self.encoder.named_parameters() if self._is_frozen(f"encoder.{n}")]
-
+    # -- the frozen part ------------------------------------------------------------------------
     def _fill_frozen(self, state: dict[str, Tensor], prefix: str, *args: Any) -> None:
         own = dict(self.named_parameters())
-        for name in self.frozen_names():
+        for name in self.frozen_names:
             state.setdefault(prefix + name, own[name].detach())
 
     def train(self, mode: bool = True) -> PretrainedClassifier:
@@ -202,5 +194,5 @@ class PretrainedClassifier(nn.Module):
 
 
 def _drop_frozen(module: PretrainedClassifier, state: dict[str, Tensor], prefix: str, _meta: Any) -> None:
-    for name in module.frozen_names():
+    for name in module.frozen_names:
         state.pop(prefix + name, None)
