@@ -141,6 +141,7 @@ class CaptionEvalOptions:
 class CaptionTask(Task):
     """Show-Attend-Tell image captioning."""
 
+    name: ClassVar[str] = "caption"
     Config: ClassVar[type[Any]] = CaptionConfig
     EvalOptions: ClassVar[type[Any]] = CaptionEvalOptions
     trainer_defaults: ClassVar[Mapping[str, Any]] = {"epochs": 20, "lr": 1e-3, "batch_size": 32, "grad_clip": 5.0}

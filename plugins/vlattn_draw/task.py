@@ -79,6 +79,7 @@ class DrawEvalOptions:
 class DrawTask(Task):
     """DRAW (Gregor et al. 2015) on binary or [0, 1] images; metrics in nats per image."""
 
+    name: ClassVar[str] = "draw"
     Config = DrawConfig
     EvalOptions = DrawEvalOptions
     trainer_defaults: ClassVar[Mapping[str, Any]] = {

@@ -44,6 +44,7 @@ class Item:
 class TextClassifierTask(Task):
     """Sentence classification (binary or multi-class) with the models of :mod:`vlattn_text.models`."""
 
+    name: ClassVar[str] = "text-classifier"
     Config = TextClassifierConfig
     trainer_defaults: ClassVar[Mapping[str, Any]] = {"epochs": 10, "batch_size": 32, "lr": 1e-3}
     best_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("accuracy", "max")
