@@ -159,7 +159,7 @@ def score(path: Path, out: Path, args: argparse.Namespace, extra_info: dict | No
     from vlattn_draw.task import DrawEvalOptions
 
     from vlattn.checkpoint import load_model, save_model
-    from vlattn.evaluate import evaluate_file
+    from vlattn.train.evaluation import evaluate_file
 
     torch.manual_seed(args.seed + 1)
     start = time.time()

@@ -58,15 +58,15 @@ def run_training(
     SIGTERM during start-up (imports, data, model) stops like Ctrl-C: one line and exit 130; the
     trainer takes the signals over once its loop runs (save, then stop).
     """
-    import os
-
     with startup_signals():
         from vlattn.train import fit
 
         result = fit(
             task_name, task_values, trainer_values, resume if resume is not None else out, resume=resume is not None
         )
-    if int(os.environ.get("RANK", "0")) != 0:
+    from vlattn.train.distributed import from_environment
+
+    if not from_environment().is_main:
         return
     best = (
         f"; best {result.best_metric} {result.best_value:.4g} in {result.best_path}"
@@ -227,7 +227,7 @@ def eval_command(
     header = read_header(path)
     task_cls = task_registry().get(header.task).load()
     options = parse_eval_options(ctx, task_cls, header.task)
-    from vlattn.evaluate import evaluate_file
+    from vlattn.train.evaluation import evaluate_file
 
     metrics = evaluate_file(path, data=data, options=options, device=device, batch_size=batch_size)
     if as_json:

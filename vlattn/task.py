@@ -101,9 +101,17 @@ class Task(abc.ABC):
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Any], options: Any = None) -> dict[str, float]:
         """Metrics over a whole evaluation set (model already in eval mode under ``no_grad``).
 
-        ``batches`` yields collated batches on the model's device; ``options`` is an instance of
-        ``EvalOptions`` (or ``None`` during training).
+        ``batches`` yields collated batches on the model's device; ``options`` is always an instance
+        of ``EvalOptions``: the user's for ``vlattn eval``, :meth:`validation_options` during training.
         """
+
+    def validation_options(self) -> Any:
+        """The ``EvalOptions`` of the validation runs during training (default: ``EvalOptions()``).
+
+        Override when validation should differ from ``vlattn eval``'s defaults, e.g. a smaller beam
+        taken from the task's config so that validating every epoch stays cheap.
+        """
+        return self.EvalOptions()
 
     # -- what a model file carries besides weights ------------------------------------------------
     def artifacts(self) -> dict[str, Any]:

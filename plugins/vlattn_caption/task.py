@@ -90,6 +90,7 @@ class CaptionConfig:
     min_word_freq: int = option(1, help="words seen fewer times become <unk>")
     max_vocab: int = option(0, help="keep at most this many words (0 = all)")
     max_caption_len: int = option(20, help="longer training captions are cut to this many words")
+    # validation decodes every epoch during training, so its beam is smaller than vlattn eval's (5)
     eval_beam_size: int = option(3, help="beam size of validation decoding")
     eval_max_len: int = option(20, help="most words per decoded caption")
     length_penalty: float = option(0.0, help="length penalty exponent of beam search")
@@ -198,7 +199,7 @@ class CaptionTask(Task):
         )
 
     def eval_data(self, data: str | None, options: Any) -> CaptionEvaluationSet:
-        split = getattr(options, "split", "test")
+        split = options.split
         assert self.vocab is not None, "load_artifacts or setup_data first"
         found = self.records(split, data)
         return CaptionEvaluationSet(found, self.vocab, self.image_size, self.config.max_caption_len, cache_images=False)
@@ -311,14 +312,21 @@ class CaptionTask(Task):
                 logs.update(reinforce_gradient_ratios(net, parts))
         return parts.total, logs
 
-    def evaluate(self, model: torch.nn.Module, batches: Iterable[Any], options: Any = None) -> dict[str, float]:
+    def validation_options(self) -> CaptionEvalOptions:
+        """Validation decodes with the config's (cheaper) beam, length and length penalty."""
+        cfg = self.config
+        return CaptionEvalOptions(
+            split="val", beam_size=cfg.eval_beam_size, max_len=cfg.eval_max_len, alpha=cfg.length_penalty
+        )
+
+    def evaluate(
+        self, model: torch.nn.Module, batches: Iterable[Any], options: CaptionEvalOptions | None = None
+    ) -> dict[str, float]:
         assert self.vocab is not None
         net = _unwrap(model)
-        cfg = self.config
-        beam = getattr(options, "beam_size", cfg.eval_beam_size)
-        max_len = getattr(options, "max_len", cfg.eval_max_len)
-        alpha = getattr(options, "alpha", cfg.length_penalty)
-        hard_decoding = getattr(options, "hard_decoding", "") or None
+        options = options if options is not None else self.validation_options()
+        beam, max_len, alpha = options.beam_size, options.max_len, options.alpha
+        hard_decoding = options.hard_decoding or None
         hypotheses: list[list[str]] = []
         references: list[list[list[str]]] = []
         nll_sum, tokens = 0.0, 0
@@ -344,7 +352,7 @@ class CaptionTask(Task):
                     )
                     grounded, groundable, mentioned = grounded + g, groundable + a, mentioned + m
         metrics = {"loss": nll_sum / max(tokens, 1)}
-        metrics.update(caption_scores(hypotheses, references, meteor=getattr(options, "meteor", False)))
+        metrics.update(caption_scores(hypotheses, references, meteor=options.meteor))
         if has_boxes:  # share of correctly named objects whose word attends inside the object's box
             metrics["grounding"] = grounded / groundable if groundable else 0.0
             metrics["object_words_correct"] = groundable / mentioned if mentioned else 0.0

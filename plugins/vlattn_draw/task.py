@@ -172,8 +172,8 @@ class DrawTask(Task):
     ) -> dict[str, float]:
         """Mean negative ELBO (``nll_bound``), its parts and, with ``iw_samples = K > 0``, the
         importance-weighted bound ``iw_nll`` (tighter), all in nats per image."""
-        iw = int(getattr(options, "iw_samples", 0) or 0)
-        chunk = int(getattr(options, "iw_chunk", 0) or 0)
+        options = options if options is not None else self.EvalOptions()
+        iw, chunk = int(options.iw_samples), int(options.iw_chunk)
         if iw < 0:
             raise draw_data.DataError("--iw-samples must be >= 0")
         if chunk < 0:

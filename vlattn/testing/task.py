@@ -147,7 +147,10 @@ def check_task(
         eval_set = splits.val if splits.val is not None and len(splits.val) > 0 else splits.train  # type: ignore[arg-type]
         loader = make_loader(eval_set, batch_size=2 * batch_size, collate=loaded.task.collate)
         torch.manual_seed(0)
-        loaded_metrics = run_evaluation(loaded.task, loaded.model, loader, torch.device("cpu"))
+        options = loaded.task.validation_options()
+        if not isinstance(options, task_cls.EvalOptions):
+            raise _fail(name, f"validation_options() must return a {task_cls.EvalOptions.__name__}, got {options!r}")
+        loaded_metrics = run_evaluation(loaded.task, loaded.model, loader, torch.device("cpu"), options=options)
         report = TaskReport(name, result.step, run_dir, dict(result.metrics), loaded_metrics)
     if result.step != steps:
         raise _fail(name, f"the trainer stopped at step {result.step} of {steps} ({result.reason})")

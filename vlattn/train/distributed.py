@@ -7,7 +7,7 @@ the trainer then wraps the model in DDP, shards the data and logs/saves from ran
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -23,6 +23,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # whether this process joined the process group itself (and so leaves it in :func:`shutdown`)
+    joined_group: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -49,23 +51,31 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
         raise VlattnError(f"--device {preference!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (no-op otherwise)."""
+def from_environment() -> DistInfo:
+    """This process's place in the run as ``torchrun`` describes it (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``); a single-process run without them. The one place these variables are read."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
-    return info
+        return DistInfo(local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(device: torch.device, info: DistInfo | None = None) -> DistInfo:
+    """Join the process group that ``info`` (default: :func:`from_environment`) describes; a no-op
+    in a single-process run or when the group already exists."""
+    info = info if info is not None else from_environment()
+    if not info.enabled or dist.is_initialized():
+        return info
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    return replace(info, joined_group=True)
 
 
 def shutdown(info: DistInfo) -> None:
-    """Leave the process group, if one was joined."""
-    if info.enabled and dist.is_initialized():
+    """Leave the process group if :func:`init_distributed` joined it (one made by the caller stays)."""
+    if info.joined_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -1,15 +1,17 @@
-"""Evaluation shared by the trainer's validation and ``vlattn eval``."""
+"""Evaluation, shared by the trainer's validation and ``vlattn eval`` (:func:`evaluate_file`)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from vlattn.errors import VlattnError
 from vlattn.task import Task
-from vlattn.train.data import to_device
+from vlattn.train.data import make_loader, to_device
 
 
 def run_evaluation(
@@ -18,10 +20,14 @@ def run_evaluation(
     loader: Any,
     device: torch.device,
     *,
-    options: Any = None,
+    options: Any,
     autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> dict[str, float]:
-    """``task.evaluate`` over ``loader`` with the model in eval mode under ``no_grad``."""
+    """``task.evaluate`` over ``loader`` with the model in eval mode under ``no_grad``.
+
+    ``options`` is an instance of the task's ``EvalOptions`` (``task.validation_options()`` during
+    training).
+    """
     was_training = model.training
     model.eval()
 
@@ -35,3 +41,33 @@ def run_evaluation(
     finally:
         model.train(was_training)
     return {k: float(v) for k, v in metrics.items()}
+
+
+def evaluate_file(
+    path: str | Path,
+    *,
+    data: str | None = None,
+    options: Any = None,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Load the model in ``path`` and return its task's metrics on ``data`` (or the default split).
+
+    ``options`` is the task's ``EvalOptions`` (default: ``EvalOptions()``). What ``vlattn eval`` runs.
+    """
+    from vlattn.checkpoint import load_model
+    from vlattn.train.distributed import resolve_device
+
+    torch_device = resolve_device(device)
+    loaded = load_model(path, device=torch_device)
+    task = loaded.task
+    if options is None:
+        options = task.EvalOptions()
+    try:
+        dataset = task.eval_data(data, options)
+    except NotImplementedError as exc:
+        raise VlattnError(str(exc)) from None
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise VlattnError("the evaluation data is empty")
+    loader = make_loader(dataset, batch_size=batch_size, collate=task.collate)
+    return run_evaluation(task, loaded.model, loader, torch_device, options=options)

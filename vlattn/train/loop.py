@@ -13,8 +13,8 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from vlattn.train.config import TrainerConfig
 from vlattn.train.data import ResumableSampler, batch_size_of, make_loader, to_device
 from vlattn.train.logging import MetricsLog
 from vlattn.train.optim import build_optimizer, build_scheduler, trainable_groups
-from vlattn.train.state import Progress, load_state, restore_rng, save_state
+from vlattn.train.state import STATE_FILE, Progress, load_state, restore_rng, save_state
 
 LAST, BEST = "last.safetensors", "best.safetensors"
 # the previous last.safetensors, kept while a checkpoint is being written: a crash between the
@@ -55,11 +55,23 @@ class RunResult:
 class Trainer:
     """Trains one task in one run folder; see :func:`vlattn.train.fit` for the usual entry."""
 
-    def __init__(self, task: Task, task_name: str, cfg: TrainerConfig, run_dir: Path, *, hooks: Any = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        task_name: str,
+        cfg: TrainerConfig,
+        run_dir: Path,
+        *,
+        hooks: Any = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``run_config`` is what the run folder's ``config.json`` holds (read from it when not given)."""
         self.task, self.task_name, self.cfg, self.run_dir = task, task_name, cfg, run_dir
         self.hooks = hooks
-        self.device = D.resolve_device(cfg.device, int(__import__("os").environ.get("LOCAL_RANK", "0")))
-        self.dist = D.init_distributed(self.device)
+        self._run_config = dict(run_config) if run_config is not None else None
+        placement = D.from_environment()
+        self.device = D.resolve_device(cfg.device, placement.local_rank)
+        self.dist = D.init_distributed(self.device, placement)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise VlattnError("--precision fp16 needs a CUDA device; use bf16 on CPU")
         if cfg.threads:
@@ -237,6 +249,7 @@ class Trainer:
                     self.hooks.broadcast("on_train_end", run_dir=self.run_dir, step=p.step, reason=reason)
                 if self.log is not None:
                     self.log.close()
+                D.shutdown(self.dist)
         best = self.run_dir / BEST
         return RunResult(
             self.run_dir,
@@ -292,7 +305,14 @@ class Trainer:
 
         p, metrics = self.progress, {}
         if self.val_loader is not None and self.dist.is_main:
-            metrics = run_evaluation(self.task, self.model, self.val_loader, self.device, autocast=self._autocast)
+            metrics = run_evaluation(
+                self.task,
+                self.model,
+                self.val_loader,
+                self.device,
+                options=self.task.validation_options(),
+                autocast=self._autocast,
+            )
         metrics = D.broadcast_object(metrics, self.dist)
         if not metrics:
             self._save(is_best=False)
@@ -350,14 +370,14 @@ class Trainer:
 
     def _finish(self, reason: str) -> None:
         """Final checkpoint, unless the last validation already wrote one for this step."""
-        state_file = self.run_dir / "trainer_state.pt"
+        state_file = self.run_dir / STATE_FILE
         if reason == "finished" and self.val_loader is not None and self._saved_step() != self.progress.step:
             self._validate()
         elif not state_file.exists() or self._saved_step() != self.progress.step:
             self._save(is_best=False)
 
     def _saved_step(self) -> int | None:
-        path = self.run_dir / "trainer_state.pt"
+        path = self.run_dir / STATE_FILE
         if not path.exists():
             return None
         return int(torch.load(path, map_location="cpu", weights_only=True)["progress"]["step"])
@@ -390,9 +410,12 @@ class Trainer:
             )
 
     def _config_dict(self) -> dict[str, Any]:
-        import json
+        """The run folder's configuration (task, task config, trainer config), read once."""
+        if self._run_config is None:
+            from vlattn.train.run import read_run_config
 
-        return json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
+            self._run_config = read_run_config(self.run_dir)
+        return self._run_config
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -456,8 +479,3 @@ class _Window:
         row["examples_per_s"] = self.examples * dist.world_size / elapsed
         self.__init__()  # type: ignore[misc]
         return row
-
-
-def asdict_config(cfg: TrainerConfig) -> dict[str, Any]:
-    """The trainer config as a JSON-ready dict."""
-    return asdict(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -104,9 +103,10 @@ def prepare_run(
 ) -> PreparedRun:
     """Check the options, create (or reopen) the run folder and build the :class:`Trainer`."""
     from vlattn.plugins import get_host
+    from vlattn.train.distributed import from_environment
     from vlattn.train.loop import Trainer
 
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = from_environment().is_main
     if resume:
         if out is None:
             raise VlattnError("--resume needs the run folder to continue")
@@ -159,5 +159,5 @@ def prepare_run(
             atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         except OSError as exc:
             raise VlattnError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
-    trainer_obj = Trainer(task, task_name, trainer_cfg, run_dir, hooks=get_host())
+    trainer_obj = Trainer(task, task_name, trainer_cfg, run_dir, hooks=get_host(), run_config=config)
     return PreparedRun(run_dir, config, trainer_obj, resume)
