@@ -237,7 +237,7 @@ def test_a_fine_tuned_encoder_and_a_fresh_head_learn_at_their_own_rates(tiny_ber
     from vlattn_text.pretrained.classifier import PretrainedClassifier
     from vlattn_text.pretrained.source import find_encoder
 
-    from vlattn.train.config import TrainerConfig
+    from vlattn.train import TrainerConfig
     from vlattn.train.optim import build_optimizer, trainable_groups
 
     model = PretrainedClassifier(find_encoder(str(tiny_bert)).load_encoder(), 2, finetune_layers=1, head_lr=1e-2)

@@ -18,7 +18,7 @@ import click
 
 from vlattn.config import click_options, field_names, from_mapping, read_toml
 from vlattn.errors import VlattnError
-from vlattn.train.config import TrainerConfig
+from vlattn.train.trainer_config import TrainerConfig
 
 RESERVED = {"config", "out", "resume"}
 

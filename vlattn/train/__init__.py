@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlattn.train.config import TrainerConfig
+from vlattn.train.trainer_config import TrainerConfig
 
 if TYPE_CHECKING:
     from vlattn.train.loop import RunResult

@@ -24,12 +24,12 @@ from tqdm import tqdm
 from vlattn.checkpoint import save_model
 from vlattn.errors import TrainingDivergedError, VlattnError
 from vlattn.task import Task
-from vlattn.train import distributed as D
-from vlattn.train.config import TrainerConfig
+from vlattn.train import distributed
 from vlattn.train.data import ResumableSampler, batch_size_of, make_loader, to_device
 from vlattn.train.logging import MetricsLog
 from vlattn.train.optim import build_optimizer, build_scheduler, trainable_groups
 from vlattn.train.state import STATE_FILE, Progress, load_state, restore_rng, save_state
+from vlattn.train.trainer_config import TrainerConfig
 
 LAST, BEST = "last.safetensors", "best.safetensors"
 # the previous last.safetensors, kept while a checkpoint is being written: a crash between the
@@ -69,9 +69,9 @@ class Trainer:
         self.task, self.task_name, self.cfg, self.run_dir = task, task_name, cfg, run_dir
         self.hooks = hooks
         self._run_config = dict(run_config) if run_config is not None else None
-        placement = D.from_environment()
-        self.device = D.resolve_device(cfg.device, placement.local_rank)
-        self.dist = D.init_distributed(self.device, placement)
+        placement = distributed.from_environment()
+        self.device = distributed.resolve_device(cfg.device, placement.local_rank)
+        self.dist = distributed.init_distributed(self.device, placement)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise VlattnError("--precision fp16 needs a CUDA device; use bf16 on CPU")
         if cfg.threads:
@@ -249,7 +249,7 @@ class Trainer:
                     self.hooks.broadcast("on_train_end", run_dir=self.run_dir, step=p.step, reason=reason)
                 if self.log is not None:
                     self.log.close()
-                D.shutdown(self.dist)
+                distributed.shutdown(self.dist)
         best = self.run_dir / BEST
         return RunResult(
             self.run_dir,
@@ -313,7 +313,7 @@ class Trainer:
                 options=self.task.validation_options(),
                 autocast=self._autocast,
             )
-        metrics = D.broadcast_object(metrics, self.dist)
+        metrics = distributed.broadcast_object(metrics, self.dist)
         if not metrics:
             self._save(is_best=False)
             return metrics, False
@@ -364,7 +364,7 @@ class Trainer:
             rank=self.dist.rank,
             is_main=self.dist.is_main,
         )
-        D.barrier(self.dist)
+        distributed.barrier(self.dist)
         if self.dist.is_main:
             previous.unlink(missing_ok=True)  # weights and state now match again
 
@@ -472,9 +472,9 @@ class _Window:
         self.sums[key] = self.sums.get(key, torch.zeros((), device=v.device)) + v
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def flush(self, dist: D.DistInfo, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def flush(self, dist: distributed.DistInfo, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        row = {k: float(D.all_mean(self.sums[k] / self.counts[k], dist)) for k in sorted(self.sums)}
+        row = {k: float(distributed.all_mean(self.sums[k] / self.counts[k], dist)) for k in sorted(self.sums)}
         row["lr"] = float(optimizer.param_groups[0]["lr"])
         row["examples_per_s"] = self.examples * dist.world_size / elapsed
         self.__init__()  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules named by :class:`~vlattn.train.config.TrainerConfig`."""
+"""Optimizers and learning-rate schedules named by :class:`~vlattn.train.trainer_config.TrainerConfig`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from vlattn.train.config import TrainerConfig
+from vlattn.train.trainer_config import TrainerConfig
 
 
 def trainable_groups(model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:

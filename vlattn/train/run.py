@@ -14,8 +14,8 @@ from vlattn import __version__
 from vlattn.config import ConfigError, from_mapping, to_dict
 from vlattn.errors import VlattnError
 from vlattn.fileio import atomic_write_text
-from vlattn.train.config import TrainerConfig
 from vlattn.train.logging import CSV, JSONL, TENSORBOARD_DIR
+from vlattn.train.trainer_config import TrainerConfig
 
 CONFIG_FILE = "config.json"
 # what a run folder holds before its first checkpoint: such a folder can be started again
