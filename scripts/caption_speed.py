@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from vlattn_caption.dataset import image_tensor
 from vlattn_caption.predict import BUNDLED_MODEL, Captioner
 from vlattn_caption.records import synthetic_records
 from vlattn_caption.search import beam_search, per_image_beam_search
 
 from vlattn.checkpoint import load_model
+from vlattn.data.images import image_tensor
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]

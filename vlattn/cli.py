@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from vlattn import __version__
-from vlattn.errors import VlattnError
+from vlattn.errors import ItemErrors, VlattnError
 
 DEBUG_ENV = "VLATTN_DEBUG"
 
@@ -42,6 +42,8 @@ class VlattnGroup(click.Group):
         except BrokenPipeError:
             sys.stderr.close()  # e.g. `vlattn classify ... | head`
             sys.exit(0)
+        except ItemErrors as exc:
+            fail_each(exc.lines)
         except VlattnError as exc:
             fail(str(exc))
         except OSError as exc:
@@ -63,8 +65,14 @@ def usage_message(exc: click.UsageError) -> str:
 
 def fail(message: str, code: int = 1) -> None:
     """Print ``vlattn: error: message`` on stderr and exit with ``code``."""
-    first = " ".join(str(message).split("\n")[0].split()) or "unknown error"
-    click.echo(f"vlattn: error: {first}", err=True)
+    fail_each([message], code)
+
+
+def fail_each(messages: list[str], code: int = 1) -> None:
+    """Print one ``vlattn: error:`` line per message (its first line) on stderr and exit with ``code``."""
+    for message in messages or [""]:
+        first = " ".join(str(message).split("\n")[0].split()) or "unknown error"
+        click.echo(f"vlattn: error: {first}", err=True)
     sys.exit(code)
 
 

@@ -36,3 +36,18 @@ class ModelFileError(VlattnError):
 
 class TrainingDivergedError(VlattnError):
     """The loss became NaN or infinite."""
+
+
+class BundledModelMissingError(ModelFileError):
+    """A plugin's bundled model file (``vlattn.model_files.BundledModels``) is not installed."""
+
+
+class ItemErrors(VlattnError):
+    """Some items of a batch failed while the others were done; one line per failed item.
+
+    The CLI prints each line as its own ``vlattn: error:`` message and exits with status 1.
+    """
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)

@@ -11,18 +11,14 @@ from pathlib import Path
 
 import click
 
-from vlattn.errors import VlattnError
+from vlattn.errors import ItemErrors, VlattnError
+from vlattn.model_files import model_option
+from vlattn_caption.bundled import BUNDLED
 
 
 @click.command("caption", short_help="Caption IMAGE files (many are decoded as one batch).")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
-@click.option(
-    "--model",
-    "-m",
-    default=None,
-    metavar="PATH",
-    help="model file or training run folder [default: the bundled synthetic-scenes model]",
-)
+@model_option("caption", BUNDLED)
 @click.option(
     "--beam-size", "-k", default=5, show_default=True, type=click.IntRange(1, 100), help="beam size (1 = greedy)"
 )
@@ -60,8 +56,8 @@ def caption(
     """Caption IMAGE files (many are decoded as one batch).
 
     Prints one caption per image (with the file name first when there are several). Unreadable
-    files get a one-line error on stderr; the others are still captioned, and the exit status is
-    1 if any image failed.
+    files get a one-line error each on stderr; the others are still captioned, and the exit
+    status is 1 if any image failed.
 
     The bundled model was trained on synthetic scenes of coloured shapes only: it describes
     shapes, colours, sizes and positions, not photographs. Train on COCO or Flickr for those:
@@ -81,11 +77,6 @@ def caption(
     )
     if attention_out is not None:
         _write_figures(results, attention_out)
-    failed = 0
-    for result in results:
-        if result.error is not None:
-            failed += 1
-            click.echo(f"vlattn: error: {result.error}", err=True)
     if as_json:
         payload = [r.to_json() for r in results]
         click.echo(json.dumps(payload[0] if len(payload) == 1 else payload))
@@ -93,13 +84,14 @@ def caption(
         for result in results:
             if result.error is None:
                 click.echo(result.caption if len(results) == 1 else f"{result.image}\t{result.caption}")
+    failed = [result.error for result in results if result.error is not None]
     if failed:
-        sys.exit(1)
+        raise ItemErrors(failed)
 
 
 def _write_figures(results: list, folder: Path) -> None:
-    from vlattn.fileio import atomic_write
     from vlattn.viz.overlay import word_attention_figure
+    from vlattn.viz.png import save_png
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +108,7 @@ def _write_figures(results: list, folder: Path) -> None:
             name = f"{stem}-{n}.attention.png"
         used.add(name)
         figure = word_attention_figure(result.picture, result.tokens, result.attention)
-        atomic_write(folder / name, lambda p, fig=figure: fig.save(p, format="PNG"))
+        save_png(figure, folder / name)
 
 
 @click.command("caption-data", short_help="Write the synthetic scenes as PNG images and a Karpathy JSON.")

@@ -15,20 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from vlattn.data.images import image_tensor
 from vlattn_caption.records import CaptionRecord
 from vlattn_caption.vocab import Vocabulary
-
-
-def image_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
-    """An RGB image resized to ``image_size`` x ``image_size`` as a ``[3, S, S]`` uint8 tensor."""
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
 
 
 class _ImageCache:
@@ -53,13 +45,12 @@ class _ImageCache:
 class CaptionTrainingSet(Dataset[dict[str, Any]]):
     """One item per (image, caption) pair."""
 
-    def __init__(self, records: list[CaptionRecord], vocab: Vocabulary, image_size: int, max_len: int,
-                 cache_images: bool = True) -> None:
+    def __init__(
+        self, records: list[CaptionRecord], vocab: Vocabulary, image_size: int, max_len: int, cache_images: bool = True
+    ) -> None:
         self.images = _ImageCache(records, image_size, cache_images)
         self.vocab = vocab
-        self.pairs = [
-            (r, vocab.encode(c, max_len)) for r, rec in enumerate(records) for c in rec.captions if c
-        ]
+        self.pairs = [(r, vocab.encode(c, max_len)) for r, rec in enumerate(records) for c in rec.captions if c]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -72,8 +63,9 @@ class CaptionTrainingSet(Dataset[dict[str, Any]]):
 class CaptionEvaluationSet(Dataset[dict[str, Any]]):
     """One item per image, with all its references (the first one also as ids, for the loss)."""
 
-    def __init__(self, records: list[CaptionRecord], vocab: Vocabulary, image_size: int, max_len: int,
-                 cache_images: bool = True) -> None:
+    def __init__(
+        self, records: list[CaptionRecord], vocab: Vocabulary, image_size: int, max_len: int, cache_images: bool = True
+    ) -> None:
         self.records = [r for r in records if r.captions]
         self.images = _ImageCache(self.records, image_size, cache_images)
         self.vocab = vocab

@@ -15,17 +15,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlattn.checkpoint import load_model, model_file
-from vlattn.data.images import ImageLoadError, load_image
-from vlattn.errors import ModelFileError
-from vlattn_caption.dataset import image_tensor
+from vlattn.data.images import ImageLoadError, image_tensor, load_image
+from vlattn.model_files import load_task_model
+from vlattn_caption.bundled import BUNDLED, BUNDLED_MODEL, WEIGHTS_DIR
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.search import decode
 from vlattn_caption.task import CaptionTask
 from vlattn_caption.vocab import Vocabulary
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-BUNDLED_MODEL = WEIGHTS_DIR / "synthetic-soft.safetensors"
+__all__ = ["BUNDLED", "BUNDLED_MODEL", "WEIGHTS_DIR", "CaptionResult", "Captioner"]
 
 
 @dataclass
@@ -65,19 +63,6 @@ class CaptionResult:
         return data
 
 
-def resolve_model_path(model: str | Path | None) -> Path:
-    """A model file from ``model`` (a file, or a run folder with best/last.safetensors), or the
-    bundled model when ``model`` is ``None``."""
-    if model is None:
-        if not BUNDLED_MODEL.exists():
-            raise ModelFileError(
-                f"the bundled caption model is missing ({BUNDLED_MODEL}); train it with "
-                "scripts/train_caption_synthetic.py or pass --model"
-            )
-        return BUNDLED_MODEL
-    return model_file(model)
-
-
 class Captioner:
     """A loaded caption model and its vocabulary."""
 
@@ -90,8 +75,10 @@ class Captioner:
 
     @classmethod
     def load(cls, model: str | Path | None = None, device: str = "cpu") -> Captioner:
-        """Load ``model`` (see :func:`resolve_model_path`); raises ``ModelFileError`` clearly."""
-        loaded = load_model(resolve_model_path(model), device=device, expect_task="caption")
+        """Load ``model``: a model file, a run folder, a bundled model's name (:data:`BUNDLED`), or
+        the bundled synthetic-scenes model when ``None``; raises ``ModelFileError`` in one line
+        (:func:`vlattn.model_files.resolve_model_file`)."""
+        loaded = load_task_model(model, task=CaptionTask.name, bundled=BUNDLED, device=device)
         return cls(loaded.task, loaded.model, device)  # type: ignore[arg-type]
 
     @property

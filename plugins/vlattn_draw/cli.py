@@ -12,14 +12,17 @@ from pathlib import Path
 import click
 
 from vlattn.errors import VlattnError
+from vlattn.model_files import model_option
+from vlattn_draw.bundled import BUNDLED, BUNDLED_MODEL
 
-BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "draw_mnist.safetensors"
+__all__ = ["BUNDLED", "BUNDLED_MODEL", "check_frame_memory", "draw_command", "grid_pixels"]
+
 MAX_STEPS = 1000
 MAX_NUM = 1024
 PNG_SOFTWARE = "vlattn draw"  # the PNG text chunk that marks a picture this command wrote
 MAX_FRAME_BYTES = 4 << 30  # the GIF's frames are held in memory until it is written
 BYTES_PER_PIXEL = 4.5  # measured peak per frame pixel: the RGB frame (3) and the GIF writer's copy (1.5)
-PADDING = 2  # pixels between grid tiles (vlattn.viz.gif.image_grid's default)
+PADDING = 2  # pixels between grid tiles (vlattn.viz.grid.image_grid's default)
 
 
 def grid_pixels(num: int, height: int, width: int, scale: int) -> int:
@@ -58,7 +61,7 @@ def _check_output(out: Path) -> tuple[Path, Path]:
     if png.is_dir():
         raise VlattnError(f"cannot write {png}: it is a directory")
     if png.exists():
-        from vlattn.viz.gif import png_text
+        from vlattn.viz.png import png_text
 
         if png_text(png).get("Software") != PNG_SOFTWARE:
             raise VlattnError(
@@ -81,13 +84,7 @@ def _check_output(out: Path) -> tuple[Path, Path]:
     help="animated GIF to write; the final grid goes to the same name with .png",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="random seed")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="a draw model file (.safetensors; default: the bundled MNIST model)",
-)
+@model_option("DRAW", BUNDLED)
 @click.option("--boxes", is_flag=True, help="draw each step's write window (red)")
 @click.option(
     "--reconstruct",
@@ -102,7 +99,7 @@ def draw_command(
     num: int,
     out: Path,
     seed: int,
-    model_path: Path | None,
+    model: str | None,
     boxes: bool,
     reconstruct: Path | None,
     scale: int,
@@ -116,22 +113,20 @@ def draw_command(
       vlattn draw --reconstruct digit.png --out redraw.gif
     """
     gif_path, png_path = _check_output(out)
-    path = model_path or BUNDLED_MODEL
-    if model_path is None and not BUNDLED_MODEL.is_file():
-        raise VlattnError(f"the bundled DRAW model is missing ({BUNDLED_MODEL}); pass --model FILE")
 
     import torch
 
-    from vlattn.checkpoint import load_model
-    from vlattn.viz.gif import save_gif, save_png
+    from vlattn.model_files import load_task_model
+    from vlattn.viz.gif import save_gif
+    from vlattn.viz.png import save_png
     from vlattn_draw import render
+    from vlattn_draw.task import DrawTask
 
     with torch.no_grad():
-        loaded = load_model(path, expect_task="draw")
-        model = loaded.model
-        trained_steps = model.shape.steps
+        net = load_task_model(model, task=DrawTask.name, bundled=BUNDLED).model
+        trained_steps = net.shape.steps
         steps = trained_steps if steps is None else steps
-        s = model.shape
+        s = net.shape
         if reconstruct is not None:
             # two pictures side by side at twice the scale (vlattn_draw.render.reconstruction_frames)
             check_frame_memory(2, steps, s.height, s.width, max(scale, 2) * 2, f"--steps {steps}")
@@ -149,9 +144,9 @@ def draw_command(
 
             picture = load_image(reconstruct)
             image = render.prepare_image(picture, s.channels, s.height, s.width, s.likelihood == "bernoulli")
-            frames = render.reconstruction_frames(model, image, steps=steps, seed=seed, scale=max(scale, 2) * 2)
+            frames = render.reconstruction_frames(net, image, steps=steps, seed=seed, scale=max(scale, 2) * 2)
         else:
-            frames = render.sample_frames(model, num=num, steps=steps, seed=seed, boxes=boxes, scale=scale)
+            frames = render.sample_frames(net, num=num, steps=steps, seed=seed, boxes=boxes, scale=scale)
         save_gif(frames.frames, gif_path, duration_ms=frame_ms)
         save_png(frames.final, png_path, text={"Software": PNG_SOFTWARE})
         what = f"reconstruction of {reconstruct}" if reconstruct is not None else f"{num} samples"

@@ -16,14 +16,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vlattn.data.images import load_image_tensor
 from vlattn.errors import VlattnError
 
 BINARIZED_MNIST = Path("mnist") / "binarized_mnist.npz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-class DataError(VlattnError):
-    """Training or evaluation data that cannot be found or read."""
+class DrawDataError(VlattnError):
+    """DRAW training or evaluation data that cannot be found or read."""
+
+
+DataError = DrawDataError  # the former name, kept for code that imports it
 
 
 def shared_data_candidates() -> list[Path]:
@@ -43,7 +47,7 @@ def default_binarized_mnist() -> Path:
         if (root / BINARIZED_MNIST).is_file():
             return root / BINARIZED_MNIST
     tried = ", ".join(str(r / BINARIZED_MNIST) for r in shared_data_candidates())
-    raise DataError(f"binarized MNIST not found (tried {tried}); pass --data-path FILE.npz")
+    raise DrawDataError(f"binarized MNIST not found (tried {tried}); pass --data-path FILE.npz")
 
 
 class TensorImages(Dataset[torch.Tensor]):
@@ -62,7 +66,7 @@ class TensorImages(Dataset[torch.Tensor]):
         elif binarize == "static":
             data = torch.bernoulli(data, generator=torch.Generator().manual_seed(seed))
         elif binarize not in ("none", "dynamic"):
-            raise DataError(f"unknown binarisation {binarize!r}")
+            raise DrawDataError(f"unknown binarisation {binarize!r}")
         self.images = data
         self.dynamic = binarize == "dynamic"
 
@@ -88,14 +92,14 @@ def load_binarized_mnist(path: str | Path | None, split: str) -> TensorImages:
     try:
         with np.load(file) as archive:
             if key not in archive:
-                raise DataError(f"{file} has no array {key!r} (found: {', '.join(archive.files)})")
+                raise DrawDataError(f"{file} has no array {key!r} (found: {', '.join(archive.files)})")
             array = archive[key]
     except FileNotFoundError:
-        raise DataError(f"binarized MNIST file not found: {file}") from None
+        raise DrawDataError(f"binarized MNIST file not found: {file}") from None
     except (OSError, ValueError) as exc:
-        raise DataError(f"{file} is not a readable .npz file ({exc})") from None
+        raise DrawDataError(f"{file} is not a readable .npz file ({exc})") from None
     if array.ndim != 2 or array.shape[1] != 784:
-        raise DataError(f"{file}:{key} has shape {array.shape}, expected [N, 784]")
+        raise DrawDataError(f"{file}:{key} has shape {array.shape}, expected [N, 784]")
     images = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).view(-1, 1, 28, 28)
     return TensorImages(images)
 
@@ -108,7 +112,7 @@ def load_torchvision(name: str, root: str | Path, train: bool, binarize: str, se
     try:
         ds = cls(str(root), train=train, download=False)
     except RuntimeError as exc:
-        raise DataError(f"{cls.__name__} not found under {root} ({exc})") from None
+        raise DrawDataError(f"{cls.__name__} not found under {root} ({exc})") from None
     images = ds.data.unsqueeze(1)  # uint8 [N, 1, 28, 28]
     return TensorImages(images, binarize=binarize, seed=seed + (0 if train else 1))
 
@@ -117,27 +121,16 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files directly or recursively under ``folder``, sorted."""
     root = Path(folder)
     if not root.is_dir():
-        raise DataError(f"image folder not found: {root}")
+        raise DrawDataError(f"image folder not found: {root}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise DrawDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return files
 
 
-def load_image(path: str | Path, size: int, rgb: bool) -> torch.Tensor:
-    """One image as ``uint8 [C, size, size]`` (resized; grayscale unless ``rgb``)."""
-    from PIL import Image
-
-    from vlattn.data.images import load_image as load_rgb
-
-    picture = load_rgb(path).convert("RGB" if rgb else "L").resize((size, size), Image.Resampling.BILINEAR)
-    tensor = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())
-    return tensor.permute(2, 0, 1) if rgb else tensor.unsqueeze(0)
-
-
 def load_folder(files: Sequence[Path], size: int, rgb: bool, binarize: str, seed: int = 0) -> TensorImages:
-    """Images from a list of files, resized to ``size x size``."""
-    images = torch.stack([load_image(f, size, rgb) for f in files])
+    """Images from a list of files, resized to ``size x size`` (greyscale unless ``rgb``)."""
+    images = torch.stack([load_image_tensor(f, size, channels=3 if rgb else 1) for f in files])
     return TensorImages(images, binarize=binarize, seed=seed)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlattn.viz.gif import image_grid
+from vlattn.data.images import image_tensor
+from vlattn.viz.grid import image_grid
 from vlattn_draw.model import Draw, DrawTrace
 
 READ_COLOUR = (64, 220, 64)
@@ -28,9 +29,7 @@ def _to_hwc(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def sample_frames(
-    model: Draw, *, num: int, steps: int, seed: int, boxes: bool, scale: int = 3
-) -> Frames:
+def sample_frames(model: Draw, *, num: int, steps: int, seed: int, boxes: bool, scale: int = 3) -> Frames:
     """Sample ``num`` images from the prior over ``steps`` steps; one grid frame per step.
 
     With ``boxes`` each frame shows that step's write window in red.
@@ -83,13 +82,9 @@ def prepare_image(picture: Image.Image, channels: int, height: int, width: int, 
     Resized to ``width x height``; dark-on-light pictures are inverted (MNIST digits are light on
     dark); binarised at 0.5 for a Bernoulli model.
     """
-    mode = "RGB" if channels == 3 else "L"
-    resized = picture.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(resized, dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.mean() > 0.5:
-        array = 1.0 - array
+    image = image_tensor(picture, (height, width), channels=channels).float() / 255.0
+    if image.mean() > 0.5:
+        image = 1.0 - image
     if binary:
-        array = (array >= 0.5).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        image = (image >= 0.5).float()
+    return image

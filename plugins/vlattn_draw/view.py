@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlattn.serve import ApiError, ApiInput, ApiRoute, ViewHandler, ViewSpec
@@ -65,13 +64,15 @@ class DrawView(ViewHandler):
 
     def load(self) -> None:
         from vlattn.checkpoint import load_model
-        from vlattn_draw.cli import BUNDLED_MODEL
+        from vlattn.model_files import resolve_model_file
+        from vlattn_draw.bundled import BUNDLED, BUNDLED_MODEL
+        from vlattn_draw.task import DrawTask
 
-        path = self.model_path("draw") or BUNDLED_MODEL
         if self.model_path("draw") is None and not BUNDLED_MODEL.is_file():
             raise ApiError(f"the bundled DRAW model is missing; pass --model draw=PATH ({BUNDLED_MODEL.name})", 503)
-        self.model = load_model(path, expect_task="draw").model.eval()
-        self.name = Path(path).name
+        path = resolve_model_file(self.model_path("draw"), task=DrawTask.name, bundled=BUNDLED)
+        self.model = load_model(path, expect_task=DrawTask.name).model.eval()
+        self.name = path.name
 
     def parse(self, request: ApiInput) -> DrawRequest:
         """Validate the request (and decode the image to redraw)."""

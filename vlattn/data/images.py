@@ -7,7 +7,10 @@ A file that cannot be used raises :class:`ImageLoadError` with a one-line messag
 and the reason: missing, a directory, empty, unreadable, not an image, truncated or corrupt, or
 so large that decoding it would be a decompression bomb.
 
-This module imports no torch.
+:func:`image_tensor` turns a picture into a model's input tensor, and :func:`load_image_tensor`
+does both steps for a file.
+
+This module imports no torch at import time (:func:`image_tensor` imports it when called).
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlattn.errors import VlattnError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Largest image (width x height) decoded by default: 16384 x 16384, far above any photograph.
 DEFAULT_MAX_PIXELS = 16384 * 16384
@@ -120,3 +127,43 @@ def _wide_grey_to_rgb(img: Image.Image) -> Image.Image:
         scaled = np.clip(arr, 0, None) / top
     grey = (scaled * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def image_tensor(image: Image.Image, size: int | tuple[int, int], *, channels: int = 3) -> torch.Tensor:
+    """``image`` as a model's input: a ``uint8 [C, H, W]`` tensor (0..255).
+
+    Args:
+        image: a picture of any mode (see :func:`to_rgb`; ``channels=1`` then takes its luminance).
+        size: the side of a square output, or ``(height, width)``; the picture is resized
+            bilinearly (not at all when it already has that size).
+        channels: 3 for RGB, 1 for greyscale.
+    """
+    import torch
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    height, width = (size, size) if isinstance(size, int) else size
+    picture = _in_mode(image, "RGB" if channels == 3 else "L")
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.array(picture, dtype=np.uint8, copy=True))
+    return pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1).contiguous()
+
+
+def load_image_tensor(
+    path: str | os.PathLike[str],
+    size: int | tuple[int, int],
+    *,
+    channels: int = 3,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """:func:`load_image` then :func:`image_tensor`: the file as ``uint8 [C, H, W]``."""
+    return image_tensor(load_image(path, max_pixels=max_pixels), size, channels=channels)
+
+
+def _in_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` as 8-bit ``RGB`` or ``L`` (the same object when it already is)."""
+    if image.mode == mode:
+        return image
+    rgb = to_rgb(image)
+    return rgb if mode == "RGB" else rgb.convert("L")

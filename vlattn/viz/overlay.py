@@ -54,8 +54,15 @@ def heatmap(image: Image.Image, weights: np.ndarray, *, opacity: float = 0.55, s
     return Image.fromarray((rgb * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8), mode="RGB")
 
 
-def word_attention_figure(image: Image.Image, words: Sequence[str], weights: np.ndarray, *,
-                          panel: int = 160, columns: int = 5, smooth: bool = True) -> Image.Image:
+def word_attention_figure(
+    image: Image.Image,
+    words: Sequence[str],
+    weights: np.ndarray,
+    *,
+    panel: int = 160,
+    columns: int = 5,
+    smooth: bool = True,
+) -> Image.Image:
     """One labelled panel for the image, then one per word with that word's attention overlaid.
 
     Args:
