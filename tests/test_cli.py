@@ -153,3 +153,25 @@ def test_sigint_saves_and_resume_continues(example_plugin: dict[str, str], tmp_p
         1,
         "cannot change on --resume",
     )
+
+
+def test_errors_of_several_items_are_one_line_each() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from vlattn.cli import VlattnGroup
+    from vlattn.errors import ItemErrors
+
+    @click.group(cls=VlattnGroup)
+    def root() -> None:
+        pass
+
+    @root.command("many")
+    def many() -> None:
+        click.echo("done: c")
+        raise ItemErrors(["a: no such file", "b: not an image\n(details)"])
+
+    result = CliRunner().invoke(root, ["many"])
+    assert result.exit_code == 1
+    assert result.stdout == "done: c\n"
+    assert result.stderr.splitlines() == ["vlattn: error: a: no such file", "vlattn: error: b: not an image"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -30,6 +32,24 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.dec_out.bias[: model.shape.write_size].normal_(0.0, 1.0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     return save_model(path, model, task_name="draw", config=to_dict(config), artifacts=task.artifacts())
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of ``vlattn train draw``: two epochs of a tiny model on random binary images."""
+    rng = np.random.default_rng(0)
+    data = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(data, **{f"X_{k}": (rng.random((n, 784)) < 0.2).astype(np.float32)
+                      for k, n in (("train", 32), ("valid", 16), ("test", 16))})  # fmt: skip
+    out = tmp_path_factory.mktemp("runs") / "draw"
+    tiny = ["--steps", "3", "--enc-size", "8", "--dec-size", "8", "--z-size", "2", "--read-n", "2", "--write-n", "2"]
+    result = CliRunner().invoke(
+        build_cli(),
+        ["train", "draw", "--data-path", str(data), *tiny, "--epochs", "2", "--batch-size", "16", "--threads", "1",
+         "--quiet", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
 
 
 def run(*args: str):
@@ -59,6 +79,23 @@ def test_other_step_counts_run_and_say_how_they_differ(model_file: Path, tmp_pat
     more = run("--model", str(model_file), "--steps", "7", "--num", "2", "--out", str(out))
     assert more.exit_code == 0 and gif_frames(out) == 7
     assert "beyond T" in more.output
+
+
+def test_model_may_be_a_run_folder(run_folder: Path, tmp_path: Path) -> None:
+    from_folder = run("--model", str(run_folder), "--num", "4", "--out", str(tmp_path / "folder.gif"))
+    assert from_folder.exit_code == 0, from_folder.output
+    assert gif_frames(tmp_path / "folder.gif") == 3
+    from_file = run("--model", str(run_folder / "best.safetensors"), "--num", "4", "--out", str(tmp_path / "file.gif"))
+    assert from_file.exit_code == 0, from_file.output
+    assert (tmp_path / "folder.gif").read_bytes() == (tmp_path / "file.gif").read_bytes()
+    evaluated = CliRunner().invoke(build_cli(), ["eval", str(run_folder), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["model"] == str(run_folder / "best.safetensors")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    result = run("--model", str(empty), "--out", str(tmp_path / "x.gif"))
+    assert result.exit_code == 1 and "holds no best.safetensors or last.safetensors" in result.output
+    assert result.output.strip().count("\n") == 0
 
 
 def test_reconstruct_an_image(model_file: Path, tmp_path: Path) -> None:

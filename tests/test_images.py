@@ -130,3 +130,32 @@ def test_to_rgb_of_float_image_uses_its_range() -> None:
     arr = np.array([[-1.0, 0.0], [1.0, 3.0]], dtype=np.float32)
     out = np.asarray(to_rgb(Image.fromarray(arr, mode="F")))
     assert out[0, 0, 0] == 0 and out[1, 1, 0] == 255
+
+
+def test_image_tensor_is_uint8_channels_first_at_the_size_asked() -> None:
+    from vlattn.data.images import image_tensor
+
+    picture = Image.new("RGB", (30, 20), (200, 100, 50))
+    square = image_tensor(picture, 16)
+    assert square.shape == (3, 16, 16) and str(square.dtype) == "torch.uint8" and square.is_contiguous()
+    assert square[:, 5, 5].tolist() == [200, 100, 50]
+    assert image_tensor(picture, (8, 12)).shape == (3, 8, 12)  # (height, width)
+    grey = image_tensor(picture, (20, 30), channels=1)
+    assert grey.shape == (1, 20, 30)
+    assert grey[0, 0, 0].item() == np.asarray(picture.convert("L"))[0, 0]
+    unchanged = np.asarray(picture).transpose(2, 0, 1)
+    assert (image_tensor(picture, (20, 30)).numpy() == unchanged).all()  # the right size is not resampled
+    with pytest.raises(ValueError, match="channels"):
+        image_tensor(picture, 8, channels=4)
+
+
+def test_image_tensor_takes_any_mode_like_load_image(tmp_path: Path) -> None:
+    from vlattn.data.images import image_tensor, load_image_tensor
+
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert image_tensor(clear, 4)[:, 0, 0].tolist() == [255, 255, 255]  # composited on white, as to_rgb does
+    path = _save(Image.new("L", (10, 6), 90), tmp_path / "grey.png")
+    loaded = load_image_tensor(path, 5, channels=1)
+    assert loaded.shape == (1, 5, 5) and set(loaded.flatten().tolist()) == {90}
+    with pytest.raises(ImageLoadError, match="no such file"):
+        load_image_tensor(tmp_path / "missing.png", 5)
