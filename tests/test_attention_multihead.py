@@ -65,6 +65,142 @@ def test_multihead_gradients_equal_torch() -> None:
         torch.testing.assert_close(param.grad, ref_grad, atol=1e-5, rtol=1e-5)
 
 
+def torch_twin(ours: MultiHeadAttention) -> torch.nn.MultiheadAttention:
+    """``nn.MultiheadAttention`` with ``ours``' sizes and weights (train mode, no dropout)."""
+    ref = torch.nn.MultiheadAttention(
+        ours.embed_dim, ours.num_heads, kdim=ours.key_dim, vdim=ours.value_dim, batch_first=True
+    )
+    ref.load_state_dict(ours.state_dict())
+    return ref.train()
+
+
+def leaf(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+
+
+def lengths_mask(lengths: list[int], size: int) -> torch.Tensor:
+    return torch.arange(size)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def run_both(ours, ref, inputs, mask, need_weights, average, weights_loss):
+    """Forward + backward through both; returns (context, weights, input grads, parameter grads) pairs."""
+    results = []
+    for module in (ours, ref):
+        for tensor in inputs:
+            tensor.grad = None
+        module.zero_grad(set_to_none=True)
+        if module is ours:
+            context, weights = module(*inputs, mask=mask)
+        else:
+            query, keys, values = (inputs + [inputs[-1]] * 2)[:3]
+            padding = None if mask is None else ~mask
+            context, weights = module(
+                query, keys, values, key_padding_mask=padding, need_weights=need_weights, average_attn_weights=average
+            )
+        upstream = torch.linspace(-1, 1, context.numel()).view_as(context)
+        loss = (context * upstream).sum()
+        if weights_loss:
+            loss = loss + (weights * torch.linspace(0, 3, weights.numel()).view_as(weights)).sum()
+        loss.backward()
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        results.append((context, weights, [t.grad for t in inputs], grads))
+    return results
+
+
+CASES = {
+    # name: (Dq, Dk, Dv, Tq, S, inputs given as)
+    "self": (16, 16, 16, 7, 7, "self"),
+    "cross-shared-kv": (16, 16, 16, 5, 9, "query+keys"),
+    "cross-separate-kv": (16, 16, 16, 5, 9, "query+keys+values"),
+    "other-sizes": (16, 10, 6, 5, 9, "query+keys+values"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("average", [True, False])
+def test_multihead_outputs_and_gradients_equal_torch(
+    case: str, need_weights: bool, masked: bool, average: bool
+) -> None:
+    """Outputs, weights and every gradient (parameters and inputs) against ``nn.MultiheadAttention``."""
+    if average is False and need_weights is False:
+        pytest.skip("no weights to average")
+    query_dim, key_dim, value_dim, steps, source, given = CASES[case]
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(
+        query_dim, key_dim, num_heads=4, value_dim=value_dim, need_weights=need_weights, average_weights=average
+    ).train()
+    with torch.no_grad():  # non-zero biases, so their gradients and uses are checked too
+        ours.in_proj_bias.uniform_(-0.5, 0.5)
+        ours.out_proj.bias.uniform_(-0.5, 0.5)
+    ref = torch_twin(ours)
+    query = leaf(3, steps, query_dim, seed=1)
+    inputs = {
+        "self": [query],
+        "query+keys": [query, leaf(3, source, key_dim, seed=2)],
+        "query+keys+values": [query, leaf(3, source, key_dim, seed=2), leaf(3, source, value_dim, seed=3)],
+    }[given]
+    if given == "self":
+        inputs = [query, query]
+    mask = lengths_mask([source, source - 2, 1], source) if masked else None
+    (context, weights, input_grads, grads), (ref_context, ref_weights, ref_input_grads, ref_grads) = run_both(
+        ours, ref, inputs, mask, need_weights, average, weights_loss=need_weights
+    )
+    close = {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(context, ref_context, **close)
+    if need_weights:
+        torch.testing.assert_close(weights, ref_weights, **close)
+    else:
+        assert weights is None
+    for grad, ref_grad in zip(input_grads, ref_input_grads, strict=True):
+        torch.testing.assert_close(grad, ref_grad, **close)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], **close, msg=name)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_example_without_keys_gives_zeros_and_no_gradient(need_weights: bool) -> None:
+    """The other examples match torch; the empty one gets zero context, weights and gradients."""
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(16, 16, num_heads=4, need_weights=need_weights).train()
+    ref = torch_twin(ours)
+    x = leaf(3, 7, 16, seed=1)
+    mask = lengths_mask([7, 0, 3], 7)
+    context, weights = ours(x, x, mask=mask)
+    loss = context.square().sum() + (0.0 if weights is None else weights.square().sum())
+    loss.backward()
+    assert torch.all(context[1] == 0) and torch.isfinite(x.grad).all() and torch.all(x.grad[1] == 0)
+    if need_weights:
+        assert torch.all(weights[1] == 0)
+    keep = [0, 2]
+    ours.zero_grad(set_to_none=True)
+    ours(x[keep], x[keep], mask=mask[keep])[0].sum().backward()
+    kept_grads = {name: p.grad.clone() for name, p in ours.named_parameters()}
+    ref_context, _ = ref(x[keep], x[keep], x[keep], key_padding_mask=~mask[keep])
+    torch.testing.assert_close(context[keep], ref_context, atol=1e-5, rtol=1e-5)
+    ours.zero_grad(set_to_none=True)
+    ours(x, x, mask=mask)[0].sum().backward()  # the empty example adds nothing to the gradients
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(param.grad, kept_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_single_query_and_dropout_paths(need_weights: bool) -> None:
+    torch.manual_seed(0)
+    module = MultiHeadAttention(16, 16, num_heads=4, need_weights=need_weights, dropout=0.5).train()
+    x, mask = padded_batch()
+    context, weights = module(x[:, 0], x, mask=mask)
+    assert context.shape == (3, 16) and (weights is None) == (not need_weights)
+    context.sum().backward()
+    if need_weights:
+        assert weights.shape == (3, 7) and torch.all(weights[~mask] == 0)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    module.eval()  # dropout off: the single query is the first step of the sequence
+    torch.testing.assert_close(module(x[:, 0], x, mask=mask)[0], module(x[:, :1], x, mask=mask)[0][:, 0])
+
+
 def test_multihead_by_hand_for_two_heads() -> None:
     torch.manual_seed(0)
     module = MultiHeadAttention(4, 4, num_heads=2)

@@ -15,6 +15,7 @@ outputs agree to float rounding.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,105 @@ def attend(
     if empty is not None:
         out = out.masked_fill(empty, 0.0)
     return out, None
+
+
+def heads_first(source: Tensor, parts: int, heads: int) -> Tensor:
+    """``[B, T, parts * E]`` -> ``[parts, B * h, T, E / h]``, contiguous (one copy)."""
+    batch, steps, width = source.shape
+    head_dim = width // (parts * heads)
+    split = source.reshape(batch, steps, parts, heads, head_dim).permute(2, 0, 3, 1, 4)
+    return split.reshape(parts, batch * heads, steps, head_dim)
+
+
+def heads_last(grouped: Tensor, batch: int) -> Tensor:
+    """``[parts, B * h, T, d]`` -> ``[B, T, parts * h * d]``, the inverse of :func:`heads_first`."""
+    parts, flat, steps, head_dim = grouped.shape
+    heads = flat // batch
+    split = grouped.view(parts, batch, heads, steps, head_dim).permute(1, 3, 0, 2, 4)
+    return split.reshape(batch, steps, parts * heads * head_dim)
+
+
+# how many of q, k, v each source holds, by number of sources
+SOURCE_PARTS: dict[int, tuple[int, ...]] = {1: (3,), 2: (1, 2), 3: (1, 1, 1)}
+
+
+class PackedHeadAttention(torch.autograd.Function):
+    """Softmax attention over heads with a hand-written backward (no dropout).
+
+    ``apply(bias, empty, heads, weights_mode, *sources)``:
+
+    * ``sources``: the projections ``[B, T, parts * E]``, in order q, k, v: one ``[B, T, 3E]``
+      (self-attention), ``q [B, Tq, E]`` and ``kv [B, S, 2E]``, or ``q``, ``k``, ``v``.
+    * ``bias``: additive ``[B * h, 1, S]`` (0 = keep, ``-inf`` = padding) or ``None``.
+    * ``empty``: ``[B * h, 1, 1]`` boolean, True for an example without keys (its weights are
+      set to 0; its ``bias`` row must be finite), or ``None``.
+    * ``weights_mode``: 0 none, 1 averaged over heads, 2 per head.
+
+    Returns ``context [B, Tq, E]`` (heads concatenated, before the output projection) and, when
+    ``weights_mode`` is not 0, ``weights [B, Tq, S]`` (mode 1) or ``[B, h, Tq, S]`` (mode 2).
+    The scores, softmax and weighted sum are one batched product each; the softmax is computed
+    once and serves the context, the returned weights and the backward pass.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        bias: Tensor | None,
+        empty: Tensor | None,
+        heads: int,
+        weights_mode: int,
+        *sources: Tensor,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        grouped = [heads_first(s, parts, heads) for s, parts in zip(sources, SOURCE_PARTS[len(sources)], strict=True)]
+        q, k, v = (head for group in grouped for head in group)  # [B * h, T, d] each
+        batch, steps = sources[0].shape[:2]
+        scale = q.shape[-1] ** -0.5
+        if bias is None:
+            scores = torch.baddbmm(q.new_empty(1, 1, 1), q, k.transpose(1, 2), beta=0.0, alpha=scale)
+        else:
+            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        if empty is not None:
+            probs.masked_fill_(empty, 0.0)
+        context = heads_last(torch.bmm(probs, v).unsqueeze(0), batch)
+        ctx.set_materialize_grads(False)
+        ctx.heads, ctx.weights_mode, ctx.scale = heads, weights_mode, scale
+        ctx.parts = SOURCE_PARTS[len(sources)]
+        ctx.save_for_backward(q, k, v, probs)
+        if weights_mode == 0:
+            return context
+        per_head = probs.view(batch, heads, steps, -1)
+        return context, per_head.mean(1) if weights_mode == 1 else per_head
+
+    @staticmethod
+    def backward(ctx: Any, d_context: Tensor | None, d_weights: Tensor | None = None) -> tuple[Tensor | None, ...]:
+        q, k, v, probs = ctx.saved_tensors
+        flat, steps, head_dim = q.shape
+        heads = ctx.heads
+        batch = flat // heads
+        no_context = d_context is None
+        d_heads = q.new_zeros(flat, steps, v.shape[-1]) if no_context else heads_first(d_context, 1, heads)[0]
+        d_probs = torch.bmm(d_heads, v.transpose(1, 2))  # [B * h, Tq, S]
+        if d_weights is not None:
+            per_head = d_probs.view(batch, heads, steps, -1)
+            if ctx.weights_mode == 1:
+                per_head.add_(d_weights.unsqueeze(1), alpha=1.0 / heads)
+            else:
+                per_head.add_(d_weights)
+        d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
+        del d_probs
+        grads = [q.new_empty(parts, flat, length, head_dim) for parts, length in ctx_lengths(ctx, q, k)]
+        d_q, d_k, d_v = (head for group in grads for head in group)
+        torch.baddbmm(d_q, d_scores, k, beta=0.0, alpha=ctx.scale, out=d_q)
+        torch.baddbmm(d_k, d_scores.transpose(1, 2), q, beta=0.0, alpha=ctx.scale, out=d_k)
+        torch.bmm(probs.transpose(1, 2), d_heads, out=d_v)
+        return (None, None, None, None, *(heads_last(g, batch) for g in grads))
+
+
+def ctx_lengths(ctx: Any, q: Tensor, k: Tensor) -> list[tuple[int, int]]:
+    """``(parts, steps)`` of each source: the query's length for the part holding q, else S."""
+    return [(parts, q.shape[1] if i == 0 else k.shape[1]) for i, parts in enumerate(ctx.parts)]
 
 
 class ScaledDotAttention(Attention):
@@ -203,28 +303,90 @@ class MultiHeadAttention(Attention):
         """``[B, T, E]`` -> ``[B, h, T, E / h]``."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
+    def packed_sources(self, query: Tensor, keys: Tensor, values: Tensor) -> list[Tensor]:
+        """The input projections as :class:`PackedHeadAttention` takes them: one ``[B, T, 3E]``
+        product for self-attention, ``q`` and one ``[B, S, 2E]`` when keys are the values, else three."""
+        weight, bias = self.in_proj_weight if self.packed else None, self.in_proj_bias
+        if weight is not None and query is keys and keys is values:
+            return [F.linear(query, weight, bias)]
+        if weight is not None and keys is values:
+            embed = self.embed_dim
+            b_q, b_kv = (None, None) if bias is None else (bias[:embed], bias[embed:])
+            return [F.linear(query, weight[:embed], b_q), F.linear(keys, weight[embed:], b_kv)]
+        return list(self.project(query, keys, values))
+
+    def key_bias(self, mask: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+        """``mask [B, S]`` -> additive bias ``[B, 1, 1, S]`` (0 keep, ``-inf`` padding) and the
+        examples without keys ``[B]`` (``None`` when every example has one), whose bias is all 0."""
+        if mask is None:
+            return None, None
+        keep = mask.to(torch.bool)
+        empty: Tensor | None = ~keep.any(-1)
+        if bool(empty.any()):
+            keep = keep | empty[:, None]
+        else:
+            empty = None
+        bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, -math.inf)
+        return bias[:, None, None, :], empty
+
+    def attend_explicit(
+        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Weights requested, no dropout: :class:`PackedHeadAttention`.
+
+        Returns ``heads [B, Tq, E]`` (before ``out_proj``), the weights, and the examples
+        without keys ``[B]`` or ``None``.
+        """
+        bias, empty = self.key_bias(mask, queries.dtype)
+        heads = self.num_heads
+        if bias is not None:
+            batch, source = bias.shape[0], bias.shape[-1]
+            bias = bias.expand(batch, heads, 1, source).reshape(batch * heads, 1, source)
+        empty_heads = None if empty is None else empty.repeat_interleave(heads)[:, None, None]
+        mode = 1 if self.average_weights else 2
+        sources = self.packed_sources(queries, keys, values)
+        context, weights = PackedHeadAttention.apply(bias, empty_heads, heads, mode, *sources)
+        return context, weights, empty
+
+    def attend_fused(
+        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, dropout: float
+    ) -> tuple[Tensor, None, Tensor | None]:
+        """No weights: ``scaled_dot_product_attention``; returns like :meth:`attend_explicit`."""
+        bias, empty = self.key_bias(mask, queries.dtype)
+        q, k, v = (self.split_heads(x) for x in self.project(queries, keys, values))
+        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        return heads.transpose(1, 2).flatten(2), None, empty
+
+    def attend_with_dropout(
+        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, dropout: float
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Weights requested, with dropout on them: explicit, autograd's backward; returns like
+        :meth:`attend_explicit`."""
+        q, k, v = (self.split_heads(x) for x in self.project(queries, keys, values))
+        keep = None if mask is None else mask.to(torch.bool)[:, None, None, :]  # [B, 1, 1, S]
+        heads, weights = attend(q, k, v, keep, True, dropout)
+        if weights is not None and self.average_weights:
+            weights = weights.mean(1)
+        empty = None if mask is None else ~mask.to(torch.bool).any(-1)
+        return heads.transpose(1, 2).flatten(2), weights, empty
+
     def forward(  # type: ignore[override]
         self, query: Tensor, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         same = values is None or values is keys
         values = check_keys(keys, values, mask)
         queries, single = as_query_sequence(query)
-        q, k, v = self.project(queries, keys, keys if same else values)
-        keep = None if mask is None else mask.to(torch.bool)[:, None, None, :]  # [B, 1, 1, S]
+        values = keys if same else values
         dropout = self.dropout if self.training else 0.0
-        heads, weights = attend(
-            self.split_heads(q),
-            self.split_heads(k),
-            self.split_heads(v),
-            keep,
-            self.need_weights,
-            dropout,
-        )
-        context = self.out_proj(heads.transpose(1, 2).flatten(2))  # [B, Tq, E]
-        if keep is not None:
-            context = context.masked_fill(~mask.to(torch.bool).any(-1)[:, None, None], 0.0)
-        if weights is not None and self.average_weights:
-            weights = weights.mean(1)
+        if not self.need_weights:
+            heads, weights, empty = self.attend_fused(queries, keys, values, mask, dropout)
+        elif dropout > 0:
+            heads, weights, empty = self.attend_with_dropout(queries, keys, values, mask, dropout)
+        else:
+            heads, weights, empty = self.attend_explicit(queries, keys, values, mask)
+        context = self.out_proj(heads)  # [B, Tq, E]
+        if empty is not None:
+            context = context.masked_fill(empty[:, None, None], 0.0)
         if single:
             context = context.squeeze(1)
             weights = None if weights is None else weights.squeeze(-2)
