@@ -26,11 +26,55 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlattn.attention import build_attention
 from vlattn.attention.additive import AdditiveAttention
 from vlattn.attention.spatial import HardSpatialAttention, SoftSpatialAttention
+from vlattn_caption.inference import PackedLinear, inference_weights
+
+#: Bytes of the attention buffer that :func:`_sigmoid_scores` fills at a time (fits a core's L2 cache).
+SCORE_BUFFER_BYTES = 1 << 21
+
+
+def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The LSTM cell's update from its gate pre-activations ``[N, 4H]`` (order i, f, g, o) and
+    ``c [N, H]`` -> ``(h, c)``, as ``nn.LSTMCell`` computes it."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _sigmoid_scores(query: Tensor, keys: Tensor, images: Tensor, v: Tensor) -> Tensor:
+    """``v^T sigmoid(keys[image] + query)`` for each row, one image's rows at a time.
+
+    Args:
+        query: ``[N, A]`` per row.
+        keys: ``[B, L, A]`` per image.
+        images: ``[N]`` image of each row, ascending.
+        v: ``[A]``.
+
+    Returns:
+        ``[N, L]`` scores. The ``[rows, L, A]`` hidden layer lives in one reused buffer of at most
+        :data:`SCORE_BUFFER_BYTES` (at least one row), never in memory for all rows at once.
+    """
+    rows, locations, width = query.shape[0], keys.shape[1], keys.shape[2]
+    scores = query.new_empty(rows, locations)
+    per_buffer = max(1, SCORE_BUFFER_BYTES // (locations * width * query.element_size()))
+    buffer = query.new_empty(min(rows, per_buffer), locations, width)
+    ids = images.tolist()
+    start = 0
+    while start < rows:
+        image = ids[start]
+        end = start + 1
+        while end < rows and ids[end] == image and end - start < per_buffer:
+            end += 1
+        hidden = buffer[: end - start]
+        torch.add(keys[image], query[start:end, None, :], out=hidden).sigmoid_()
+        torch.mv(hidden.view(-1, width), v, out=scores[start:end].view(-1))
+        start = end
+    return scores
 
 
 @dataclass
@@ -98,7 +142,7 @@ class ShowAttendTellDecoder(nn.Module):
         self.cell = nn.LSTMCell(embed_dim + annotation_dim, hidden_dim)
         self.out_h = nn.Linear(hidden_dim, embed_dim)
         self.out_z = nn.Linear(annotation_dim, embed_dim)
-        self.out = nn.Linear(embed_dim, vocab_size)
+        self.out = PackedLinear(embed_dim, vocab_size)  # nn.Linear, packed for inference on CPU
         self.dropout = nn.Dropout(dropout)
 
     def init_state(self, annotations: Tensor) -> tuple[Tensor, Tensor]:
@@ -154,10 +198,7 @@ class ShowAttendTellDecoder(nn.Module):
         h, c = state
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context
-        seen = context
-        if self.training and self.context_dropout > 0:
-            keep = torch.rand(context.shape[0], 1, device=context.device) >= self.context_dropout
-            seen = context * keep.to(context.dtype)
+        seen = self._drop_context(context)
         h, c = self.cell(torch.cat([emb, seen], dim=1), (h, c))
         deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
         return self.out(self.dropout(deep)), (h, c)
@@ -187,8 +228,12 @@ class ShowAttendTellDecoder(nn.Module):
 
         The hypotheses are ``rows`` of a ``[B * per_image]`` grid, image-major: row ``r`` reads
         image ``r // per_image``. Unlike :meth:`step`, nothing of size ``[N, L, D]`` is gathered
-        per hypothesis except one reused scoring buffer, and the context comes from one batched
-        product per image. The attention score is evaluated as
+        per hypothesis: the attention scores of one image's hypotheses are computed together in a
+        cache-sized buffer from the image's keys, and the context comes from one batched product
+        per image. The products with the weights run on the fused, pre-packed matrices of
+        :func:`~vlattn_caption.inference.inference_weights` (the LSTM, the attention query, the
+        gate and the deep output: hooks on those modules do not fire); the embedding and the
+        output layer ``out`` are called as modules. The attention score is evaluated as
         ``v^T tanh(x) = 2 v^T sigmoid(2 x) - sum(v)`` with the constant ``sum(v)`` dropped (the
         softmax over locations ignores it): the same function as :meth:`step` (equal up to float
         rounding), at a third of the cost of ``tanh`` on CPU.
@@ -207,20 +252,26 @@ class ShowAttendTellDecoder(nn.Module):
         """
         images = torch.div(rows, per_image, rounding_mode="floor")
         attention = self.attention
-        if scoring_keys is None or not isinstance(attention, SoftSpatialAttention):
+        if scoring_keys is None or not isinstance(attention, SoftSpatialAttention) or self.training:
             return self.step(prev_words, state, annotations.index_select(0, images))
-        h = state[0]
-        batch, locations = annotations.shape[0], annotations.shape[1]
-        hidden = scoring_keys.index_select(0, images)  # [N, L, H'] = 2 U a, scored in place
-        hidden.add_(attention.query_proj(h).mul_(2.0)[:, None, :]).sigmoid_()
-        scores = torch.matmul(hidden, attention.v.weight[0] * 2.0)  # [N, L]
+        fused = inference_weights(self)
+        h, c = state
+        from_state = fused.from_state(h)  # [N, 4H + A + g]
+        query = from_state[:, fused.gates : fused.gates + fused.query]  # 2 (W h + b)
+        scores = _sigmoid_scores(query, scoring_keys, images, attention.v.weight[0] * 2.0)
         alpha = attention.normalise(scores[:, None, :], None)
         weights = attention.select(alpha).squeeze(1)  # [N, L]
+        batch, locations = annotations.shape[0], annotations.shape[1]
         grid = weights.new_zeros(batch * per_image, locations)
         grid[rows] = weights
         context = torch.bmm(grid.view(batch, per_image, locations), annotations).view(batch * per_image, -1)[rows]
-        logits, state = self._advance(self.embed(prev_words), context, state)
-        return logits, state, weights
+        if self.gate is not None:
+            context = torch.sigmoid(from_state[:, -1:]) * context
+        emb = self.embed(prev_words)
+        gates = fused.from_input(torch.cat([emb, context], dim=1)).add_(from_state[:, : fused.gates])
+        h, c = lstm_update(gates, c)
+        deep = fused.deep(torch.cat([h, context], dim=1)).add_(emb).tanh_()
+        return self.out(deep), (h, c), weights
 
     def last_hard_sample(self) -> Any:
         """The mechanism's last hard-attention sample (``None`` for deterministic mechanisms)."""
@@ -237,11 +288,121 @@ class ShowAttendTellDecoder(nn.Module):
             lengths: ``[B]`` tokens per caption including ``<start>`` and ``<end>``.
             scheduled_sampling: probability of feeding the model's own previous (sampled) word
                 instead of the true one, per example and step (Bengio et al. 2015).
+
+        Soft attention without scheduled sampling takes :meth:`_forward_hoisted` (the words are
+        known in advance); other mechanisms and scheduled sampling run :meth:`step` word by word.
         """
         batch, steps = captions.shape[0], captions.shape[1] - 1
         order = torch.argsort(lengths, descending=True)
         annotations, captions = annotations[order].contiguous(), captions[order]
         active = (lengths[order] - 1).tolist()  # steps each (sorted) caption needs
+        attention = self.attention
+        hoisted = (
+            isinstance(attention, SoftSpatialAttention)
+            and not isinstance(attention, HardSpatialAttention)
+            and attention.gate is None
+            and not (scheduled_sampling > 0 and self.training)
+        )
+        if hoisted:
+            out = self._forward_hoisted(annotations, captions, active, steps)
+        else:
+            out = self._forward_steps(annotations, captions, active, steps, scheduled_sampling)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(batch, device=order.device)
+        step_mask = torch.arange(steps, device=lengths.device)[None, :] < (lengths - 1)[:, None]
+        return DecoderOutput(
+            logits=out.logits[inverse],
+            weights=out.weights[inverse],
+            step_mask=step_mask,
+            alpha=out.alpha[inverse],
+            annotation_mean=annotations.detach().mean(dim=1)[inverse],
+            log_prob=None if out.log_prob is None else out.log_prob[inverse],
+            entropy=None if out.entropy is None else out.entropy[inverse],
+        )
+
+    def _forward_hoisted(self, annotations: Tensor, captions: Tensor, active: list[int], steps: int) -> DecoderOutput:
+        """Teacher-forced soft-attention pass on a length-sorted batch, with everything that does
+        not depend on the previous state taken out of the word loop.
+
+        Before the loop: the embeddings of all input words and their share of the LSTM gates (one
+        product), and the attention keys ``2 U a``. In the loop, per word: one product of ``h`` with
+        the fused ``[W_hh; 2 W; f_beta]``, the attention scores ``2 v^T sigmoid(2 (U a + W h + b))``
+        (the ``tanh`` MLP up to a constant the softmax ignores), the context, and the context's
+        share of the gates. After the loop: the deep output and the word scores of every real
+        step in one product each. Same function as the step loop, up to float rounding.
+
+        Returns a :class:`DecoderOutput` in sorted order, ``step_mask``/``annotation_mean`` unset.
+        """
+        attention = self.attention
+        assert isinstance(attention, SoftSpatialAttention)
+        batch, locations = annotations.shape[0], annotations.shape[1]
+        cell, embed_dim = self.cell, self.embed.embedding_dim
+        gates_width = cell.weight_hh.shape[0]
+        emb = self.embed(captions[:, :steps])  # [B, T, E]
+        assert cell.bias_ih is not None and cell.bias_hh is not None
+        from_words = F.linear(emb, cell.weight_ih[:, :embed_dim], cell.bias_ih + cell.bias_hh)  # [B, T, 4H]
+        context_to_gates = cell.weight_ih[:, embed_dim:]
+        keys = attention.project_keys(annotations) * 2.0  # [B, L, A]
+        v = attention.v.weight[0] * 2.0
+        state_weight, state_bias = self._state_weights()
+        h, c = self.init_state(annotations)
+        counts = [sum(1 for a in active if a > t) for t in range(steps)]
+        states, contexts, alphas = [], [], []
+        for t, n in enumerate(counts):
+            if n == 0:
+                break
+            from_state = F.linear(h[:n], state_weight, state_bias)  # [n, 4H + A (+ 1)]
+            query = from_state[:, gates_width : gates_width + attention.hidden_dim]
+            hidden = torch.add(keys[:n], query[:, None, :]).sigmoid_()  # [n, L, A]
+            alpha = attention.normalise(torch.matmul(hidden, v)[:, None, :], None).squeeze(1)  # [n, L]
+            context = torch.bmm(alpha[:, None, :], annotations[:n]).squeeze(1)  # [n, D]
+            if self.gate is not None:
+                context = torch.sigmoid(from_state[:, -1:]) * context
+            seen = self._drop_context(context)
+            gates = from_words[:n, t] + from_state[:, :gates_width] + F.linear(seen, context_to_gates)
+            h, c = lstm_update(gates, c[:n])
+            states.append(h)
+            contexts.append(context)
+            alphas.append(alpha)
+        rows = torch.cat([torch.arange(n, device=emb.device) for n in counts if n])  # token-major
+        times = torch.cat([torch.full((n,), t, device=emb.device) for t, n in enumerate(counts) if n])
+        flat = rows * steps + times
+        token_emb = emb.reshape(batch * steps, -1).index_select(0, flat)
+        deep = torch.tanh(token_emb + self.out_h(torch.cat(states)) + self.out_z(torch.cat(contexts)))
+        token_logits = self.out(self.dropout(deep))  # [tokens, V]
+        logits = token_logits.new_zeros(batch * steps, self.vocab_size).index_copy(0, flat, token_logits)
+        weights = annotations.new_zeros(batch * steps, locations).index_copy(0, flat, torch.cat(alphas))
+        logits, weights = logits.view(batch, steps, -1), weights.view(batch, steps, locations)
+        return DecoderOutput(logits, weights, weights, weights, weights)
+
+    def _state_weights(self) -> tuple[Tensor, Tensor]:
+        """The fused ``[W_hh; 2 W; f_beta]`` read by ``h`` in :meth:`_forward_hoisted`, and its bias
+        ``[0; 2 b; b_beta]`` (with gradient to the parameters)."""
+        attention = self.attention
+        assert isinstance(attention, SoftSpatialAttention)
+        query = attention.query_proj
+        weights = [self.cell.weight_hh, query.weight * 2.0]
+        query_bias = query.bias * 2.0 if query.bias is not None else query.weight.new_zeros(query.out_features)
+        biases = [self.cell.weight_hh.new_zeros(self.cell.weight_hh.shape[0]), query_bias]
+        if self.gate is not None:
+            weights.append(self.gate.weight)
+            biases.append(self.gate.bias)
+        return torch.cat(weights), torch.cat(biases)
+
+    def _drop_context(self, context: Tensor) -> Tensor:
+        """The context the LSTM reads: ``context [N, D]``, zeroed per row with probability
+        ``context_dropout`` in training."""
+        if self.training and self.context_dropout > 0:
+            keep = torch.rand(context.shape[0], 1, device=context.device) >= self.context_dropout
+            return context * keep.to(context.dtype)
+        return context
+
+    def _forward_steps(
+        self, annotations: Tensor, captions: Tensor, active: list[int], steps: int, scheduled_sampling: float
+    ) -> DecoderOutput:
+        """Teacher-forced pass through :meth:`step`, word by word, on a length-sorted batch (any
+        mechanism, scheduled sampling). Sorted order; ``step_mask``/``annotation_mean`` unset."""
+        batch = annotations.shape[0]
         h, c = self.init_state(annotations)
         logits = annotations.new_zeros(batch, steps, self.vocab_size)
         weights = annotations.new_zeros(batch, steps, annotations.shape[1])
@@ -279,15 +440,4 @@ class ShowAttendTellDecoder(nn.Module):
                 own = torch.multinomial(torch.softmax(step_logits.detach(), -1), 1).squeeze(1)
                 swap = torch.rand(n, device=own.device) < scheduled_sampling
                 prev = torch.where(swap, own, prev)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(batch, device=order.device)
-        step_mask = torch.arange(steps, device=lengths.device)[None, :] < (lengths - 1)[:, None]
-        return DecoderOutput(
-            logits=logits[inverse],
-            weights=weights[inverse],
-            step_mask=step_mask,
-            alpha=alpha[inverse] if hard else weights[inverse],
-            annotation_mean=annotations.detach().mean(dim=1)[inverse],
-            log_prob=None if log_prob is None else log_prob[inverse],
-            entropy=None if entropy is None else entropy[inverse],
-        )
+        return DecoderOutput(logits, weights, weights, alpha, weights, log_prob, entropy)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -199,9 +198,3 @@ def reinforce_gradient_ratios(model: CaptionModel, parts: LossParts) -> dict[str
     likelihood = gradient_norms(model, parts.likelihood)
     return {f"grad_ratio_{k}": score[k] / likelihood[k] if likelihood[k] > 0 else 0.0 for k in MODULE_GROUPS}
 
-
-def count_parameters(model: nn.Module) -> dict[str, Any]:
-    """Trainable and total parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"parameters": total, "trainable": trainable}

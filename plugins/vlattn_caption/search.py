@@ -118,7 +118,32 @@ def beam_search(
     return _beam_search(model, annotations, beam_size, max_len, alpha)
 
 
+def _best_words(logits: Tensor, count: int, last: bool) -> tuple[Tensor, Tensor]:
+    """Each row's ``count`` most likely allowed words: logits ``[N, V]`` -> log-probabilities and
+    word ids, each ``[N, count]`` (``<pad>``/``<start>`` never; at the ``last`` step only ``<end>``,
+    the other columns ``-inf``)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    if last:
+        values = torch.full((logp.shape[0], count), float("-inf"), device=logp.device)
+        values[:, 0] = logp[:, Vocabulary.end_id]
+        return values, torch.full_like(values, Vocabulary.end_id, dtype=torch.long)
+    logp[:, Vocabulary.pad_id] = float("-inf")
+    logp[:, Vocabulary.start_id] = float("-inf")
+    values, words = logp.topk(min(count, logp.shape[1]), dim=1)
+    if values.shape[1] < count:  # a vocabulary smaller than the beam
+        values = torch.cat([values, values.new_full((values.shape[0], count - values.shape[1]), float("-inf"))], 1)
+        words = torch.cat([words, words.new_full((words.shape[0], count - words.shape[1]), Vocabulary.pad_id)], 1)
+    return values, words
+
+
 def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_len: int, alpha: float) -> Decoded:
+    """The search of :func:`beam_search` over one chunk of images ``[B, L, D]``.
+
+    The ``K`` best continuations of an image are among the ``K`` best words of each of its
+    hypotheses (a hypothesis' rank is its score plus a word's log-probability, over a length
+    penalty that does not depend on the word), so each step ranks ``K * K`` candidates per image,
+    never ``K * V``; a finished hypothesis offers one candidate, itself unchanged (``<pad>``).
+    """
     decoder = model.decoder
     batch, locations = annotations.shape[0], annotations.shape[1]
     k = beam_size
@@ -136,27 +161,29 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
     glimpses: list[Tensor] = []  # per step [B, K, L]: the attention weights of that word
     offsets = (torch.arange(batch, device=device) * k)[:, None]
     longest = length_penalty(torch.tensor(max_len + 1, device=device), alpha) if alpha else None
-    vocab = decoder.vocab_size
-    done_row = torch.full((vocab,), float("-inf"), device=device)
-    done_row[Vocabulary.pad_id] = 0.0
     for step in range(max_len + 1):
         # only live hypotheses (not finished, finite score) run the decoder; the rest are frozen
         rows = (~finished & (scores > float("-inf"))).view(-1).nonzero().squeeze(1)
         logits, (h_live, c_live), weights_live = decoder.step_rows(
             prev[rows], (h[rows], c[rows]), annotations, keys, rows, k
         )
-        logp = done_row.expand(batch * k, vocab).clone()
-        logp[rows] = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
-        logp = logp.view(batch, k, vocab)
-        h[rows], c[rows] = h_live, c_live
-        weights = annotations.new_zeros(batch * k, locations)
-        weights[rows] = weights_live
-        candidates = scores[:, :, None] + logp  # [B, K, V]
+        if rows.shape[0] == batch * k:
+            h, c, weights = h_live, c_live, weights_live
+        else:
+            weights = annotations.new_zeros(batch * k, locations)
+            h[rows], c[rows], weights[rows] = h_live, c_live, weights_live
+        best_logp, best_word = _best_words(logits, k, last=step == max_len)  # [N, K] each
+        candidates = torch.full((batch * k, k), float("-inf"), device=device)  # [B*K, K] per hypothesis
+        candidates[:, 0] = torch.where(finished, scores, float("-inf")).view(-1)
+        candidates[rows] = scores.view(-1)[rows, None] + best_logp
+        candidate_words = torch.full((batch * k, k), Vocabulary.pad_id, dtype=torch.long, device=device)
+        candidate_words[rows] = best_word
         new_len = lengths + (~finished).long()
-        rank = candidates / length_penalty(new_len, alpha)[:, :, None] if alpha else candidates
-        _, best = rank.view(batch, k * vocab).topk(k, dim=1)
-        beam, word = best // vocab, best % vocab
-        scores = candidates.view(batch, k * vocab).gather(1, best)
+        rank = candidates / length_penalty(new_len, alpha).view(-1, 1) if alpha else candidates
+        _, best = rank.view(batch, k * k).topk(k, dim=1)
+        beam = torch.div(best, k, rounding_mode="floor")
+        word = candidate_words.view(batch, k * k).gather(1, best)
+        scores = candidates.view(batch, k * k).gather(1, best)
         source = (offsets + beam).view(-1)
         was_finished = finished.gather(1, beam)
         h, c = h[source], c[source]
@@ -167,16 +194,7 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
         lengths = lengths.gather(1, beam) + (~was_finished).long()
         finished = was_finished | (word == Vocabulary.end_id)
         prev = word.view(-1)
-        # An image is settled once a finished hypothesis ranks strictly above anything a live one
-        # can still reach (log-probabilities only fall as words are added; the length penalty is at
-        # most lp(max_len + 1) when alpha >= 0): its result can no longer change, so its live beams
-        # are frozen.
-        if alpha >= 0:  # (a shrinking penalty gives no such bound)
-            done_rank = scores / length_penalty(lengths, alpha) if alpha else scores
-            live_bound = scores / longest if longest is not None else scores
-            best_done = torch.where(finished, done_rank, float("-inf")).amax(dim=1)
-            best_live = torch.where(finished, float("-inf"), live_bound).amax(dim=1)
-            finished = finished | (best_done > best_live)[:, None]
+        finished = _settle(finished, scores, lengths, alpha, longest)
         if bool(finished.all()):
             break
     final = scores / length_penalty(lengths, alpha) if alpha else scores
@@ -189,6 +207,23 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
         history.append(step_weights[rows, choice])
         choice = beam[rows, choice]
     return _collect(torch.stack(tokens[::-1], 1), torch.stack(history[::-1], 1), chosen_score)
+
+
+def _settle(finished: Tensor, scores: Tensor, lengths: Tensor, alpha: float, longest: Tensor | None) -> Tensor:
+    """``finished [B, K]`` with every hypothesis of a settled image marked finished.
+
+    An image is settled once a finished hypothesis ranks strictly above anything a live one can
+    still reach (log-probabilities only fall as words are added; the length penalty is at most
+    ``lp(max_len + 1)`` (``longest``) when ``alpha >= 0``): its result can no longer change, so its
+    live beams are frozen. A shrinking penalty (``alpha < 0``) gives no such bound.
+    """
+    if alpha < 0:
+        return finished
+    done_rank = scores / length_penalty(lengths, alpha) if alpha else scores
+    live_bound = scores / longest if longest is not None else scores
+    best_done = torch.where(finished, done_rank, float("-inf")).amax(dim=1)
+    best_live = torch.where(finished, float("-inf"), live_bound).amax(dim=1)
+    return finished | (best_done > best_live)[:, None]
 
 
 @torch.no_grad()
@@ -222,9 +257,14 @@ def _step_decode(
     finished = torch.zeros(batch, dtype=torch.bool, device=annotations.device)
     scores = annotations.new_zeros(batch)
     words, weights_seq = [], []
-    keys = decoder.project_keys(annotations)
+    scoring = decoder.scoring_keys(annotations)  # the live-rows step when the mechanism has one
+    keys = decoder.project_keys(annotations) if scoring is None else None
+    rows = torch.arange(batch, device=annotations.device)
     for step in range(max_len + 1):
-        logits, (h, c), weights = decoder.step(prev, (h, c), annotations, keys)
+        if scoring is not None:
+            logits, (h, c), weights = decoder.step_rows(prev, (h, c), annotations, scoring, rows, 1)
+        else:
+            logits, (h, c), weights = decoder.step(prev, (h, c), annotations, keys)
         logp = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
         if temperature == 0.0:
             word = logp.argmax(dim=-1)
