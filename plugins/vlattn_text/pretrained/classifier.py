@@ -19,6 +19,7 @@ from vlattn.attention import lengths_to_mask
 from vlattn.errors import VlattnError
 from vlattn_text.models import ClassifierOutput, add_pooling_head
 from vlattn_text.pretrained.bert import BertEncoder
+from vlattn_text.pretrained.inference import InferenceRunner, Precision
 
 PoolQuery = Literal["learned", "last", "mean"]
 
@@ -71,8 +72,15 @@ class PretrainedClassifier(nn.Module):
         # what the frozen part hands on: its mixed states and its last output (the trainable input)
         self.kept = sorted({i for i in self.mixed if i <= last_frozen} | {last_frozen}) if last_frozen >= 0 else []
         width = encoder.config.hidden_size * mix_layers
-        add_pooling_head(self, width, num_classes, attention=attention, attention_options=attention_options,
-                         query=query, dropout=dropout)
+        add_pooling_head(
+            self,
+            width,
+            num_classes,
+            attention=attention,
+            attention_options=attention_options,
+            query=query,
+            dropout=dropout,
+        )
         frozen = [] if self.embeddings_trainable else [encoder.embeddings, *encoder.layers[: self.frozen_layers]]
         frozen_ids = {id(p) for module in frozen for p in module.parameters()}
         #: state-dict names of the frozen encoder part (left out of saved files)
@@ -82,6 +90,10 @@ class PretrainedClassifier(nn.Module):
         self.head_lr = head_lr
         self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
         self.cache_size = 0 if self.embeddings_trainable else feature_cache  # nothing frozen: nothing to cache
+        #: the precision of the inference-only encoder pass (:mod:`~vlattn_text.pretrained.inference`)
+        #: used in eval mode without gradients; ``None`` = the modules' own pass everywhere
+        self.inference_precision: Precision | None = None
+        self._runner: InferenceRunner | None = None
         self._register_state_dict_hook(_drop_frozen)
         self._register_load_state_dict_pre_hook(self._fill_frozen, with_module=False)
 
@@ -108,6 +120,15 @@ class PretrainedClassifier(nn.Module):
         return self
 
     # -- forward ---------------------------------------------------------------------------------
+    def use_inference_pass(self, precision: Precision | None) -> None:
+        """Compute the encoder's states by the inference-only pass in ``precision`` (``"fp32"``:
+        the same function as the modules', ``"int8"``: int8 matrix products) whenever the model is
+        in eval mode without gradients and no attention is asked for; ``None`` turns it off."""
+        self.inference_precision = precision
+        self._runner = None if precision is None else InferenceRunner(self.encoder, precision)
+        if self._runner is not None:
+            self._runner.products()  # quantize now: errors and the one-off cost come at load time
+
     def lower_states(self, ids: Tensor, mask: Tensor) -> Tensor:
         """The frozen part's hidden states that the rest needs: ``[B, T, len(kept), H]`` for the
         indices :attr:`kept` (mixed ones, and the input of the first trainable layer)."""
@@ -151,6 +172,10 @@ class PretrainedClassifier(nn.Module):
         """``(states [B, T, mix_layers * H], mask [B, T], last-layer attention averaged over heads
         [B, T, T] or None)``."""
         mask = lengths_to_mask(lengths, ids.shape[1])
+        inference = not (last_attention or self.training or torch.is_grad_enabled())
+        if self._runner is not None and inference:
+            found = self._runner(ids, lengths, self.mixed)
+            return (torch.cat(found, dim=-1) if len(found) > 1 else found[0]), mask, None
         last = self.encoder.layers[-1]
         last.need_weights = last_attention
         try:
