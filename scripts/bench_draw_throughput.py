@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from vlattn_draw.kernels import load as load_draw_kernels
 from vlattn_draw.model import Draw, DrawShape
-from vlattn_draw.native import kernels as draw_kernels
 
 Step = Callable[[torch.Tensor], None]
 
@@ -284,7 +284,7 @@ def main() -> None:
         + (" no attention" if args.no_attention else "")
     )
     print(config)
-    print(f"native kernels: {'on' if draw_kernels() is not None else 'unavailable (PyTorch code)'}")
+    print(f"native kernels: {'on' if load_draw_kernels() is not None else 'unavailable (PyTorch code)'}")
     rates = {}
     for name, values in times.items():
         rates[name] = args.batch_size / statistics.median(values)

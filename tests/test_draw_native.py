@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vlattn_draw import fused, native
+from vlattn_draw import fused
+from vlattn_draw import kernels as compiled_kernels
+from vlattn_draw.filterbank import VARIANCE_FLOOR, WINDOW_PARAMS
 from vlattn_draw.model import Draw, DrawShape
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def kernels() -> native.DrawKernels:
-    loaded = native.kernels()
+def kernels() -> compiled_kernels.DrawKernels:
+    loaded = compiled_kernels.load()
     if loaded is None:
         pytest.skip("native kernels unavailable here (no C compiler or VLATTN_NATIVE=0)")
     return loaded
@@ -22,7 +24,7 @@ def _close(ours: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(ours, expected, rtol=2e-5, atol=2e-6)
 
 
-def test_lstm_forward_and_backward(kernels: native.DrawKernels) -> None:
+def test_lstm_forward_and_backward(kernels: compiled_kernels.DrawKernels) -> None:
     torch.manual_seed(0)
     batch, size = 5, 9
     rows = 3 * torch.randn(batch, 4 * size + 7)  # gates inside a wider buffer, as in the pass
@@ -30,7 +32,7 @@ def test_lstm_forward_and_backward(kernels: native.DrawKernels) -> None:
     cell = torch.randn(batch, size)
     expected_gates = rows[:, 2 : 2 + 4 * size] + extra
     expected = [torch.empty(batch, size) for _ in range(3)]
-    fused._lstm_forward(expected_gates, cell, *expected)
+    fused.TorchKernels().lstm_forward(expected_gates, None, cell, *expected)
     ours = [torch.empty(batch, size) for _ in range(3)]
     kernels.lstm_forward(rows[:, 2 : 2 + 4 * size], extra, cell, *ours)
     _close(rows[:, 2 : 2 + 4 * size], expected_gates)
@@ -39,7 +41,7 @@ def test_lstm_forward_and_backward(kernels: native.DrawKernels) -> None:
 
     grad_hidden, grad_cell = torch.randn(batch, size), torch.randn(batch, size)
     expected_grad = torch.empty(batch, 4 * size)
-    expected_old = fused._lstm_backward(
+    expected_old = fused.TorchKernels().lstm_backward(
         grad_hidden, grad_cell.clone(), expected_gates, cell, expected[1], expected_grad
     )
     grad_rows = torch.zeros(batch, 4 * size + 5)
@@ -50,12 +52,12 @@ def test_lstm_forward_and_backward(kernels: native.DrawKernels) -> None:
     assert grad_rows[:, :5].eq(0).all()  # nothing written outside the gradient's columns
 
 
-def test_lstm_forward_without_extra_and_extreme_inputs(kernels: native.DrawKernels) -> None:
+def test_lstm_forward_without_extra_and_extreme_inputs(kernels: compiled_kernels.DrawKernels) -> None:
     gates = torch.tensor([[-200.0, -30.0, 0.0, 30.0, 200.0, -1e-6, 1e-6, 5.0]])
     cell = torch.tensor([[1e30, -3.0]])
     expected_gates, ours = gates.clone(), [torch.empty(1, 2) for _ in range(3)]
     expected = [torch.empty(1, 2) for _ in range(3)]
-    fused._lstm_forward(expected_gates, cell, *expected)
+    fused.TorchKernels().lstm_forward(expected_gates, None, cell, *expected)
     kernels.lstm_forward(gates, None, cell, *ours)
     _close(gates, expected_gates)
     for mine, theirs in zip(ours, expected, strict=True):
@@ -63,28 +65,28 @@ def test_lstm_forward_without_extra_and_extreme_inputs(kernels: native.DrawKerne
     assert all(torch.isfinite(t).all() for t in (gates, *ours))
 
 
-def test_canvas_step(kernels: native.DrawKernels) -> None:
+def test_canvas_step(kernels: compiled_kernels.DrawKernels) -> None:
     torch.manual_seed(0)
     canvas, x = 4 * torch.randn(3, 2, 5, 6), (torch.rand(3, 2, 5, 6) > 0.5).float()
-    both, slope = torch.full((3, 4, 5, 6), 7.0), torch.empty(3, 2, 5, 6)
-    kernels.canvas_step(canvas, x, both[:, 2:], slope)
+    images, slope = torch.full((3, 4, 5, 6), 7.0), torch.empty(3, 2, 5, 6)
+    kernels.canvas_step(canvas, x, images[:, 2:], slope)
     sig = torch.sigmoid(canvas)
-    _close(both[:, 2:], x - sig)
+    _close(images[:, 2:], x - sig)
     _close(slope, sig * (1 - sig))
-    assert both[:, :2].eq(7.0).all()
+    assert images[:, :2].eq(7.0).all()
 
 
 @pytest.mark.parametrize(("grids", "width", "height"), [((5, 2), 28, 28), ((4, 3), 12, 9), ((1,), 7, 7)])
 def test_window_filterbanks_and_their_gradients(
-    kernels: native.DrawKernels, grids: tuple[int, ...], width: int, height: int
+    kernels: compiled_kernels.DrawKernels, grids: tuple[int, ...], width: int, height: int
 ) -> None:
     torch.manual_seed(0)
     batch, layout = 6, fused._RowLayout(grids, width, height)
-    row = torch.randn(batch, 5 * len(grids) + 4)  # the parameters inside a wider dec_out row
-    params = row[:, 4:].view(batch, len(grids), 5)
+    row = torch.randn(batch, WINDOW_PARAMS * len(grids) + 4)  # the parameters inside a wider dec_out row
+    params = row[:, 4:].view(batch, len(grids), WINDOW_PARAMS)
     params[:, :, 2] -= 1.0  # a range of widths, narrow to wide
-    expected = fused._open_windows(params, layout)
-    ours = fused._open_windows_native(params, layout, kernels)
+    expected = fused.TorchKernels().open_row(params, layout)
+    ours = fused.NativeKernels(kernels).open_row(params, layout)
     for k in range(len(grids)):
         _close(ours.fx(k), expected.fx(k))
         _close(ours.fy(k), expected.fy(k))
@@ -93,20 +95,22 @@ def test_window_filterbanks_and_their_gradients(
     grad_fx = [torch.randn(batch, n, width) for n in grids]
     grad_fy = [torch.randn(batch, n, height) for n in grids]
     grad_log_gamma = [torch.randn(batch) for _ in grids]
-    expected_grad, ours_grad = torch.empty(batch, len(grids), 5), torch.full((batch, len(grids) * 5 + 2), 9.0)
-    fused._windows_param_grad(expected, grad_fx, grad_fy, grad_log_gamma, expected_grad)
+    expected_grad = torch.empty(batch, len(grids), WINDOW_PARAMS)
+    ours_grad = torch.full((batch, len(grids) * WINDOW_PARAMS + 2), 9.0)
+    grads = list(zip(grad_fx, grad_fy, grad_log_gamma, strict=True))
+    fused.TorchKernels().row_param_grad(expected, grads, expected_grad)
     for k in range(len(grids)):
-        window_out = ours_grad[:, 2:].view(batch, -1, 5)[:, k]
+        window_out = ours_grad[:, 2:].view(batch, -1, WINDOW_PARAMS)[:, k]
         kernels.window_grad(params[:, k], ours.fx(k), ours.fy(k), grad_fx[k], grad_fy[k], grad_log_gamma[k],
                             window_out)
-    torch.testing.assert_close(ours_grad[:, 2:].view(batch, -1, 5), expected_grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_grad[:, 2:].view(batch, -1, WINDOW_PARAMS), expected_grad, rtol=1e-4, atol=1e-4)
     assert ours_grad[:, :2].eq(9.0).all()
 
 
-def test_window_far_outside_the_image_and_tiny_width_stay_finite(kernels: native.DrawKernels) -> None:
+def test_window_far_outside_the_image_and_tiny_width_stay_finite(kernels: compiled_kernels.DrawKernels) -> None:
     params = torch.tensor([[[40.0, -40.0, -30.0, 3.0, 0.5]]])
     layout = fused._RowLayout((3,), 10, 10)
-    window = fused._open_windows_native(params, layout, kernels)
+    window = fused.NativeKernels(kernels).open_row(params, layout)
     for filters in (window.fx(0), window.fy(0)):
         assert torch.isfinite(filters).all()
         _close(filters.sum(dim=-1), torch.ones(1, 3))
@@ -123,7 +127,9 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("overrides", CONFIGS.values(), ids=CONFIGS.keys())
-def test_pass_with_native_kernels_equals_the_pytorch_pass(kernels: native.DrawKernels, overrides: dict) -> None:
+def test_pass_with_native_kernels_equals_the_pytorch_pass(
+    kernels: compiled_kernels.DrawKernels, overrides: dict
+) -> None:
     torch.manual_seed(0)
     shape = DrawShape(steps=4, enc_size=12, dec_size=10, z_size=5, **overrides)
     model = Draw(shape)
@@ -148,12 +154,13 @@ def test_pass_with_native_kernels_equals_the_pytorch_pass(kernels: native.DrawKe
 
 
 def test_float64_and_unavailable_kernels_use_the_pytorch_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fused._native_kernels(torch.zeros(1, dtype=torch.float64)) is None
-    monkeypatch.setattr(native, "kernels", lambda: None)
-    assert fused._native_kernels(torch.zeros(1)) is None
+    assert not isinstance(fused.select_kernels(torch.zeros(1, dtype=torch.float64)), fused.NativeKernels)
+    assert not isinstance(fused.select_kernels(torch.zeros(1), native=False), fused.NativeKernels)
+    monkeypatch.setattr(compiled_kernels, "load", lambda: None)
+    assert not isinstance(fused.select_kernels(torch.zeros(1)), fused.NativeKernels)
 
 
-def test_activation_accuracy_over_the_float32_range(kernels: native.DrawKernels) -> None:
+def test_activation_accuracy_over_the_float32_range(kernels: compiled_kernels.DrawKernels) -> None:
     """The kernels' exponential is a polynomial: sigmoid to a few units in the last place, tanh too."""
     size = 4096
     values = torch.linspace(-40.0, 40.0, size)
@@ -164,3 +171,8 @@ def test_activation_accuracy_over_the_float32_range(kernels: native.DrawKernels)
     sigmoid, tanh = gates[0, :size].double(), gates[0, 3 * size :].double()
     assert ((sigmoid - torch.sigmoid(exact)).abs() / torch.sigmoid(exact)).max() < 5e-7
     assert (tanh - torch.tanh(exact)).abs().max() < 5e-7
+
+
+def test_the_c_kernels_agree_with_the_window_constants(kernels: compiled_kernels.DrawKernels) -> None:
+    assert kernels.window_params == WINDOW_PARAMS
+    assert kernels.variance_floor == torch.tensor(VARIANCE_FLOOR, dtype=torch.float32).item()

@@ -22,6 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
+WINDOW_PARAMS = 5
+"""Raw parameters of one attention window: ``(g~_x, g~_y, log sigma^2, log delta~, log gamma)``."""
+
+VARIANCE_FLOOR = 1e-12
+"""Smallest filter variance ``sigma^2`` used (a smaller one would divide by zero); below it the
+variance's gradient is zero."""
+
 
 @dataclass
 class Glimpse:
@@ -56,7 +63,7 @@ class Glimpse:
 
 
 def glimpse_from_params(params: torch.Tensor, width: int, height: int, grid_size: int) -> Glimpse:
-    """Turn raw linear outputs ``[Bt, 5]`` = ``(g~_x, g~_y, log sigma^2, log delta~, log gamma)``
+    """Turn raw linear outputs ``[Bt, WINDOW_PARAMS]`` = ``(g~_x, g~_y, log sigma^2, log delta~, log gamma)``
     into a :class:`Glimpse` for an image ``width x height`` and an ``N x N`` grid (``N = grid_size``).
     """
     gx_raw, gy_raw, log_var, log_stride, log_gamma = params.unbind(dim=-1)
@@ -85,7 +92,7 @@ def filterbank_1d(means: torch.Tensor, variance: torch.Tensor, size: int) -> tor
     """
     pixels = torch.arange(1, size + 1, dtype=means.dtype, device=means.device)
     squared = (pixels - means.unsqueeze(-1)) ** 2  # [Bt, N, size]
-    logits = -squared / (2 * variance.clamp_min(1e-12)).view(-1, 1, 1)
+    logits = -squared / (2 * variance.clamp_min(VARIANCE_FLOOR)).view(-1, 1, 1)
     return torch.softmax(logits, dim=-1)
 
 

@@ -14,8 +14,14 @@ without recording an autograd graph and differentiates them in one reverse loop 
 * activations are kept in ``[T, Bt, ...]`` buffers that later passes of the same size reuse;
 * in float32 on the CPU, the work between the matrix products (LSTM updates, ``x_hat``, the
   windows' filterbanks, read and write, and their backwards) goes to the native kernels of
-  :mod:`vlattn_draw.native` where they are available, one sweep over memory each; the PyTorch code
-  below computes the same (the tests compare the two).
+  :mod:`vlattn_draw.kernels` where they are available, one sweep over memory each.
+
+Both implementations of that work have one interface, :class:`TorchKernels` (PyTorch code, any
+dtype and device) and :class:`NativeKernels` (the C kernels); :func:`select_kernels` picks one per
+pass and the tests compare the two. What a step reads and writes is one of two pieces each,
+chosen once per pass: a Gaussian glimpse or the whole image (:class:`_GlimpseRead`,
+:class:`_ImageRead`), a patch through a window or the whole canvas (:class:`_PatchWrite`,
+:class:`_CanvasWrite`), each with its forward and backward.
 
 The Bernoulli likelihood is differentiated directly; other likelihoods of the final canvas go
 through autograd (one operation). Gradients flow to every parameter and through every output
@@ -23,29 +29,38 @@ through autograd (one operation). Gradients flow to every parameter and through 
 autograd's in float64.
 
 Notation below: ``Bt`` batch, ``C`` channels, ``H x W`` image, ``N`` grid size, ``He`` / ``Hd``
-encoder / decoder units, ``Z`` latent units, ``T`` steps.
+encoder / decoder units, ``Z`` latent units, ``T`` steps, ``K`` windows in a row of ``dec_out``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from functools import cached_property
+from typing import Any, Protocol
 
 import torch
 
-from vlattn_draw import native
+from vlattn_draw import kernels as compiled_kernels
+from vlattn_draw.filterbank import VARIANCE_FLOOR, WINDOW_PARAMS
 
-if TYPE_CHECKING:
-    from vlattn_draw.model import Draw
+__all__ = [
+    "DrawPass", "NativeKernels", "PassLayout", "PassWeights", "TorchKernels", "fused_forward", "release_workspaces",
+    "select_kernels",
+]
 
 NegLogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+WindowGrads = tuple[torch.Tensor, ...]  # (grad F_X [Bt, N, W], grad F_Y [Bt, N, H], grad log gamma [Bt]), or ()
 
 
+# -- what the pass is given ----------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Layout:
-    """Sizes the reverse loop needs (static per model)."""
+class PassLayout:
+    """The sizes of a DRAW network (static per model; hashable, it keys the buffer pool).
+
+    ``dec_sizes`` are the column widths of ``dec_out = [write | write window | read window | enc
+    gates | dec gates]``, ``enc_sizes`` those of ``enc_out = [mu | log sigma | enc gates]``.
+    """
 
     channels: int
     height: int
@@ -55,10 +70,49 @@ class _Layout:
     write_attention: bool
     read_n: int
     write_n: int
+    enc_size: int
+    dec_size: int
     z_size: int
     likelihood: str
     dec_sizes: tuple[int, ...]
     enc_sizes: tuple[int, ...]
+
+    @property
+    def read_size(self) -> int:
+        """Features of one step's read ``r_t`` (of ``x`` and ``x_hat``)."""
+        per_image = self.read_n**2 if self.read_attention else self.height * self.width
+        return 2 * self.channels * per_image
+
+
+@dataclass(frozen=True)
+class PassWeights:
+    """The parameters of a DRAW network, in the order the autograd function takes them:
+    ``dec_weight [sum(dec_sizes), Hd]``, ``dec_bias``, ``enc_weight [sum(enc_sizes), He]``,
+    ``enc_bias``, ``read_weight [4He, read_size]``, ``z_weight [4Hd, Z]``, ``canvas0 [C, H, W]``,
+    ``h_enc0 [He]``, ``h_dec0 [Hd]``."""
+
+    dec_weight: torch.Tensor
+    dec_bias: torch.Tensor
+    enc_weight: torch.Tensor
+    enc_bias: torch.Tensor
+    read_weight: torch.Tensor
+    z_weight: torch.Tensor
+    canvas0: torch.Tensor
+    h_enc0: torch.Tensor
+    h_dec0: torch.Tensor
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, field.name) for field in fields(self))
+
+
+@dataclass(frozen=True)
+class DrawPass:
+    """A DRAW network as the fused pass takes it (:meth:`vlattn_draw.model.Draw._fused_pass`)."""
+
+    layout: PassLayout
+    weights: PassWeights
+    neg_log_likelihood: NegLogLikelihood  # [Bt, C, H, W] logits, x -> [Bt]
+    native_kernels: bool = True  # use the C kernels where they apply
 
 
 # -- filterbank pieces (forward keeps what the backward needs) ----------------------------------
@@ -99,6 +153,16 @@ class _RowLayout:
         return _CONSTANTS[key]
 
 
+class _OpenWindows(Protocol):
+    """The filterbanks of the K windows of one ``dec_out`` row, as either implementation keeps them."""
+
+    gamma: torch.Tensor  # [Bt, K]
+
+    def fx(self, k: int) -> torch.Tensor: ...
+
+    def fy(self, k: int) -> torch.Tensor: ...
+
+
 @dataclass
 class _Windows:
     """The filterbanks of the K windows of one ``dec_out`` row, for a batch
@@ -112,7 +176,7 @@ class _Windows:
     layout: _RowLayout
     filters: list[torch.Tensor]
     diffs: list[torch.Tensor]
-    inv_var: torch.Tensor  # [Bt, R]  1 / max(sigma^2, 1e-12) of each row's window
+    inv_var: torch.Tensor  # [Bt, R]  1 / max(sigma^2, VARIANCE_FLOOR) of each row's window
     variance: torch.Tensor  # [Bt, K]
     stride: torch.Tensor  # [Bt, K]
     gamma: torch.Tensor  # [Bt, K]
@@ -127,16 +191,17 @@ class _Windows:
 
 
 def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
-    """Filterbanks of the raw parameters ``[Bt, K, 5]`` = ``(g~x, g~y, log sigma^2, log delta~, log gamma)``."""
+    """Filterbanks of the raw parameters ``[Bt, K, WINDOW_PARAMS]`` = ``(g~x, g~y, log sigma^2,
+    log delta~, log gamma)``."""
     half, unit, window_of_row, offsets, _, pixels_x, pixels_y = layout.constants(params)
     centers = torch.addcmul(half, params[..., :2], half)  # [Bt, K, 2]: g = (A + 1) / 2 * (g~ + 1)
     variance, stride, gamma = params[..., 2:].exp().unbind(dim=-1)  # [Bt, K] each
     stride = stride * unit
     if len(layout.grids) == 1:  # one window: its values broadcast over the rows
-        inv_var = variance.clamp_min(1e-12).reciprocal().expand(-1, len(offsets))  # [Bt, R]
+        inv_var = variance.clamp_min(VARIANCE_FLOOR).reciprocal().expand(-1, len(offsets))  # [Bt, R]
         means = torch.addcmul(centers.transpose(1, 2), offsets, stride.unsqueeze(1))  # [Bt, 2, R]
     else:
-        inv_var = variance.clamp_min(1e-12).reciprocal().index_select(1, window_of_row)
+        inv_var = variance.clamp_min(VARIANCE_FLOOR).reciprocal().index_select(1, window_of_row)
         means = torch.addcmul(
             centers.index_select(1, window_of_row).transpose(1, 2), offsets,
             stride.index_select(1, window_of_row).unsqueeze(1),
@@ -154,41 +219,12 @@ def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
     return _Windows(layout, filters, diffs, inv_var, variance, stride, gamma)
 
 
-@dataclass
-class _NativeWindows:
-    """:class:`_Windows` computed by the native kernels: one ``F_X [Bt, N_k, A]``, ``F_Y [Bt, N_k, B]``
-    per window, ``gamma [Bt, K]``; the backward recomputes the rest from the raw ``params [Bt, K, 5]``."""
-
-    kernels: native.DrawKernels
-    params: torch.Tensor
-    fxs: list[torch.Tensor]
-    fys: list[torch.Tensor]
-    gamma: torch.Tensor
-
-    def fx(self, k: int) -> torch.Tensor:
-        return self.fxs[k]
-
-    def fy(self, k: int) -> torch.Tensor:
-        return self.fys[k]
-
-
-def _open_windows_native(params: torch.Tensor, layout: _RowLayout, kernels: native.DrawKernels) -> _NativeWindows:
-    """:func:`_open_windows` by the native kernels (``params [Bt, K, 5]``)."""
-    batch = params.shape[0]
-    fxs = [params.new_empty(batch, n, layout.width) for n in layout.grids]
-    fys = [params.new_empty(batch, n, layout.height) for n in layout.grids]
-    gamma = params.new_empty(batch, len(layout.grids))
-    for k in range(len(layout.grids)):
-        kernels.open_window(params[:, k], layout.width, layout.height, fxs[k], fys[k], gamma[:, k])
-    return _NativeWindows(kernels, params, fxs, fys, gamma)
-
-
 def _windows_param_grad(
     windows: _Windows, grad_fx: list[torch.Tensor], grad_fy: list[torch.Tensor],
     grad_log_gamma: list[torch.Tensor], out: torch.Tensor,
 ) -> None:
-    """Write the gradient of the raw ``[Bt, K, 5]`` window parameters into ``out``, from the
-    gradients of each window's ``F_X [Bt, N_k, A]``, ``F_Y [Bt, N_k, B]`` and ``log gamma [Bt]``."""
+    """Write the gradient of the raw ``[Bt, K, WINDOW_PARAMS]`` window parameters into ``out``, from
+    the gradients of each window's ``F_X [Bt, N_k, A]``, ``F_Y [Bt, N_k, B]`` and ``log gamma [Bt]``."""
     layout = windows.layout
     half, _, _, offsets, segment, _, _ = layout.constants(out)
     if layout.width == layout.height:
@@ -206,8 +242,26 @@ def _windows_param_grad(
     torch.mul((mean_grad @ segment).transpose(1, 2), half, out=out[..., :2])
     stride_grad = ((mean_grad * offsets).sum(dim=1) @ segment) * windows.stride
     var_grad = ((var_grad * (0.5 * inv_var.square())) @ segment) * windows.variance
-    var_grad = var_grad * (windows.variance >= 1e-12)
+    var_grad = var_grad * (windows.variance >= VARIANCE_FLOOR)
     out[..., 2:] = torch.stack([var_grad, stride_grad, torch.stack(grad_log_gamma, dim=-1)], dim=-1)
+
+
+@dataclass
+class _NativeWindows:
+    """:class:`_Windows` computed by the native kernels: one ``F_X [Bt, N_k, A]``, ``F_Y [Bt, N_k, B]``
+    per window, ``gamma [Bt, K]``; the backward recomputes the rest from the raw
+    ``params [Bt, K, WINDOW_PARAMS]``."""
+
+    params: torch.Tensor
+    fxs: list[torch.Tensor]
+    fys: list[torch.Tensor]
+    gamma: torch.Tensor
+
+    def fx(self, k: int) -> torch.Tensor:
+        return self.fxs[k]
+
+    def fy(self, k: int) -> torch.Tensor:
+        return self.fys[k]
 
 
 # -- LSTM pieces --------------------------------------------------------------------------------
@@ -253,6 +307,312 @@ def _lstm_backward(
 _SIGMOID_BACKWARD_OUT = torch.ops.aten.sigmoid_backward.grad_input
 _TANH_BACKWARD = torch.ops.aten.tanh_backward.default
 _TANH_BACKWARD_OUT = torch.ops.aten.tanh_backward.grad_input
+
+
+# -- read and write of a glimpse as PyTorch code -------------------------------------------------
+def _add_rows(canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor) -> None:
+    """``canvas += F_Y^T @ scaled`` per channel: ``[Bt, C, H, W] += [Bt, N, H]^T @ [Bt, C*N, W]``."""
+    batch, channels, height, width = canvas.shape
+    if channels == 1:
+        canvas.view(batch, height, width).baddbmm_(fy.transpose(1, 2), scaled)
+        return
+    grid = fy.shape[1]
+    side_by_side = scaled.view(batch, channels, grid, width).transpose(1, 2).reshape(batch, grid, -1)
+    spread = torch.bmm(fy.transpose(1, 2), side_by_side)  # [Bt, H, C*W]
+    canvas.add_(spread.view(batch, height, channels, width).transpose(1, 2))
+
+
+def _rows_backward(
+    grad_canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of :func:`_add_rows`: the gradients of ``scaled [Bt, C*N, W]`` and ``F_Y [Bt, N, H]``."""
+    batch, channels, height, width = grad_canvas.shape
+    if channels == 1:
+        grad = grad_canvas.view(batch, height, width)
+        return torch.bmm(fy, grad), torch.bmm(scaled, grad.transpose(1, 2))
+    grid = fy.shape[1]
+    side_by_side = grad_canvas.transpose(1, 2).reshape(batch, height, channels * width)  # [Bt, H, C*W]
+    grad_scaled = torch.bmm(fy, side_by_side).view(batch, grid, channels, width).transpose(1, 2)
+    scaled_side = scaled.view(batch, channels, grid, width).transpose(1, 2).reshape(batch, grid, -1)
+    grad_fy = torch.bmm(scaled_side, side_by_side.transpose(1, 2))
+    return grad_scaled.reshape(batch, channels * grid, width), grad_fy
+
+
+# -- the two implementations of the work between the matrix products -----------------------------
+class TorchKernels:
+    """The pointwise and filterbank work of a pass as PyTorch code (any dtype, any device).
+
+    Shapes: ``images [Bt, 2C, H, W]`` (``x`` then ``x_hat``), ``glimpse [Bt, 2C*N*N]``, ``patch
+    [Bt, C*N*N]``, ``canvas [Bt, C, H, W]``, ``fx [Bt, N, W]``, ``fy [Bt, N, H]``, ``gamma [Bt]``.
+    :class:`NativeKernels` has the same methods.
+    """
+
+    def lstm_forward(
+        self, gates: torch.Tensor, extra: torch.Tensor | None, cell: torch.Tensor, new_cell: torch.Tensor,
+        tanh_cell: torch.Tensor, hidden: torch.Tensor,
+    ) -> None:
+        """``gates [Bt, 4H] (+= extra)`` activated in place (order i, f, o, g); fills ``new_cell``,
+        ``tanh_cell`` and ``hidden`` ``[Bt, H]``."""
+        if extra is not None:
+            gates.add_(extra)
+        _lstm_forward(gates, cell, new_cell, tanh_cell, hidden)
+
+    def lstm_backward(
+        self, grad_hidden: torch.Tensor, grad_cell: torch.Tensor, activations: torch.Tensor, old_cell: torch.Tensor,
+        tanh_cell: torch.Tensor, grad_gates: torch.Tensor,
+    ) -> torch.Tensor:
+        """Fills ``grad_gates [Bt, 4H]``; returns the old cell's gradient (``grad_cell`` is updated)."""
+        return _lstm_backward(grad_hidden, grad_cell, activations, old_cell, tanh_cell, grad_gates)
+
+    def canvas_step(self, canvas: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, slope: torch.Tensor) -> None:
+        """``x_hat = x - sigmoid(canvas)`` and ``slope = sigmoid'(canvas)``, all ``[Bt, C, H, W]``."""
+        sigmoid = torch.sigmoid(canvas)
+        torch.sub(x, sigmoid, out=x_hat)
+        torch.addcmul(sigmoid, sigmoid, sigmoid, value=-1, out=slope)
+
+    def open_row(self, params: torch.Tensor, layout: _RowLayout) -> _OpenWindows:
+        """The K windows of raw ``params [Bt, K, WINDOW_PARAMS]``."""
+        return _open_windows(params, layout)
+
+    def row_param_grad(self, windows: _OpenWindows, grads: list[WindowGrads], out: torch.Tensor) -> None:
+        """The gradient ``out [Bt, K, WINDOW_PARAMS]`` of a row's raw parameters from each window's
+        ``(grad F_X, grad F_Y, grad log gamma)``."""
+        assert isinstance(windows, _Windows)
+        _windows_param_grad(windows, [g[0] for g in grads], [g[1] for g in grads], [g[2] for g in grads], out)
+
+    def read(
+        self, images: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor, glimpse: torch.Tensor
+    ) -> torch.Tensor:
+        """``glimpse = gamma * F_Y images F_X^T``; returns what :meth:`read_backward` needs."""
+        batch, images_count, height, width = images.shape
+        grid = fx.shape[1]
+        # All 2C images as one product each: columns first, then rows.
+        columns = torch.bmm(images.view(batch, -1, width), fx.transpose(1, 2))  # [Bt, 2C*H, N]
+        columns = columns.view(batch, images_count, height, grid).transpose(1, 2)
+        columns = columns.reshape(batch, height, images_count * grid)  # [Bt, H, 2C*N]
+        product = torch.bmm(fy, columns).view(batch, grid, images_count, grid).transpose(1, 2)
+        torch.mul(product, gamma.view(-1, 1, 1, 1), out=glimpse.view(batch, images_count, grid, -1))
+        return columns
+
+    def read_backward(
+        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, fx: torch.Tensor,
+        fy: torch.Tensor, gamma: torch.Tensor, saved: torch.Tensor, slope: torch.Tensor, grad_canvas: torch.Tensor,
+    ) -> WindowGrads:
+        """Backward of :meth:`read`; subtracts ``slope`` times the gradient of ``x_hat`` from
+        ``grad_canvas`` (``x_hat = x - sigmoid(canvas)``)."""
+        batch, images_count, height, width = images.shape
+        channels, grid = images_count // 2, fx.shape[1]
+        grad_log_gamma = (grad_glimpse * glimpse).sum(dim=-1)
+        grad_product = grad_glimpse.view(batch, images_count, grid, grid) * gamma.view(-1, 1, 1, 1)
+        grad_product = grad_product.transpose(1, 2).reshape(batch, grid, images_count * grid)
+        grad_fy = torch.bmm(grad_product, saved.transpose(1, 2))  # [Bt, N, H]
+        grad_columns = torch.bmm(fy.transpose(1, 2), grad_product)  # [Bt, H, 2C*N]
+        grad_columns = grad_columns.view(batch, height, images_count, grid).transpose(1, 2)
+        grad_columns = grad_columns.reshape(batch, images_count * height, grid)  # [Bt, 2C*H, N]
+        grad_fx = torch.bmm(grad_columns.transpose(1, 2), images.view(batch, -1, width))  # [Bt, N, W]
+        grad_x_hat = torch.bmm(grad_columns[:, channels * height :], fx)  # [Bt, C*H, W]
+        grad_canvas.addcmul_(grad_x_hat.view(batch, channels, height, width), slope, value=-1)
+        return grad_fx, grad_fy, grad_log_gamma
+
+    def write(
+        self, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor, canvas: torch.Tensor
+    ) -> torch.Tensor:
+        """``canvas += F_Y^T patch F_X / gamma``; returns what :meth:`write_backward` needs."""
+        batch, grid = patch.shape[0], fx.shape[1]
+        scaled = torch.bmm(patch.view(batch, -1, grid), fx).div_(gamma.view(-1, 1, 1))  # [Bt, C*N, W]
+        _add_rows(canvas, fy, scaled)
+        return scaled
+
+    def write_backward(
+        self, grad_canvas: torch.Tensor, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor,
+        gamma: torch.Tensor, saved: torch.Tensor, grad_patch: torch.Tensor,
+    ) -> WindowGrads:
+        """Backward of :meth:`write`: fills ``grad_patch``."""
+        batch, grid = patch.shape[0], fx.shape[1]
+        grad_scaled, grad_fy = _rows_backward(grad_canvas, fy, saved)
+        grad_log_gamma = -(grad_scaled * saved).sum(dim=(1, 2))  # [Bt]
+        grad_columns = grad_scaled.div_(gamma.view(-1, 1, 1))  # of patch F_X, [Bt, C*N, W]
+        grad_patch.copy_(torch.bmm(grad_columns, fx.transpose(1, 2)).flatten(1))
+        grad_fx = torch.bmm(patch.view(batch, -1, grid).transpose(1, 2), grad_columns)
+        return grad_fx, grad_fy, grad_log_gamma
+
+
+class NativeKernels(TorchKernels):
+    """:class:`TorchKernels`' methods by the native float32 kernels of :mod:`vlattn_draw.kernels`
+    (tensors float32 on the CPU, rows contiguous)."""
+
+    def __init__(self, library: compiled_kernels.DrawKernels) -> None:
+        self.library = library
+        self._scratch = torch.empty(0)
+
+    def _scratch_of(self, size: int) -> torch.Tensor:
+        """Room for the read and write kernels' per-image intermediates (``size`` floats)."""
+        if self._scratch.numel() < size:
+            self._scratch = torch.empty(size)
+        return self._scratch
+
+    def lstm_forward(
+        self, gates: torch.Tensor, extra: torch.Tensor | None, cell: torch.Tensor, new_cell: torch.Tensor,
+        tanh_cell: torch.Tensor, hidden: torch.Tensor,
+    ) -> None:
+        self.library.lstm_forward(gates, extra, cell, new_cell, tanh_cell, hidden)
+
+    def lstm_backward(
+        self, grad_hidden: torch.Tensor, grad_cell: torch.Tensor, activations: torch.Tensor, old_cell: torch.Tensor,
+        tanh_cell: torch.Tensor, grad_gates: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.library.lstm_backward(grad_hidden, grad_cell, activations, old_cell, tanh_cell, grad_gates)
+
+    def canvas_step(self, canvas: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, slope: torch.Tensor) -> None:
+        self.library.canvas_step(canvas, x, x_hat, slope)
+
+    def open_row(self, params: torch.Tensor, layout: _RowLayout) -> _OpenWindows:
+        batch = params.shape[0]
+        fxs = [params.new_empty(batch, n, layout.width) for n in layout.grids]
+        fys = [params.new_empty(batch, n, layout.height) for n in layout.grids]
+        gamma = params.new_empty(batch, len(layout.grids))
+        for k in range(len(layout.grids)):
+            self.library.open_window(params[:, k], layout.width, layout.height, fxs[k], fys[k], gamma[:, k])
+        return _NativeWindows(params, fxs, fys, gamma)
+
+    def row_param_grad(self, windows: _OpenWindows, grads: list[WindowGrads], out: torch.Tensor) -> None:
+        assert isinstance(windows, _NativeWindows)
+        for k, (grad_fx, grad_fy, grad_log_gamma) in enumerate(grads):
+            self.library.window_grad(
+                windows.params[:, k], windows.fxs[k], windows.fys[k], grad_fx, grad_fy, grad_log_gamma.contiguous(),
+                out[:, k],
+            )
+
+    def read(
+        self, images: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor, glimpse: torch.Tensor
+    ) -> torch.Tensor:
+        batch, images_count, height, _ = images.shape
+        columns = images.new_empty(batch, images_count, fx.shape[1], height)
+        self.library.read(images, fx, fy, gamma, glimpse, columns)
+        return columns
+
+    def read_backward(
+        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, fx: torch.Tensor,
+        fy: torch.Tensor, gamma: torch.Tensor, saved: torch.Tensor, slope: torch.Tensor, grad_canvas: torch.Tensor,
+    ) -> WindowGrads:
+        batch, images_count, height, width = images.shape
+        grid = fx.shape[1]
+        grad_fx, grad_fy, grad_log_gamma = images.new_empty(batch, grid, width), images.new_empty(
+            batch, grid, height), images.new_empty(batch)
+        self.library.read_backward(
+            grad_glimpse.contiguous(), glimpse, images, fx, fy, gamma, saved, slope, grad_canvas, grad_fx, grad_fy,
+            grad_log_gamma, self._scratch_of(images_count * height * grid),
+        )
+        return grad_fx, grad_fy, grad_log_gamma
+
+    def write(
+        self, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor, canvas: torch.Tensor
+    ) -> torch.Tensor:
+        batch, channels, _, width = canvas.shape
+        scaled = canvas.new_empty(batch, channels, fx.shape[1], width)
+        self.library.write(patch, fx, fy, gamma, canvas, scaled)
+        return scaled
+
+    def write_backward(
+        self, grad_canvas: torch.Tensor, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor,
+        gamma: torch.Tensor, saved: torch.Tensor, grad_patch: torch.Tensor,
+    ) -> WindowGrads:
+        batch, channels, height, width = grad_canvas.shape
+        grid = fx.shape[1]
+        grad_fx, grad_fy, grad_log_gamma = grad_canvas.new_empty(batch, grid, width), grad_canvas.new_empty(
+            batch, grid, height), grad_canvas.new_empty(batch)
+        self.library.write_backward(
+            grad_canvas, patch, fx, fy, gamma, saved, grad_patch, grad_fx, grad_fy, grad_log_gamma,
+            self._scratch_of(channels * grid * width),
+        )
+        return grad_fx, grad_fy, grad_log_gamma
+
+
+_TORCH_KERNELS = TorchKernels()
+
+
+def select_kernels(x: torch.Tensor, native: bool = True) -> TorchKernels:
+    """The implementation a pass on ``x`` uses: the native kernels where they apply (``native``,
+    float32 on the CPU, kernels available), else the PyTorch code."""
+    if native and x.dtype == torch.float32 and x.device.type == "cpu":
+        library = compiled_kernels.load()
+        if library is not None:
+            return NativeKernels(library)
+    return _TORCH_KERNELS
+
+
+# -- what a step reads and writes ------------------------------------------------------------------
+class _GlimpseRead:
+    """Read through window ``k`` of the row that a step's previous decoder state emitted."""
+
+    def __init__(self, kernels: TorchKernels, k: int) -> None:
+        self.kernels, self.k = kernels, k
+
+    def forward(self, images: torch.Tensor, windows: _OpenWindows, glimpse: torch.Tensor) -> torch.Tensor:
+        k = self.k
+        return self.kernels.read(images, windows.fx(k), windows.fy(k), windows.gamma[:, k], glimpse)
+
+    def backward(
+        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, windows: _OpenWindows,
+        saved: torch.Tensor, slope: torch.Tensor, grad_canvas: torch.Tensor,
+    ) -> WindowGrads:
+        k = self.k
+        return self.kernels.read_backward(
+            grad_glimpse, glimpse, images, windows.fx(k), windows.fy(k), windows.gamma[:, k], saved, slope, grad_canvas
+        )
+
+
+class _ImageRead:
+    """Read the whole of ``[x, x_hat]``."""
+
+    def forward(self, images: torch.Tensor, windows: _OpenWindows | None, glimpse: torch.Tensor) -> None:
+        glimpse.copy_(images.flatten(1))
+
+    def backward(
+        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, windows: _OpenWindows | None,
+        saved: None, slope: torch.Tensor, grad_canvas: torch.Tensor,
+    ) -> WindowGrads:
+        batch, channels, height, width = grad_canvas.shape
+        grad_x_hat = grad_glimpse[:, channels * height * width :].view(batch, channels, height, width)
+        grad_canvas.addcmul_(grad_x_hat, slope, value=-1)
+        return ()
+
+
+class _PatchWrite:
+    """Write a patch through window ``k`` of a decoder state's row."""
+
+    def __init__(self, kernels: TorchKernels, k: int) -> None:
+        self.kernels, self.k = kernels, k
+
+    def forward(self, patch: torch.Tensor, windows: _OpenWindows, canvas: torch.Tensor) -> torch.Tensor:
+        k = self.k
+        return self.kernels.write(patch, windows.fx(k), windows.fy(k), windows.gamma[:, k], canvas)
+
+    def backward(
+        self, grad_canvas: torch.Tensor, patch: torch.Tensor, windows: _OpenWindows, saved: torch.Tensor,
+        grad_patch: torch.Tensor,
+    ) -> WindowGrads:
+        k = self.k
+        return self.kernels.write_backward(
+            grad_canvas, patch, windows.fx(k), windows.fy(k), windows.gamma[:, k], saved, grad_patch
+        )
+
+
+class _CanvasWrite:
+    """Add the whole canvas."""
+
+    def forward(self, patch: torch.Tensor, windows: _OpenWindows | None, canvas: torch.Tensor) -> None:
+        canvas.add_(patch.view(canvas.shape))
+
+    def backward(
+        self, grad_canvas: torch.Tensor, patch: torch.Tensor, windows: _OpenWindows | None, saved: None,
+        grad_patch: torch.Tensor,
+    ) -> WindowGrads:
+        grad_patch.copy_(grad_canvas.flatten(1))
+        return ()
+
+
+# -- matrix products ---------------------------------------------------------------------------------
 _NARROW = 128  # below this many columns a product is formed transposed (much faster in the BLAS)
 
 
@@ -319,26 +679,27 @@ _POOL: dict[tuple[Any, ...], list[_Workspace]] = {}
 _POOL_DEPTH = 2  # free workspaces kept per size
 
 
-def _take_workspace(lay: _Layout, batch: int, enc_size: int, dec_size: int, like: torch.Tensor) -> _Workspace:
-    key = (lay, batch, enc_size, dec_size, like.dtype, like.device)
+def _take_workspace(layout: PassLayout, batch: int, like: torch.Tensor) -> _Workspace:
+    key = (layout, batch, like.dtype, like.device)
     free = _POOL.get(key)
     if free:
         return free.pop()
-    steps, read = lay.steps, 2 * lay.channels * (lay.read_n**2 if lay.read_attention else lay.height * lay.width)
+    steps, image = layout.steps, (layout.channels, layout.height, layout.width)
+    enc_size, dec_size, dec_width = layout.enc_size, layout.dec_size, _padded(sum(layout.dec_sizes))
     sizes = {
-        "both": (steps, batch, 2 * lay.channels, lay.height, lay.width),
-        "sig_slope": (steps, batch, lay.channels, lay.height, lay.width),
-        "reads": (steps, batch, read),
+        "images": (steps, batch, 2 * layout.channels, layout.height, layout.width),  # [x, x_hat] per step
+        "sigmoid_slope": (steps, batch, *image),
+        "reads": (steps, batch, layout.read_size),
         "enc_cell": (steps + 1, batch, enc_size), "dec_cell": (steps + 1, batch, dec_size),
         "enc_tanh": (steps, batch, enc_size), "dec_tanh": (steps, batch, dec_size),
         "h_enc": (steps + 1, batch, enc_size), "h_dec": (steps + 1, batch, dec_size),
-        "enc_out": (steps + 1, batch, sum(lay.enc_sizes)), "dec_out": (steps + 1, batch, _padded(sum(lay.dec_sizes))),
-        "z": (steps, batch, lay.z_size), "latent_tmp": (steps, batch, lay.z_size),
-        "grad_latent": (steps + 1, batch, 2 * lay.z_size),
-        "grad_dec_out": (steps + 1, batch, _padded(sum(lay.dec_sizes))),
+        "enc_out": (steps + 1, batch, sum(layout.enc_sizes)), "dec_out": (steps + 1, batch, dec_width),
+        "z": (steps, batch, layout.z_size), "latent_tmp": (steps, batch, layout.z_size),
+        "grad_latent": (steps + 1, batch, 2 * layout.z_size),
+        "grad_dec_out": (steps + 1, batch, dec_width),
     }
     work = _Workspace(key, sizes, like)
-    work["grad_dec_out"][..., sum(lay.dec_sizes) :].zero_()  # padding: never written
+    work["grad_dec_out"][..., sum(layout.dec_sizes) :].zero_()  # padding: never written
     return work
 
 
@@ -353,10 +714,31 @@ def release_workspaces() -> None:
     _POOL.clear()
 
 
-# -- the autograd function -------------------------------------------------------------------------
-class _FusedDraw(torch.autograd.Function):
-    """Inputs: ``x, noise, nll_fn, layout, kernels, *params`` (``kernels``: the native ones, or
-    ``None``); outputs: reconstruction, kl, log_ratio, canvas.
+class _ColumnSpans:
+    """Column slices of ``dec_out = [write | write window | read window | enc gates | dec gates | zeros]``
+    and of ``enc_out = [mu | log sigma | enc gates]``."""
+
+    def __init__(self, layout: PassLayout) -> None:
+        write, write_params, read_params, enc_gates, dec_gates = layout.dec_sizes
+        self.write = slice(0, write)
+        self.head = slice(0, write + write_params)  # what step t itself uses
+        start = write + write_params
+        self.tail = slice(start, start + read_params + enc_gates + dec_gates)  # what step t + 1 uses
+        self.enc_gates = slice(start + read_params, start + read_params + enc_gates)
+        self.dec_gates = slice(start + read_params + enc_gates, start + read_params + enc_gates + dec_gates)
+        self.windows = slice(write, start + read_params)  # [write window | read window]
+        grids = ((layout.write_n,) if write_params else ()) + ((layout.read_n,) if read_params else ())
+        self.row_layout = _RowLayout(grids, layout.width, layout.height) if grids else None
+        self.write_k, self.read_k = 0, (1 if write_params else 0)
+        self.mu = slice(0, layout.z_size)
+        self.log_sigma = slice(layout.z_size, 2 * layout.z_size)
+        self.enc_recurrent = slice(2 * layout.z_size, 2 * layout.z_size + 4 * layout.enc_size)
+
+
+# -- one pass ---------------------------------------------------------------------------------------
+class _Pass:
+    """The state of one fused pass: its workspace and per-step views of it, the transposed weights,
+    the kernels and read / write pieces chosen for it, and what the forward keeps for the backward.
 
     Buffer layout: row ``k`` of ``dec_out`` / ``enc_out`` / ``h_dec`` / ``h_enc`` is step ``k - 1``
     (row 0 holds the learned initial states, repeated over the batch). The LSTM gates of step
@@ -365,164 +747,115 @@ class _FusedDraw(torch.autograd.Function):
     the gradient of the encoder's recurrent input in ``enc_out[t]``.
     """
 
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, noise: torch.Tensor, nll_fn: NegLogLikelihood, lay: _Layout,
-        kernels: native.DrawKernels | None, dec_w: torch.Tensor, dec_b: torch.Tensor, enc_w: torch.Tensor,
-        enc_b: torch.Tensor, read_w: torch.Tensor, z_w: torch.Tensor, canvas0: torch.Tensor, h_enc0: torch.Tensor,
-        h_dec0: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        steps, batch, channels = lay.steps, x.shape[0], lay.channels
-        height, width, z_size = lay.height, lay.width, lay.z_size
-        cols = _Columns(lay, h_enc0.shape[0])
-        if kernels is not None:
-            x = x.contiguous()
-        work = _take_workspace(lay, batch, h_enc0.shape[0], h_dec0.shape[0], x)
-        both, z_all, enc_cell, dec_cell = work["both"], work["z"], work["enc_cell"], work["dec_cell"]
-        h_enc, h_dec, enc_out, dec_out = work["h_enc"], work["h_dec"], work["enc_out"], work["dec_out"]
-        dec_wt, dec_b = _pad_columns(dec_w.t()), _pad_columns(dec_b)
-        enc_wt = enc_w.t().contiguous()
-        read_wt, z_wt = read_w.t().contiguous(), z_w.t().contiguous()
-
-        both[:, :, :channels] = x
-        enc_cell[0].zero_()
-        dec_cell[0].zero_()
-        h_enc[0] = h_enc0
-        h_dec[0] = h_dec0
-        dec_out[0] = torch.addmm(dec_b, h_dec0.unsqueeze(0), dec_wt)
-        enc_out[0] = torch.addmm(enc_b, h_enc0.unsqueeze(0), enc_wt)
-        canvas = canvas0.expand(batch, -1, -1, -1).clone()
-        read_saved: list[torch.Tensor] = []  # per step: x and x_hat times F_X^T, [Bt, H, 2C*N]
-        write_saved: list[torch.Tensor] = []  # per step: w F_X / gamma, [Bt, C*N, W]
+    def __init__(self, layout: PassLayout, kernels: TorchKernels, x: torch.Tensor, weights: PassWeights) -> None:
+        self.layout, self.kernels, self.x = layout, kernels, x
+        self.batch = x.shape[0]
+        self.spans = spans = _ColumnSpans(layout)
+        self.work = work = _take_workspace(layout, self.batch, x)
+        self.dec_wt, self.dec_b = _pad_columns(weights.dec_weight.t()), _pad_columns(weights.dec_bias)
+        self.enc_wt, self.enc_b = weights.enc_weight.t().contiguous(), weights.enc_bias
+        self.read_wt, self.z_wt = weights.read_weight.t().contiguous(), weights.z_weight.t().contiguous()
+        self.read = _GlimpseRead(kernels, spans.read_k) if layout.read_attention else _ImageRead()
+        self.write = _PatchWrite(kernels, spans.write_k) if layout.write_attention else _CanvasWrite()
+        self.read_saved: list[Any] = []  # per step, what the read's backward needs
+        self.write_saved: list[Any] = []  # per step, what the write's backward needs
+        self.opened: list[Any] = [None] * (layout.steps + 1)  # the windows of each dec_out row
         rows = work.rows
-        both_t, reads_t, zs, slopes = rows("both"), rows("reads"), rows("z"), rows("sig_slope")
-        x_hats = [step[:, channels:] for step in both_t]
-        both_flat = [step.view(batch, -1, width) for step in both_t]  # [Bt, 2C*H, W]
-        n_read = lay.read_n
-        enc_cells, dec_cells = rows("enc_cell"), rows("dec_cell")
-        enc_tanhs, dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
-        h_encs, h_decs, enc_outs, dec_outs = rows("h_enc"), rows("h_dec"), rows("enc_out"), rows("dec_out")
-        enc_gates_t, dec_gates_t = rows("dec_out", cols.enc_gates), rows("dec_out", cols.dec_gates)
-        writes, enc_hidden_t = rows("dec_out", cols.write), rows("enc_out", cols.enc_hidden)
-        mus, log_sigmas = rows("enc_out", cols.mu), rows("enc_out", cols.log_sigma)
-        # The windows of row r of dec_out (write of step r-1, read of step r) are opened together.
-        row_layout, window_params = cols.row_layout, rows("dec_out", cols.windows)
-        opened: list[_Windows | _NativeWindows | None] = [None] * (steps + 1)
-        open_row = _open_windows if kernels is None else partial(_open_windows_native, kernels=kernels)
-        if row_layout is not None:
-            opened[0] = open_row(window_params[0].view(batch, -1, 5), row_layout)
-        for t in range(steps):
-            if kernels is not None:
-                kernels.canvas_step(canvas, x, x_hats[t], slopes[t])
-            else:
-                sig = torch.sigmoid(canvas)
-                torch.sub(x, sig, out=x_hats[t])  # x_hat
-                torch.addcmul(sig, sig, sig, value=-1, out=slopes[t])  # d sigmoid / d canvas
-            if lay.read_attention and kernels is not None:
-                window, k = opened[t], cols.read_k
-                columns = x.new_empty(batch, 2 * channels, n_read, height)
-                kernels.read(both_t[t], window.fx(k), window.fy(k), window.gamma[:, k], reads_t[t], columns)
-                read_saved.append(columns)
-            elif lay.read_attention:
-                window, k = opened[t], cols.read_k
-                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
-                # All 2C channels as one product each: columns first, then rows.
-                columns = torch.bmm(both_flat[t], fx.transpose(1, 2))  # [Bt, 2C*H, N]
-                columns = columns.view(batch, 2 * channels, height, n_read).transpose(1, 2)
-                columns = columns.reshape(batch, height, 2 * channels * n_read)  # [Bt, H, 2C*N]
-                glimpse = torch.bmm(fy, columns).view(batch, n_read, 2 * channels, n_read).transpose(1, 2)
-                torch.mul(glimpse, gamma.view(-1, 1, 1, 1), out=reads_t[t].view(batch, 2 * channels, n_read, -1))
-                read_saved.append(columns)
-            else:
-                reads_t[t].copy_(both_t[t].flatten(1))
-            if kernels is not None:
-                enc_gates = enc_gates_t[t].addmm_(reads_t[t], read_wt)
-                kernels.lstm_forward(enc_gates, enc_hidden_t[t], enc_cells[t], enc_cells[t + 1], enc_tanhs[t],
-                                     h_encs[t + 1])
-            else:
-                enc_gates = enc_gates_t[t].add_(enc_hidden_t[t]).addmm_(reads_t[t], read_wt)
-                _lstm_forward(enc_gates, enc_cells[t], enc_cells[t + 1], enc_tanhs[t], h_encs[t + 1])
-            torch.addmm(enc_b, h_encs[t + 1], enc_wt, out=enc_outs[t + 1])
-            z = torch.addcmul(mus[t + 1], log_sigmas[t + 1].exp(), noise[t], out=zs[t])
-            dec_gates = dec_gates_t[t].addmm_(z, z_wt)
-            if kernels is not None:
-                kernels.lstm_forward(dec_gates, None, dec_cells[t], dec_cells[t + 1], dec_tanhs[t], h_decs[t + 1])
-            else:
-                _lstm_forward(dec_gates, dec_cells[t], dec_cells[t + 1], dec_tanhs[t], h_decs[t + 1])
-            torch.addmm(dec_b, h_decs[t + 1], dec_wt, out=dec_outs[t + 1])
-            write = writes[t + 1]
-            if row_layout is not None:
-                opened[t + 1] = open_row(window_params[t + 1].view(batch, -1, 5), row_layout)
-            if lay.write_attention and kernels is not None:
-                window, k = opened[t + 1], cols.write_k
-                scaled = x.new_empty(batch, channels, lay.write_n, width)
-                kernels.write(write, window.fx(k), window.fy(k), window.gamma[:, k], canvas, scaled)
-                write_saved.append(scaled)
-            elif lay.write_attention:
-                window, k = opened[t + 1], cols.write_k
-                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
-                scaled = torch.bmm(write.view(batch, -1, lay.write_n), fx).div_(gamma.view(-1, 1, 1))
-                _add_rows(canvas, fy, scaled)  # canvas += F_Y^T (w F_X) / gamma
-                write_saved.append(scaled)
-            else:
-                canvas.add_(write.view(batch, channels, height, width))
+        self.images, self.reads, self.zs, self.slopes = rows("images"), rows("reads"), rows("z"), rows("sigmoid_slope")
+        self.x_hats = [step[:, layout.channels :] for step in self.images]
+        self.enc_cells, self.dec_cells = rows("enc_cell"), rows("dec_cell")
+        self.enc_tanhs, self.dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
+        self.h_encs, self.h_decs = rows("h_enc"), rows("h_dec")
+        self.enc_outs, self.dec_outs = rows("enc_out"), rows("dec_out")
+        self.enc_gates, self.dec_gates = rows("dec_out", spans.enc_gates), rows("dec_out", spans.dec_gates)
+        self.patches, self.enc_recurrent = rows("dec_out", spans.write), rows("enc_out", spans.enc_recurrent)
+        self.mus, self.log_sigmas = rows("enc_out", spans.mu), rows("enc_out", spans.log_sigma)
+        self.window_params = rows("dec_out", spans.windows)
 
-        # The latent terms of all steps at once: KL(Q || N(0, I)) and log N(z; 0, I) - log Q(z).
-        # Squared norms need no temporaries; sigma^2 goes into a reused buffer.
-        mu, log_sigma = enc_out[1:, :, :z_size], enc_out[1:, :, z_size : 2 * z_size]
+    # -- forward ----------------------------------------------------------------------------------
+    def run_forward(self, noise: torch.Tensor, weights: PassWeights) -> torch.Tensor:
+        """All T steps; returns the final canvas ``[Bt, C, H, W]``."""
+        work, layout = self.work, self.layout
+        work["images"][:, :, : layout.channels] = self.x
+        work["enc_cell"][0].zero_()
+        work["dec_cell"][0].zero_()
+        work["h_enc"][0] = weights.h_enc0
+        work["h_dec"][0] = weights.h_dec0
+        work["dec_out"][0] = torch.addmm(self.dec_b, weights.h_dec0.unsqueeze(0), self.dec_wt)
+        work["enc_out"][0] = torch.addmm(self.enc_b, weights.h_enc0.unsqueeze(0), self.enc_wt)
+        canvas = weights.canvas0.expand(self.batch, -1, -1, -1).clone()
+        self._open_row(0)
+        for t in range(layout.steps):
+            self._forward_step(t, canvas, noise[t])
+        return canvas
+
+    def _open_row(self, row: int) -> None:
+        """The windows of ``dec_out[row]`` (the write of step ``row - 1``, the read of step ``row``)."""
+        row_layout = self.spans.row_layout
+        if row_layout is not None:
+            params = self.window_params[row].view(self.batch, -1, WINDOW_PARAMS)
+            self.opened[row] = self.kernels.open_row(params, row_layout)
+
+    def _forward_step(self, t: int, canvas: torch.Tensor, noise: torch.Tensor) -> None:
+        kernels = self.kernels
+        kernels.canvas_step(canvas, self.x, self.x_hats[t], self.slopes[t])
+        self.read_saved.append(self.read.forward(self.images[t], self.opened[t], self.reads[t]))
+        enc_gates = self.enc_gates[t].addmm_(self.reads[t], self.read_wt)
+        kernels.lstm_forward(
+            enc_gates, self.enc_recurrent[t], self.enc_cells[t], self.enc_cells[t + 1], self.enc_tanhs[t],
+            self.h_encs[t + 1],
+        )
+        torch.addmm(self.enc_b, self.h_encs[t + 1], self.enc_wt, out=self.enc_outs[t + 1])
+        z = torch.addcmul(self.mus[t + 1], self.log_sigmas[t + 1].exp(), noise, out=self.zs[t])
+        dec_gates = self.dec_gates[t].addmm_(z, self.z_wt)
+        kernels.lstm_forward(dec_gates, None, self.dec_cells[t], self.dec_cells[t + 1], self.dec_tanhs[t],
+                             self.h_decs[t + 1])
+        torch.addmm(self.dec_b, self.h_decs[t + 1], self.dec_wt, out=self.dec_outs[t + 1])
+        self._open_row(t + 1)
+        self.write_saved.append(self.write.forward(self.patches[t + 1], self.opened[t + 1], canvas))
+
+    def latent_terms(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(KL(Q || N(0, I)), log N(z; 0, I) - log Q(z))`` per image, ``[Bt]`` each, of all steps at
+        once. Squared norms need no temporaries; sigma^2 goes into a reused buffer."""
+        layout, enc_out = self.layout, self.work["enc_out"]
+        mu, log_sigma = enc_out[1:, :, self.spans.mu], enc_out[1:, :, self.spans.log_sigma]
         square_norm = lambda tensor: torch.linalg.vector_norm(tensor, dim=(0, 2)).square()  # noqa: E731
         log_sigma_sum = log_sigma.sum(dim=(0, 2))
-        variance_sum = torch.mul(log_sigma, 2, out=work["latent_tmp"]).exp_().sum(dim=(0, 2))
-        kl = 0.5 * (square_norm(mu) + variance_sum - 2 * log_sigma_sum - steps * z_size)
-        log_ratio = 0.5 * (square_norm(noise) - square_norm(z_all)) + log_sigma_sum
-        ctx.nll_fn, ctx.lay, ctx.kernels = nll_fn, lay, kernels
-        ctx.work, ctx.read_saved, ctx.write_saved, ctx.opened = work, read_saved, write_saved, opened
-        ctx.weights_t = (dec_wt, enc_wt, read_wt, z_wt)
-        ctx.save_for_backward(x, canvas)
-        ctx.set_materialize_grads(False)
-        return nll_fn(canvas, x), kl, log_ratio, canvas
+        variance_sum = torch.mul(log_sigma, 2, out=self.work["latent_tmp"]).exp_().sum(dim=(0, 2))
+        kl = 0.5 * (square_norm(mu) + variance_sum - 2 * log_sigma_sum - layout.steps * layout.z_size)
+        log_ratio = 0.5 * (square_norm(noise) - square_norm(self.work["z"])) + log_sigma_sum
+        return kl, log_ratio
 
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        grad_recon, grad_kl, grad_log_ratio, grad_canvas = grads
-        x, canvas = ctx.saved_tensors
-        work: _Workspace | None = ctx.work
-        if work is None:
-            raise RuntimeError(
-                "the fused DRAW pass can be differentiated only once; set model.fused_backward = False "
-                "to backpropagate through it again (retain_graph)"
-            )
-        lay: _Layout = ctx.lay
-        kernels: native.DrawKernels | None = ctx.kernels
-        lstm_backward = _lstm_backward if kernels is None else kernels.lstm_backward
-        read_saved, write_saved, opened = ctx.read_saved, ctx.write_saved, ctx.opened
-        dec_wt, enc_wt, read_wt, z_wt = ctx.weights_t
-        steps, batch, channels = lay.steps, x.shape[0], lay.channels
-        height, width, z_size = lay.height, lay.width, lay.z_size
-        enc_size = enc_wt.shape[0]
-        cols = _Columns(lay, enc_size)
-        reads, z_all, h_enc, h_dec = work["reads"], work["z"], work["h_enc"], work["h_dec"]
-        enc_out, grad_dec_out, grad_latent = work["enc_out"], work["grad_dec_out"], work["grad_latent"]
+    # -- backward ---------------------------------------------------------------------------------
+    def run_backward(
+        self, grad_canvas: torch.Tensor, grad_kl: torch.Tensor | None, grad_log_ratio: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        """The gradients of the parameters (:class:`PassWeights`' order) from that of the final
+        canvas (the likelihood's included: updated in place) and of the latent terms."""
+        self._start_backward(grad_canvas, grad_kl, grad_log_ratio)
+        for t in reversed(range(self.layout.steps)):
+            self._backward_step(t)
+        if self.spans.row_layout is not None:  # row 0: the read window of step 0 (its write window is unused)
+            unused_write: WindowGrads = ()
+            if self.layout.write_attention:
+                unused_write = (self.x.new_zeros(self.batch, self.layout.write_n, self.layout.width),
+                                self.x.new_zeros(self.batch, self.layout.write_n, self.layout.height),
+                                self.x.new_zeros(self.batch))
+            self._row_param_grad(0, unused_write)
+        return self._parameter_grads()
 
-        if grad_canvas is None:
-            grad_canvas_t = x.new_zeros(canvas.shape)
-        else:
-            grad_canvas_t = grad_canvas.clone(memory_format=torch.contiguous_format)
-        scratch = None  # room for the read and write kernels' per-image intermediates
-        if kernels is not None:
-            scratch = x.new_empty(max(2 * channels * height * lay.read_n, channels * lay.write_n * width))
-        if grad_recon is not None and lay.likelihood == "bernoulli":  # d BCE / d logits = sigmoid(c) - x
-            grad_canvas_t.addcmul_(torch.sigmoid(canvas).sub_(x), grad_recon.view(-1, 1, 1, 1))
-        elif grad_recon is not None:
-            with torch.enable_grad():
-                leaf = canvas.detach().requires_grad_(True)
-                (grad_leaf,) = torch.autograd.grad(ctx.nll_fn(leaf, x), leaf, grad_recon)
-            grad_canvas_t += grad_leaf
-        grad_lr_col = None if grad_log_ratio is None else grad_log_ratio.unsqueeze(-1)
-        grad_dec_out[steps, :, cols.tail].zero_()  # the last step's outputs for a step T+1
-        grad_dec_out[0, :, cols.head].zero_()  # row 0 (initial state) writes nothing
-        # Gradients of the latent terms w.r.t. (mu, log sigma), all steps at once; the loop adds z's.
-        mu, log_sigma = enc_out[1:, :, :z_size], enc_out[1:, :, z_size : 2 * z_size]
+    def _start_backward(
+        self, grad_canvas: torch.Tensor, grad_kl: torch.Tensor | None, grad_log_ratio: torch.Tensor | None
+    ) -> None:
+        """Gradients that do not wait for the reverse loop: of the latent terms w.r.t. ``(mu, log
+        sigma)`` of all steps (the loop adds z's), and zeros where no step writes."""
+        work, spans, layout, batch = self.work, self.spans, self.layout, self.batch
+        z_size = layout.z_size
+        self.grad_canvas = grad_canvas
+        grad_dec_out, grad_latent, enc_out = work["grad_dec_out"], work["grad_latent"], work["enc_out"]
+        grad_dec_out[layout.steps, :, spans.tail].zero_()  # the last step's outputs for a step T+1
+        grad_dec_out[0, :, spans.head].zero_()  # row 0 (initial state) writes nothing
+        mu, log_sigma = enc_out[1:, :, spans.mu], enc_out[1:, :, spans.log_sigma]
         grad_mu_all, grad_log_sigma_all = grad_latent[1:, :, :z_size], grad_latent[1:, :, z_size:]
         grad_latent[0].zero_()
         if grad_kl is None:
@@ -532,220 +865,137 @@ class _FusedDraw(torch.autograd.Function):
             torch.mul(log_sigma, 2, out=grad_log_sigma_all).exp_().sub_(1).mul_(grad_kl.view(1, -1, 1))
         if grad_log_ratio is not None:
             grad_log_sigma_all.add_(grad_log_ratio.view(1, -1, 1))
-        sigma_noise = torch.sub(z_all, mu, out=work["latent_tmp"])  # sigma * eps
-        grad_enc_cell = x.new_zeros(batch, enc_size)
-        grad_dec_cell = x.new_zeros(batch, dec_wt.shape[0])
-        enc_wt_latent, enc_wt_hidden = enc_wt[:, : 2 * z_size], enc_wt[:, 2 * z_size :]
-
-        rows = work.rows
-        both_t, reads_t, zs, slopes = rows("both"), rows("reads"), rows("z"), rows("sig_slope")
-        sigma_noises = sigma_noise.unbind(0)
-        writes = rows("dec_out", cols.write)
-        acts_enc, acts_dec = rows("dec_out", cols.enc_gates), rows("dec_out", cols.dec_gates)
-        enc_cells, dec_cells = rows("enc_cell"), rows("dec_cell")
-        enc_tanhs, dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
-        grad_ds, grad_latents = rows("grad_dec_out"), rows("grad_latent")
-        grad_writes, grad_window_params = rows("grad_dec_out", cols.write), rows("grad_dec_out", cols.windows)
+        self.grad_log_ratio_column = None if grad_log_ratio is None else grad_log_ratio.unsqueeze(-1)
+        self.sigma_noises = torch.sub(work["z"], mu, out=work["latent_tmp"]).unbind(0)  # sigma * eps
+        self.grad_enc_cell = self.x.new_zeros(batch, layout.enc_size)
+        self.grad_dec_cell = self.x.new_zeros(batch, layout.dec_size)
+        self.enc_wt_latent, self.enc_wt_hidden = self.enc_wt[:, : 2 * z_size], self.enc_wt[:, 2 * z_size :]
         # The gradients of a row's windows are combined once both are known: the read window of
         # row t+1 (from step t+1, done first) and its write window (step t).
-        row_layout = cols.row_layout
-        pending_read: tuple[torch.Tensor, ...] = ()
-        if lay.read_attention:  # row T's read window (a step T+1) has no effect
-            pending_read = (x.new_zeros(batch, lay.read_n, width), x.new_zeros(batch, lay.read_n, height),
-                            x.new_zeros(batch))
-        grad_enc_gates_t, grad_dec_gates_t = rows("grad_dec_out", cols.enc_gates), rows("grad_dec_out", cols.dec_gates)
-        grad_mus, grad_log_sigmas = rows("grad_latent", cols.mu), rows("grad_latent", cols.log_sigma)
-        both_flat = [step.view(batch, -1, width) for step in both_t]  # [Bt, 2C*H, W]
-        n_read = lay.read_n
-        for t in reversed(range(steps)):
-            grad_d = grad_ds[t + 1]
-            if lay.write_attention and kernels is not None:
-                window, k = opened[t + 1], cols.write_k
-                grad_fx, grad_fy = x.new_empty(batch, lay.write_n, width), x.new_empty(batch, lay.write_n, height)
-                grad_log_gamma = x.new_empty(batch)
-                kernels.write_backward(
-                    grad_canvas_t, writes[t + 1], window.fx(k), window.fy(k), window.gamma[:, k], write_saved[t],
-                    grad_writes[t + 1], grad_fx, grad_fy, grad_log_gamma, scratch,
-                )
-                written = (grad_fx, grad_fy, grad_log_gamma)
-            elif lay.write_attention:
-                window, k, scaled = opened[t + 1], cols.write_k, write_saved[t]
-                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
-                grad_scaled, grad_fy = _rows_backward(grad_canvas_t, fy, scaled)
-                grad_log_gamma = -(grad_scaled * scaled).sum(dim=(1, 2))  # [Bt]
-                grad_cols = grad_scaled.div_(gamma.view(-1, 1, 1))  # of w F_X, [Bt, C*N, W]
-                grad_writes[t + 1].copy_(torch.bmm(grad_cols, fx.transpose(1, 2)).flatten(1))
-                grad_fx = torch.bmm(writes[t + 1].view(batch, -1, lay.write_n).transpose(1, 2), grad_cols)
-                written = (grad_fx, grad_fy, grad_log_gamma)
-            else:
-                grad_writes[t + 1].copy_(grad_canvas_t.flatten(1))
-                written = ()
-            if row_layout is not None:
-                _windows_param_grad_of(opened[t + 1], written, pending_read, grad_window_params[t + 1])
-            grad_h_dec = grad_d @ dec_wt.t()
-            grad_dec_gates = grad_dec_gates_t[t]
-            grad_dec_cell = lstm_backward(
-                grad_h_dec, grad_dec_cell, acts_dec[t], dec_cells[t], dec_tanhs[t], grad_dec_gates
-            )
-            grad_z = _times_weight(grad_dec_gates, z_wt)
-            if grad_lr_col is not None:
-                grad_z = torch.addcmul(grad_z, grad_lr_col, zs[t], value=-1)
-            grad_mus[t + 1].add_(grad_z)
-            grad_log_sigmas[t + 1].addcmul_(grad_z, sigma_noises[t])
-            grad_h_enc = torch.addmm(
-                grad_enc_gates_t[t + 1] @ enc_wt_hidden.t(), grad_latents[t + 1], enc_wt_latent.t()
-            )
-            grad_enc_gates = grad_enc_gates_t[t]
-            grad_enc_cell = lstm_backward(
-                grad_h_enc, grad_enc_cell, acts_enc[t], enc_cells[t], enc_tanhs[t], grad_enc_gates
-            )
-            grad_read = _times_weight(grad_enc_gates, read_wt)  # [Bt, R]
-            if lay.read_attention and kernels is not None:
-                window, k = opened[t], cols.read_k
-                grad_fx, grad_fy = x.new_empty(batch, n_read, width), x.new_empty(batch, n_read, height)
-                grad_log_gamma = x.new_empty(batch)
-                kernels.read_backward(
-                    grad_read.contiguous(), reads_t[t], both_t[t], window.fx(k), window.fy(k), window.gamma[:, k],
-                    read_saved[t], slopes[t], grad_canvas_t, grad_fx, grad_fy, grad_log_gamma, scratch,
-                )
-                pending_read = (grad_fx, grad_fy, grad_log_gamma)  # the kernel also updated grad_canvas_t
-            elif lay.read_attention:
-                window, k, columns = opened[t], cols.read_k, read_saved[t]
-                fx, fy, gamma = window.fx(k), window.fy(k), window.gamma[:, k]
-                grad_log_gamma = (grad_read * reads_t[t]).sum(dim=-1)
-                grad_glimpse = grad_read.view(batch, 2 * channels, n_read, n_read) * gamma.view(-1, 1, 1, 1)
-                grad_glimpse = grad_glimpse.transpose(1, 2).reshape(batch, n_read, 2 * channels * n_read)
-                grad_fy = torch.bmm(grad_glimpse, columns.transpose(1, 2))  # [Bt, N, H]
-                grad_columns = torch.bmm(fy.transpose(1, 2), grad_glimpse)  # [Bt, H, 2C*N]
-                grad_columns = grad_columns.view(batch, height, 2 * channels, n_read).transpose(1, 2)
-                grad_columns = grad_columns.reshape(batch, 2 * channels * height, n_read)  # [Bt, 2C*H, N]
-                grad_fx = torch.bmm(grad_columns.transpose(1, 2), both_flat[t])  # [Bt, N, W]
-                grad_x_hat = torch.bmm(grad_columns[:, channels * height :], fx)  # [Bt, C*H, W]
-                grad_x_hat = grad_x_hat.view(batch, channels, height, width)
-                pending_read = (grad_fx, grad_fy, grad_log_gamma)
-                grad_canvas_t.addcmul_(grad_x_hat, slopes[t], value=-1)  # x_hat = x - sigmoid(c_{t-1})
-            else:
-                grad_x_hat = grad_read[:, channels * height * width :].view(batch, channels, height, width)
-                grad_canvas_t.addcmul_(grad_x_hat, slopes[t], value=-1)
+        self.pending_read: WindowGrads = ()
+        if layout.read_attention:  # row T's read window (a step T+1) has no effect
+            self.pending_read = (self.x.new_zeros(batch, layout.read_n, layout.width),
+                                 self.x.new_zeros(batch, layout.read_n, layout.height), self.x.new_zeros(batch))
+        rows = work.rows
+        self.grad_ds, self.grad_latents = rows("grad_dec_out"), rows("grad_latent")
+        self.grad_patches = rows("grad_dec_out", spans.write)
+        self.grad_window_params = rows("grad_dec_out", spans.windows)
+        self.grad_enc_gates = rows("grad_dec_out", spans.enc_gates)
+        self.grad_dec_gates = rows("grad_dec_out", spans.dec_gates)
+        self.grad_mus, self.grad_log_sigmas = rows("grad_latent", spans.mu), rows("grad_latent", spans.log_sigma)
 
-        if row_layout is not None:  # row 0: the read window of step 0 (its write window is unused)
-            unused_write = ()
-            if lay.write_attention:
-                unused_write = (x.new_zeros(batch, lay.write_n, width), x.new_zeros(batch, lay.write_n, height),
-                                x.new_zeros(batch))
-            _windows_param_grad_of(opened[0], unused_write, pending_read, grad_window_params[0])
+    def _row_param_grad(self, row: int, written: WindowGrads) -> None:
+        """The gradient of ``dec_out[row]``'s window parameters, from its write window's and read
+        window's gradients (empty when that attention is off)."""
+        grads = [part for part in (written, self.pending_read) if part]
+        out = self.grad_window_params[row].view(self.batch, -1, WINDOW_PARAMS)
+        self.kernels.row_param_grad(self.opened[row], grads, out)
 
-        # Parameters: one matrix product per layer over all steps (row 0: the initial states).
-        flat = lambda tensor: tensor.flatten(0, 1)  # noqa: E731
-        all_grad_d = flat(grad_dec_out)
-        dec_width = sum(lay.dec_sizes)  # without the padding
-        grad_dec_w = _weight_grad(all_grad_d, flat(h_dec))[:dec_width]
-        grad_dec_b = _column_sums(all_grad_d)[:dec_width]
-        grad_enc_hidden = flat(grad_dec_out[:, :, cols.enc_gates])  # = gradient of enc_out's recurrent part
-        grad_enc_w = torch.cat(
-            [_weight_grad(flat(grad_latent), flat(h_enc)), _weight_grad(grad_enc_hidden, flat(h_enc))], dim=0
+    def _backward_step(self, t: int) -> None:
+        kernels = self.kernels
+        written = self.write.backward(
+            self.grad_canvas, self.patches[t + 1], self.opened[t + 1], self.write_saved[t], self.grad_patches[t + 1]
         )
-        grad_enc_b = torch.cat([_column_sums(flat(grad_latent)), _column_sums(grad_enc_hidden)])
-        grad_read_w = _weight_grad(flat(grad_dec_out[:steps, :, cols.enc_gates]), flat(reads))
-        grad_z_w = _weight_grad(flat(grad_dec_out[:steps, :, cols.dec_gates]), flat(z_all))
+        if self.spans.row_layout is not None:
+            self._row_param_grad(t + 1, written)
+        grad_h_dec = self.grad_ds[t + 1] @ self.dec_wt.t()
+        self.grad_dec_cell = kernels.lstm_backward(
+            grad_h_dec, self.grad_dec_cell, self.dec_gates[t], self.dec_cells[t], self.dec_tanhs[t],
+            self.grad_dec_gates[t],
+        )
+        grad_z = _times_weight(self.grad_dec_gates[t], self.z_wt)
+        if self.grad_log_ratio_column is not None:
+            grad_z = torch.addcmul(grad_z, self.grad_log_ratio_column, self.zs[t], value=-1)
+        self.grad_mus[t + 1].add_(grad_z)
+        self.grad_log_sigmas[t + 1].addcmul_(grad_z, self.sigma_noises[t])
+        grad_h_enc = torch.addmm(
+            self.grad_enc_gates[t + 1] @ self.enc_wt_hidden.t(), self.grad_latents[t + 1], self.enc_wt_latent.t()
+        )
+        self.grad_enc_cell = kernels.lstm_backward(
+            grad_h_enc, self.grad_enc_cell, self.enc_gates[t], self.enc_cells[t], self.enc_tanhs[t],
+            self.grad_enc_gates[t],
+        )
+        grad_read = _times_weight(self.grad_enc_gates[t], self.read_wt)  # [Bt, read_size]
+        self.pending_read = self.read.backward(
+            grad_read, self.reads[t], self.images[t], self.opened[t], self.read_saved[t], self.slopes[t],
+            self.grad_canvas,
+        )
+
+    def _parameter_grads(self) -> tuple[torch.Tensor, ...]:
+        """One matrix product per layer over all steps (row 0: the initial states)."""
+        work, spans, layout = self.work, self.spans, self.layout
+        grad_dec_out, grad_latent = work["grad_dec_out"], work["grad_latent"]
+        h_enc, h_dec = work["h_enc"].flatten(0, 1), work["h_dec"].flatten(0, 1)
+        all_grad_d = grad_dec_out.flatten(0, 1)
+        dec_width = sum(layout.dec_sizes)  # without the padding
+        grad_dec_w = _weight_grad(all_grad_d, h_dec)[:dec_width]
+        grad_dec_b = _column_sums(all_grad_d)[:dec_width]
+        grad_enc_hidden = grad_dec_out[:, :, spans.enc_gates].flatten(0, 1)  # = of enc_out's recurrent part
+        all_grad_latent = grad_latent.flatten(0, 1)
+        grad_enc_w = torch.cat([_weight_grad(all_grad_latent, h_enc), _weight_grad(grad_enc_hidden, h_enc)], dim=0)
+        grad_enc_b = torch.cat([_column_sums(all_grad_latent), _column_sums(grad_enc_hidden)])
+        steps = layout.steps
+        grad_read_w = _weight_grad(grad_dec_out[:steps, :, spans.enc_gates].flatten(0, 1), work["reads"].flatten(0, 1))
+        grad_z_w = _weight_grad(grad_dec_out[:steps, :, spans.dec_gates].flatten(0, 1), work["z"].flatten(0, 1))
         grad_initial_d = grad_dec_out[0].sum(dim=0)
-        grad_h_dec0 = grad_initial_d @ dec_wt.t()
-        grad_h_enc0 = grad_initial_d[cols.enc_gates] @ enc_wt_hidden.t()
-        grad_canvas0 = grad_canvas_t.sum(dim=0)
-        ctx.work = ctx.read_saved = ctx.write_saved = ctx.opened = ctx.weights_t = None
-        _give_back(work)
-        return (None, None, None, None, None, grad_dec_w, grad_dec_b, grad_enc_w, grad_enc_b, grad_read_w,
-                grad_z_w, grad_canvas0, grad_h_enc0, grad_h_dec0)
+        grad_h_dec0 = grad_initial_d @ self.dec_wt.t()
+        grad_h_enc0 = grad_initial_d[spans.enc_gates] @ self.enc_wt_hidden.t()
+        grad_canvas0 = self.grad_canvas.sum(dim=0)
+        return (grad_dec_w, grad_dec_b, grad_enc_w, grad_enc_b, grad_read_w, grad_z_w, grad_canvas0, grad_h_enc0,
+                grad_h_dec0)
 
 
-class _Columns:
-    """Column slices of ``dec_out = [write | write window | read window | enc gates | dec gates | zeros]``
-    and of ``enc_out = [mu | log sigma | enc gates]``."""
+# -- the autograd function -------------------------------------------------------------------------
+class _FusedDraw(torch.autograd.Function):
+    """Inputs: ``x, noise, nll_fn, layout, kernels, *weights`` (:class:`PassWeights`' order);
+    outputs: reconstruction, kl, log_ratio, canvas."""
 
-    def __init__(self, lay: _Layout, enc_size: int) -> None:
-        write, write_params, read_params, enc_gates, dec_gates = lay.dec_sizes
-        self.write = slice(0, write)
-        self.head = slice(0, write + write_params)  # what step t itself uses
-        start = write + write_params
-        self.tail = slice(start, start + read_params + enc_gates + dec_gates)  # what step t + 1 uses
-        self.enc_gates = slice(start + read_params, start + read_params + enc_gates)
-        self.dec_gates = slice(start + read_params + enc_gates, start + read_params + enc_gates + dec_gates)
-        self.windows = slice(write, start + read_params)  # [write window | read window]
-        grids = ((lay.write_n,) if write_params else ()) + ((lay.read_n,) if read_params else ())
-        self.row_layout = _RowLayout(grids, lay.width, lay.height) if grids else None
-        self.write_k, self.read_k = 0, (1 if write_params else 0)
-        self.mu = slice(0, lay.z_size)
-        self.log_sigma = slice(lay.z_size, 2 * lay.z_size)
-        self.enc_hidden = slice(2 * lay.z_size, 2 * lay.z_size + 4 * enc_size)
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, noise: torch.Tensor, nll_fn: NegLogLikelihood, layout: PassLayout,
+        kernels: TorchKernels, *weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        x, parameters = x.contiguous(), PassWeights(*weights)
+        draw_pass = _Pass(layout, kernels, x, parameters)
+        canvas = draw_pass.run_forward(noise, parameters)
+        kl, log_ratio = draw_pass.latent_terms(noise)
+        ctx.nll_fn, ctx.draw_pass = nll_fn, draw_pass
+        ctx.save_for_backward(x, canvas)
+        ctx.set_materialize_grads(False)
+        return nll_fn(canvas, x), kl, log_ratio, canvas
 
-
-def _windows_param_grad_of(
-    windows: _Windows | _NativeWindows, written: tuple[torch.Tensor, ...], read: tuple[torch.Tensor, ...],
-    out: torch.Tensor,
-) -> None:
-    """:func:`_windows_param_grad` for a row from its write window's and read window's
-    ``(grad F_X, grad F_Y, grad log gamma)`` (empty when that attention is off)."""
-    parts = [part for part in (written, read) if part]
-    out = out.view(out.shape[0], -1, 5)
-    if isinstance(windows, _NativeWindows):
-        for k, (grad_fx, grad_fy, grad_log_gamma) in enumerate(parts):
-            windows.kernels.window_grad(
-                windows.params[:, k], windows.fxs[k], windows.fys[k], grad_fx, grad_fy, grad_log_gamma.contiguous(),
-                out[:, k],
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        grad_recon, grad_kl, grad_log_ratio, grad_canvas = grads
+        x, canvas = ctx.saved_tensors
+        draw_pass: _Pass | None = ctx.draw_pass
+        if draw_pass is None:
+            raise RuntimeError(
+                "the fused DRAW pass can be differentiated only once; set model.fused_backward = False "
+                "to backpropagate through it again (retain_graph)"
             )
-        return
-    _windows_param_grad(windows, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], out)
+        ctx.draw_pass = None
+        if grad_canvas is None:
+            grad_canvas_total = x.new_zeros(canvas.shape)
+        else:
+            grad_canvas_total = grad_canvas.clone(memory_format=torch.contiguous_format)
+        if grad_recon is not None and draw_pass.layout.likelihood == "bernoulli":  # dBCE/dlogits = sigmoid(c) - x
+            grad_canvas_total.addcmul_(torch.sigmoid(canvas).sub_(x), grad_recon.view(-1, 1, 1, 1))
+        elif grad_recon is not None:
+            with torch.enable_grad():
+                leaf = canvas.detach().requires_grad_(True)
+                (grad_leaf,) = torch.autograd.grad(ctx.nll_fn(leaf, x), leaf, grad_recon)
+            grad_canvas_total += grad_leaf
+        weight_grads = draw_pass.run_backward(grad_canvas_total, grad_kl, grad_log_ratio)
+        _give_back(draw_pass.work)
+        return (None, None, None, None, None, *weight_grads)
 
 
-def _native_kernels(x: torch.Tensor) -> native.DrawKernels | None:
-    """The native kernels where they apply (float32 on the CPU, kernels available), else ``None``."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        return None
-    return native.kernels()
-
-
-def _add_rows(canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor) -> None:
-    """``canvas += F_Y^T @ scaled`` per channel: ``[Bt, C, H, W] += [Bt, N, H]^T @ [Bt, C*N, W]``."""
-    batch, channels, height, width = canvas.shape
-    if channels == 1:
-        canvas.view(batch, height, width).baddbmm_(fy.transpose(1, 2), scaled)
-        return
-    grid = fy.shape[1]
-    side_by_side = scaled.view(batch, channels, grid, width).transpose(1, 2).reshape(batch, grid, -1)
-    spread = torch.bmm(fy.transpose(1, 2), side_by_side)  # [Bt, H, C*W]
-    canvas.add_(spread.view(batch, height, channels, width).transpose(1, 2))
-
-
-def _rows_backward(
-    grad_canvas: torch.Tensor, fy: torch.Tensor, scaled: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward of :func:`_add_rows`: the gradients of ``scaled [Bt, C*N, W]`` and ``F_Y [Bt, N, H]``."""
-    batch, channels, height, width = grad_canvas.shape
-    if channels == 1:
-        grad = grad_canvas.view(batch, height, width)
-        return torch.bmm(fy, grad), torch.bmm(scaled, grad.transpose(1, 2))
-    grid = fy.shape[1]
-    side_by_side = grad_canvas.transpose(1, 2).reshape(batch, height, channels * width)  # [Bt, H, C*W]
-    grad_scaled = torch.bmm(fy, side_by_side).view(batch, grid, channels, width).transpose(1, 2)
-    scaled_side = scaled.view(batch, channels, grid, width).transpose(1, 2).reshape(batch, grid, -1)
-    grad_fy = torch.bmm(scaled_side, side_by_side.transpose(1, 2))
-    return grad_scaled.reshape(batch, channels * grid, width), grad_fy
-
-
-def fused_forward(model: Draw, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(reconstruction, kl, log_ratio, canvas_logits)`` of ``model`` on ``x [Bt, C, H, W]`` with the
-    posterior noise ``noise [T, Bt, Z]``; differentiable, with the hand-written backward."""
-    s = model.shape
-    lay = _Layout(
-        channels=s.channels, height=s.height, width=s.width, steps=s.steps,
-        read_attention=s.read_attention, write_attention=s.write_attention, read_n=s.read_n,
-        write_n=s.write_n, z_size=s.z_size, likelihood=s.likelihood, dec_sizes=tuple(model.dec_sizes),
-        enc_sizes=tuple(model.enc_sizes),
-    )
-    kernels = _native_kernels(x) if model.native_kernels else None
+def fused_forward(draw_pass: DrawPass, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(reconstruction, kl, log_ratio, canvas_logits)`` of the network ``draw_pass`` on ``x [Bt, C,
+    H, W]`` with the posterior noise ``noise [T, Bt, Z]``; differentiable, with the hand-written
+    backward."""
+    kernels = select_kernels(x, draw_pass.native_kernels)
     return _FusedDraw.apply(
-        x, noise, model.neg_log_likelihood, lay, kernels, model.dec_out.weight, model.dec_out.bias,
-        model.enc_out.weight, model.enc_out.bias, model.enc_in.weight, model.dec_in.weight,
-        model.canvas0, model.h_enc0, model.h_dec0,
+        x, noise, draw_pass.neg_log_likelihood, draw_pass.layout, kernels, *draw_pass.weights.tensors()
     )
-

@@ -1,6 +1,6 @@
 /*
- * Native float32 kernels of DRAW's training pass (vlattn_draw.native loads them; see
- * vlattn.native for how they are built). Each kernel does in one sweep over memory what the
+ * Native float32 kernels of DRAW's training pass (vlattn_draw.kernels loads them; see
+ * vlattn.native_build for how they are built). Each kernel does in one sweep over memory what the
  * PyTorch code of vlattn_draw.fused does in several operations:
  *
  *   vl_lstm_forward / vl_lstm_backward   the pointwise part of an LSTM update (gates i, f, o, g)
@@ -15,6 +15,15 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The raw parameters of an attention window, in order (vlattn_draw.filterbank.WINDOW_PARAMS of them),
+ * and the floor on its variance (vlattn_draw.filterbank.VARIANCE_FLOOR); both are exported below so
+ * that the Python side can check that it agrees. */
+enum { VL_CENTER_X, VL_CENTER_Y, VL_LOG_VARIANCE, VL_LOG_STRIDE, VL_LOG_GAMMA, VL_WINDOW_PARAMS };
+#define VL_VARIANCE_FLOOR 1e-12f
+
+const long vl_window_params = VL_WINDOW_PARAMS;
+const float vl_variance_floor = VL_VARIANCE_FLOOR;
 
 static inline float vl_exp(float x) {
     x = x < -87.0f ? -87.0f : x;
@@ -136,19 +145,19 @@ typedef struct {
 static vl_window vl_window_of(const float *p, long n, long width, long height) {
     vl_window w;
     const long extent = (width > height ? width : height) - 1;
-    w.gx = 0.5f * (float)(width + 1) * (p[0] + 1.0f);
-    w.gy = 0.5f * (float)(height + 1) * (p[1] + 1.0f);
-    w.variance = expf(p[2]);
-    w.precision = 1.0f / (w.variance > 1e-12f ? w.variance : 1e-12f);
-    w.stride = (float)extent / (float)(n > 1 ? n - 1 : 1) * expf(p[3]);
-    w.gamma = expf(p[4]);
+    w.gx = 0.5f * (float)(width + 1) * (p[VL_CENTER_X] + 1.0f);
+    w.gy = 0.5f * (float)(height + 1) * (p[VL_CENTER_Y] + 1.0f);
+    w.variance = expf(p[VL_LOG_VARIANCE]);
+    w.precision = 1.0f / (w.variance > VL_VARIANCE_FLOOR ? w.variance : VL_VARIANCE_FLOOR);
+    w.stride = (float)extent / (float)(n > 1 ? n - 1 : 1) * expf(p[VL_LOG_STRIDE]);
+    w.gamma = expf(p[VL_LOG_GAMMA]);
     return w;
 }
 
 static inline float vl_offset(long i, long n) { return (float)(i + 1) - 0.5f * (float)n - 0.5f; }
 
 /*
- * Filterbanks of a window per batch row: params row b at params + b * params_stride (5 values);
+ * Filterbanks of a window per batch row: params row b at params + b * params_stride (VL_WINDOW_PARAMS values);
  * fx [n, width] at fx + b * fx_stride, fy [n, height] at fy + b * fy_stride, gamma at
  * gamma + b * gamma_stride.
  */
@@ -184,7 +193,7 @@ static void vl_filter_row_grad(const float *restrict row, const float *restrict 
 
 /*
  * Backward of vl_open_window: from the gradients of fx, fy (same layouts, own strides) and of
- * log gamma (grad_log_gamma[b], or NULL for none), write the gradients of the 5 raw parameters to
+ * log gamma (grad_log_gamma[b], or NULL for none), write the gradients of the VL_WINDOW_PARAMS raw parameters to
  * out + b * out_stride.
  */
 void vl_window_grad(const float *params, long params_stride, long batch, long n, long width, long height,
@@ -207,11 +216,12 @@ void vl_window_grad(const float *params, long params_stride, long batch, long n,
             spread += second_x + second_y;
         }
         float *o = out + b * out_stride;
-        o[0] = 0.5f * (float)(width + 1) * w.precision * mean_x_grad;
-        o[1] = 0.5f * (float)(height + 1) * w.precision * mean_y_grad;
-        o[2] = w.variance >= 1e-12f ? 0.5f * w.precision * w.precision * spread * w.variance : 0.0f;
-        o[3] = w.precision * stride_grad * w.stride;
-        o[4] = grad_log_gamma != NULL ? grad_log_gamma[b] : 0.0f;
+        o[VL_CENTER_X] = 0.5f * (float)(width + 1) * w.precision * mean_x_grad;
+        o[VL_CENTER_Y] = 0.5f * (float)(height + 1) * w.precision * mean_y_grad;
+        o[VL_LOG_VARIANCE] =
+            w.variance >= VL_VARIANCE_FLOOR ? 0.5f * w.precision * w.precision * spread * w.variance : 0.0f;
+        o[VL_LOG_STRIDE] = w.precision * stride_grad * w.stride;
+        o[VL_LOG_GAMMA] = grad_log_gamma != NULL ? grad_log_gamma[b] : 0.0f;
     }
 }
 

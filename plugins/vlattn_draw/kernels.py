@@ -1,8 +1,8 @@
-"""Python side of DRAW's native float32 kernels (``kernels.c``): tensor arguments in, results in place.
+"""Python binding of DRAW's native float32 kernels (``kernels.c``): tensor arguments in, results in place.
 
-:func:`kernels` returns the loaded kernels, or ``None`` where there are none (no C compiler,
-``VLATTN_NATIVE=0``, a failed build: :mod:`vlattn.native`); :mod:`vlattn_draw.fused` then runs its
-PyTorch code, which computes the same values. Every tensor passed must be float32 on the CPU with
+:func:`load` returns the loaded kernels, or ``None`` where there are none (no C compiler,
+``VLATTN_NATIVE=0``, a failed build: :mod:`vlattn.native_build`); :mod:`vlattn_draw.fused` then runs
+its PyTorch code, which computes the same values. Every tensor passed must be float32 on the CPU with
 contiguous rows; the stride between batch rows is read from each tensor.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from vlattn.native import load_library
+from vlattn.native_build import load_library
+from vlattn_draw.filterbank import VARIANCE_FLOOR, WINDOW_PARAMS
 
-__all__ = ["DrawKernels", "kernels"]
+__all__ = ["DrawKernels", "load"]
 
 _P, _L = ctypes.c_void_p, ctypes.c_long
 _SIGNATURES = {
@@ -46,6 +47,10 @@ class DrawKernels:
             function = getattr(library, name)
             function.argtypes, function.restype = argtypes, None
         self._library = library
+        self.window_params = ctypes.c_long.in_dll(library, "vl_window_params").value
+        self.variance_floor = ctypes.c_float.in_dll(library, "vl_variance_floor").value
+        if self.window_params != WINDOW_PARAMS or self.variance_floor != torch.tensor(VARIANCE_FLOOR).item():
+            raise RuntimeError("kernels.c disagrees with vlattn_draw.filterbank on the window's constants")
 
     def lstm_forward(
         self, gates: torch.Tensor, extra: torch.Tensor | None, cell: torch.Tensor, new_cell: torch.Tensor,
@@ -83,7 +88,7 @@ class DrawKernels:
     def open_window(
         self, params: torch.Tensor, width: int, height: int, fx: torch.Tensor, fy: torch.Tensor, gamma: torch.Tensor
     ) -> None:
-        """Filterbanks ``fx [Bt, N, W]``, ``fy [Bt, N, H]`` and ``gamma [Bt]`` of raw ``params [Bt, 5]``."""
+        """Filterbanks ``fx [Bt, N, W]``, ``fy [Bt, N, H]`` and ``gamma [Bt]`` of raw ``params [Bt, WINDOW_PARAMS]``."""
         batch, grid = fx.shape[:2]
         self._library.vl_open_window(
             params.data_ptr(), _stride(params), batch, grid, width, height, fx.data_ptr(), _stride(fx),
@@ -94,7 +99,7 @@ class DrawKernels:
         self, params: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, grad_fx: torch.Tensor, grad_fy: torch.Tensor,
         grad_log_gamma: torch.Tensor | None, out: torch.Tensor,
     ) -> None:
-        """Gradient ``out [Bt, 5]`` of the raw parameters from those of ``fx``, ``fy`` and ``log gamma``."""
+        """Gradient ``out [Bt, WINDOW_PARAMS]`` of the raw parameters from those of ``fx``, ``fy`` and ``log gamma``."""
         batch, grid, width = fx.shape
         self._library.vl_window_grad(
             params.data_ptr(), _stride(params), batch, grid, width, fy.shape[2], fx.data_ptr(), _stride(fx),
@@ -161,7 +166,7 @@ class DrawKernels:
 
 
 @cache
-def kernels() -> DrawKernels | None:
+def load() -> DrawKernels | None:
     """The native kernels, compiled on first use; ``None`` where they are unavailable."""
     library = load_library(Path(__file__).with_name("kernels.c"))
     return None if library is None else DrawKernels(library)

@@ -28,10 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlattn_draw.filterbank import Glimpse, filterbank, glimpse_from_params, read_glimpse, write_patch
-from vlattn_draw.fused import fused_forward
-
-LOG_2PI = math.log(2 * math.pi)
+from vlattn_draw.filterbank import WINDOW_PARAMS, Glimpse, filterbank, glimpse_from_params, read_glimpse, write_patch
+from vlattn_draw.fused import DrawPass, PassLayout, PassWeights, fused_forward
 
 
 @dataclass(frozen=True)
@@ -135,29 +133,28 @@ class Draw(nn.Module):
         self.shape = shape
         self.fused_backward = True
         self.native_kernels = True  # the fused pass's native float32 kernels, where available
-        s = shape
-        self.write_params = 5 if s.write_attention else 0
-        self.read_params = 5 if s.read_attention else 0
+        self.write_params = WINDOW_PARAMS if shape.write_attention else 0
+        self.read_params = WINDOW_PARAMS if shape.read_attention else 0
         # Every map from h_dec_t, as ONE matrix product: [write patch | write window | read window
         # of step t+1 | encoder gates of step t+1 | decoder gates of step t+1].
         self.dec_sizes = [
-            s.write_size, self.write_params, self.read_params, 4 * s.enc_size, 4 * s.dec_size
+            shape.write_size, self.write_params, self.read_params, 4 * shape.enc_size, 4 * shape.dec_size
         ]
-        self.dec_out = nn.Linear(s.dec_size, sum(self.dec_sizes))
+        self.dec_out = nn.Linear(shape.dec_size, sum(self.dec_sizes))
         # Every map from h_enc_t: [mu_t | log sigma_t | encoder gates of step t+1].
-        self.enc_sizes = [s.z_size, s.z_size, 4 * s.enc_size]
-        self.enc_out = nn.Linear(s.enc_size, sum(self.enc_sizes))
-        self.enc_in = nn.Linear(s.read_size, 4 * s.enc_size, bias=False)
-        self.dec_in = nn.Linear(s.z_size, 4 * s.dec_size, bias=False)
-        self.canvas0 = nn.Parameter(torch.zeros(s.channels, s.height, s.width))
-        self.h_enc0 = nn.Parameter(torch.zeros(s.enc_size))
-        self.h_dec0 = nn.Parameter(torch.zeros(s.dec_size))
+        self.enc_sizes = [shape.z_size, shape.z_size, 4 * shape.enc_size]
+        self.enc_out = nn.Linear(shape.enc_size, sum(self.enc_sizes))
+        self.enc_in = nn.Linear(shape.read_size, 4 * shape.enc_size, bias=False)
+        self.dec_in = nn.Linear(shape.z_size, 4 * shape.dec_size, bias=False)
+        self.canvas0 = nn.Parameter(torch.zeros(shape.channels, shape.height, shape.width))
+        self.h_enc0 = nn.Parameter(torch.zeros(shape.enc_size))
+        self.h_dec0 = nn.Parameter(torch.zeros(shape.dec_size))
         with torch.no_grad():  # an untrained model leaves the canvas blank: NLL = |x| ln 2 on binary x
-            self.dec_out.weight[: s.write_size].zero_()
-            self.dec_out.bias[: s.write_size].zero_()
-        self._init_window(s.write_size, s.write_n, enabled=s.write_attention, stride_scale=1.0, write=True)
+            self.dec_out.weight[: shape.write_size].zero_()
+            self.dec_out.bias[: shape.write_size].zero_()
+        self._init_window(shape.write_size, shape.write_n, enabled=shape.write_attention, stride_scale=1.0, write=True)
         self._init_window(
-            s.write_size + self.write_params, s.read_n, enabled=s.read_attention, stride_scale=0.5
+            shape.write_size + self.write_params, shape.read_n, enabled=shape.read_attention, stride_scale=0.5
         )
 
     def _init_window(self, start: int, grid: int, *, enabled: bool, stride_scale: float, write: bool = False) -> None:
@@ -168,16 +165,16 @@ class Draw(nn.Module):
         corner pixels, which are blank in MNIST: the encoder would see nothing of ``x`` and the
         posterior collapses onto the prior. A write spreads each patch value over about
         ``stride^2`` pixels (rows of F sum to 1), so ``1 / gamma`` starts at ``stride^2`` to give
-        writes unit gain. Only the initial biases change; the formulas are the paper's.
+        writes unit gain. Only the initial biases change; the formulas are the paper'shape.
         """
         if not enabled:
             return
-        s = self.shape
-        extent = max(s.width, s.height) - 1
+        shape = self.shape
+        extent = max(shape.width, shape.height) - 1
         stride = extent / max(grid - 1, 1) * stride_scale
         sigma = max(stride / 2, 1.0) if grid > 1 else extent / 4
         with torch.no_grad():
-            bias = self.dec_out.bias[start : start + 5]
+            bias = self.dec_out.bias[start : start + WINDOW_PARAMS]
             bias[2] = 2 * math.log(sigma)  # log sigma^2
             bias[3] = math.log(stride_scale)  # log delta~
             if write:
@@ -191,21 +188,21 @@ class Draw(nn.Module):
     def _read(
         self, x: torch.Tensor, x_hat: torch.Tensor, read_win: torch.Tensor
     ) -> tuple[torch.Tensor, Glimpse | None]:
-        s = self.shape
-        both = torch.cat([x, x_hat], dim=1)  # [Bt, 2C, H, W]
-        if not s.read_attention:
-            return both.flatten(1), None
-        glimpse = glimpse_from_params(read_win, s.width, s.height, s.read_n)
-        fx, fy = filterbank(glimpse, s.width, s.height, s.read_n)
-        return read_glimpse(both, fx, fy, glimpse.intensity).flatten(1), glimpse
+        shape = self.shape
+        x_and_x_hat = torch.cat([x, x_hat], dim=1)  # [Bt, 2C, H, W]
+        if not shape.read_attention:
+            return x_and_x_hat.flatten(1), None
+        glimpse = glimpse_from_params(read_win, shape.width, shape.height, shape.read_n)
+        fx, fy = filterbank(glimpse, shape.width, shape.height, shape.read_n)
+        return read_glimpse(x_and_x_hat, fx, fy, glimpse.intensity).flatten(1), glimpse
 
     def _write(self, write: torch.Tensor, write_win: torch.Tensor) -> tuple[torch.Tensor, Glimpse | None]:
-        s = self.shape
-        if not s.write_attention:
-            return write.view(-1, s.channels, s.height, s.width), None
-        glimpse = glimpse_from_params(write_win, s.width, s.height, s.write_n)
-        fx, fy = filterbank(glimpse, s.width, s.height, s.write_n)
-        patch = write.view(-1, s.channels, s.write_n, s.write_n)
+        shape = self.shape
+        if not shape.write_attention:
+            return write.view(-1, shape.channels, shape.height, shape.width), None
+        glimpse = glimpse_from_params(write_win, shape.width, shape.height, shape.write_n)
+        fx, fy = filterbank(glimpse, shape.width, shape.height, shape.write_n)
+        patch = write.view(-1, shape.channels, shape.write_n, shape.write_n)
         return write_patch(patch, fx, fy, glimpse.intensity), glimpse
 
     def _initial_dec(self, batch: int) -> tuple[torch.Tensor, ...]:
@@ -236,24 +233,24 @@ class Draw(nn.Module):
         When gradients are needed (and no ``trace`` or other ``steps`` is asked for), the pass
         runs with the hand-written backward of :mod:`vlattn_draw.fused` unless
         ``self.fused_backward`` is ``False``; both give the same values and gradients. That pass
-        uses native kernels (:mod:`vlattn_draw.native`) for float32 on the CPU where they are
+        uses native kernels (:mod:`vlattn_draw.kernels`) for float32 on the CPU where they are
         available, unless ``self.native_kernels`` is ``False``.
         """
-        s = self.shape
+        shape = self.shape
         batch = x.shape[0]
         if self._use_fused(x, trace, steps):
             if noise is None:
-                noise = torch.randn(s.steps, batch, s.z_size, dtype=x.dtype, device=x.device)
-            return DrawOutput(*fused_forward(self, x, noise))
+                noise = torch.randn(shape.steps, batch, shape.z_size, dtype=x.dtype, device=x.device)
+            return DrawOutput(*fused_forward(self._fused_pass(), x, noise))
         canvas = self.canvas0.expand(batch, -1, -1, -1)
-        c_enc = x.new_zeros(batch, s.enc_size)
-        c_dec = x.new_zeros(batch, s.dec_size)
+        c_enc = x.new_zeros(batch, shape.enc_size)
+        c_dec = x.new_zeros(batch, shape.dec_size)
         _, _, read_win, enc_from_dec, dec_from_hidden = self._initial_dec(batch)
-        enc_from_hidden = self.enc_out(self.h_enc0.unsqueeze(0))[:, 2 * s.z_size :].expand(batch, -1)
+        enc_from_hidden = self.enc_out(self.h_enc0.unsqueeze(0))[:, 2 * shape.z_size :].expand(batch, -1)
         enc_weight, dec_weight = self.enc_in.weight.t(), self.dec_in.weight.t()
         kl = x.new_zeros(batch)
         log_ratio = x.new_zeros(batch)
-        for t in range(s.steps if steps is None else steps):
+        for t in range(shape.steps if steps is None else steps):
             x_hat = x - torch.sigmoid(canvas)
             r, read_glimpse_t = self._read(x, x_hat, read_win)
             h_enc, c_enc = lstm_step(torch.addmm(enc_from_dec + enc_from_hidden, r, enc_weight), c_enc)
@@ -268,9 +265,25 @@ class Draw(nn.Module):
             delta, write_glimpse_t = self._write(write, write_win)
             canvas = canvas + delta
             if trace is not None:
-                _record(trace, canvas, read_glimpse_t, write_glimpse_t, s)
+                _record(trace, canvas, read_glimpse_t, write_glimpse_t, shape)
         reconstruction = self.neg_log_likelihood(canvas, x)
         return DrawOutput(reconstruction, kl, log_ratio, canvas)
+
+    def _fused_pass(self) -> DrawPass:
+        """This network as :func:`vlattn_draw.fused.fused_forward` takes it: sizes and parameters."""
+        shape = self.shape
+        layout = PassLayout(
+            channels=shape.channels, height=shape.height, width=shape.width, steps=shape.steps,
+            read_attention=shape.read_attention, write_attention=shape.write_attention, read_n=shape.read_n,
+            write_n=shape.write_n, enc_size=shape.enc_size, dec_size=shape.dec_size, z_size=shape.z_size,
+            likelihood=shape.likelihood, dec_sizes=tuple(self.dec_sizes), enc_sizes=tuple(self.enc_sizes),
+        )
+        weights = PassWeights(
+            dec_weight=self.dec_out.weight, dec_bias=self.dec_out.bias, enc_weight=self.enc_out.weight,
+            enc_bias=self.enc_out.bias, read_weight=self.enc_in.weight, z_weight=self.dec_in.weight,
+            canvas0=self.canvas0, h_enc0=self.h_enc0, h_dec0=self.h_dec0,
+        )
+        return DrawPass(layout, weights, self.neg_log_likelihood, self.native_kernels)
 
     def _use_fused(self, x: torch.Tensor, trace: DrawTrace | None, steps: int | None) -> bool:
         """Whether :meth:`forward` takes the hand-written backward: a plain differentiable pass
@@ -292,29 +305,31 @@ class Draw(nn.Module):
         self, num: int, steps: int | None = None, generator: torch.Generator | None = None
     ) -> DrawTrace:
         """Sample ``num`` images from the prior, drawing for ``steps`` steps (default T)."""
-        s = self.shape
-        steps = s.steps if steps is None else steps
+        shape = self.shape
+        steps = shape.steps if steps is None else steps
         device = self.h_dec0.device
         canvas = self.canvas0.expand(num, -1, -1, -1)
-        c_dec = torch.zeros(num, s.dec_size, device=device)
+        c_dec = torch.zeros(num, shape.dec_size, device=device)
         dec_from_hidden = self._initial_dec(num)[-1]
         trace = DrawTrace()
         for _ in range(steps):
-            z = torch.randn(num, s.z_size, generator=generator, device=device)
+            z = torch.randn(num, shape.z_size, generator=generator, device=device)
             h_dec, c_dec = lstm_step(torch.addmm(dec_from_hidden, z, self.dec_in.weight.t()), c_dec)
             write, write_win, _, _, dec_from_hidden = self._split_dec(h_dec)
             delta, glimpse = self._write(write, write_win)
             canvas = canvas + delta
-            _record(trace, canvas, None, glimpse, s)
+            _record(trace, canvas, None, glimpse, shape)
         return trace
 
 
-def _record(trace: DrawTrace, canvas: torch.Tensor, read: Glimpse | None, write: Glimpse | None, s: DrawShape) -> None:
+def _record(
+    trace: DrawTrace, canvas: torch.Tensor, read: Glimpse | None, write: Glimpse | None, shape: DrawShape
+) -> None:
     trace.canvases.append(torch.sigmoid(canvas).detach())
     if read is not None:
-        trace.read_boxes.append(read.box(s.read_n).detach())
+        trace.read_boxes.append(read.box(shape.read_n).detach())
     if write is not None:
-        trace.write_boxes.append(write.box(s.write_n).detach())
+        trace.write_boxes.append(write.box(shape.write_n).detach())
 
 
 def importance_weighted_nll(model: Draw, x: torch.Tensor, samples: int, chunk: int = 0) -> torch.Tensor:
