@@ -3,10 +3,14 @@
 Prints one JSON object per line:
 
 * ``{"bench": "mechanism", ...}``: every registered built-in mechanism at one size.
-* ``{"bench": "multihead_vs_torch", ..., "ratio_vs_torch": r}``: our ``multihead`` against
-  ``torch.nn.MultiheadAttention`` with the same weights, timed alternately in one run at
-  B=32, T=128, E=256, 8 heads, with a padding mask (both without returned weights, training
-  mode). ``r`` is our median time divided by PyTorch's.
+* ``{"bench": "multihead_vs_torch", ..., "speedup": x}``: our ``multihead`` against
+  ``torch.nn.MultiheadAttention`` with the same weights on one workload: self-attention,
+  B=32, T=128, E=256, 8 heads, training mode, dropout 0, a key padding mask (lengths uniform in
+  64..128), ``out.backward(grad_out)`` with a fixed upstream gradient, the gradients of the
+  weights and of the input reset before every call. One record per ``need_weights`` (True is
+  PyTorch's default: head-averaged weights are returned) and per thread count (1 and 2). The
+  two run call by call in alternation in this one process after 5 warm-up calls each;
+  ``speedup`` is the median over the pairs of PyTorch's time divided by ours (> 1: ours faster).
 * ``{"bench": "length_scaling", ...}``: ``local-p`` (window D=10) against global attention
   with the same ``general`` score, for a query sequence as long as the source, S = 128 .. 4096.
   ``saved_mb`` is the memory autograd keeps for the backward pass (tensors saved by the
@@ -14,18 +18,21 @@ Prints one JSON object per line:
 
 Usage::
 
-    python scripts/bench_attention.py --quick            # about a minute on one CPU thread
+    python scripts/bench_attention.py --quick            # a few minutes on two CPU cores
+    python scripts/bench_attention.py --only multihead   # ours vs nn.MultiheadAttention at 1 and 2 threads
     python scripts/bench_attention.py --threads 4 --device cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,39 +113,114 @@ def bench_mechanisms(device: torch.device, quick: bool) -> None:
         )
 
 
-def bench_multihead_vs_torch(device: torch.device, quick: bool) -> None:
-    batch, length, embed, heads = 32, 128, 256, 8
+def multihead_workload(device: torch.device) -> dict[str, torch.Tensor]:
+    """Inputs of the multi-head comparison: ``x``, ``grad_out`` ``[32, 128, 256]`` and the
+    padding ``[32, 128]`` (True = pad; lengths uniform in 64..128, the first one full)."""
+    batch, length, embed = 32, 128, 256
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, length, embed, generator=gen)
+    lengths = torch.randint(length // 2, length + 1, (batch,), generator=gen)
+    lengths[0] = length
+    padding = torch.arange(length)[None, :] >= lengths[:, None]
+    grad_out = torch.randn(batch, length, embed, generator=gen)
+    return {"x": x.to(device), "padding": padding.to(device), "grad_out": grad_out.to(device)}
+
+
+@dataclass
+class MultiheadPair:
+    """Ours and ``nn.MultiheadAttention`` with the same weights, each with its own input leaf."""
+
+    ours: MultiHeadAttention
+    theirs: torch.nn.MultiheadAttention
+    x_ours: torch.Tensor
+    x_theirs: torch.Tensor
+    padding: torch.Tensor
+    grad_out: torch.Tensor
+    need_weights: bool
+
+    def ours_step(self) -> None:
+        """Reset the gradients, forward, ``out.backward(grad_out)``."""
+        self.ours.zero_grad(set_to_none=True)
+        self.x_ours.grad = None
+        self.ours(self.x_ours, self.x_ours, mask=~self.padding)[0].backward(self.grad_out)
+
+    def theirs_step(self) -> None:
+        """The same for PyTorch's module."""
+        self.theirs.zero_grad(set_to_none=True)
+        self.x_theirs.grad = None
+        x = self.x_theirs
+        out = self.theirs(x, x, x, key_padding_mask=self.padding, need_weights=self.need_weights)[0]
+        out.backward(self.grad_out)
+
+
+def multihead_pair(device: torch.device, need_weights: bool) -> MultiheadPair:
+    """The two modules (E=256, 8 heads, training mode, dropout 0) on :func:`multihead_workload`."""
+    embed, heads = 256, 8
     torch.manual_seed(0)
-    ours = MultiHeadAttention(embed, embed, num_heads=heads, need_weights=False).to(device)
-    theirs = torch.nn.MultiheadAttention(embed, heads, batch_first=True).to(device)
+    ours = MultiHeadAttention(embed, embed, num_heads=heads, need_weights=need_weights, dropout=0.0)
+    theirs = torch.nn.MultiheadAttention(embed, heads, batch_first=True)
     theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(batch, length, embed, device=device, requires_grad=True)
-    mask = padding_mask(batch, length, device)
-    ours_step = forward_backward(ours, x, x, mask=mask)
-    theirs_step = forward_backward(theirs, x, x, x, key_padding_mask=~mask, need_weights=False)
-    for _ in range(2):
-        ours_step()
-        theirs_step()
-    ours_times, theirs_times = [], []
-    for i in range(7 if quick else 30):  # alternate the order so neither always goes first
-        pair = [(ours_step, ours_times), (theirs_step, theirs_times)]
-        for step, times in pair if i % 2 == 0 else pair[::-1]:
-            times.append(step_time(step, device))
-    ours_ms = 1000 * statistics.median(ours_times)
-    theirs_ms = 1000 * statistics.median(theirs_times)
-    emit(
-        {
-            "bench": "multihead_vs_torch",
-            "device": device.type,
-            "B": batch,
-            "T": length,
-            "E": embed,
-            "heads": heads,
-            "ours_ms": round(ours_ms, 3),
-            "torch_ms": round(theirs_ms, 3),
-            "ratio_vs_torch": round(ours_ms / theirs_ms, 3),
-        }
+    inputs = multihead_workload(device)
+    x_ours, x_theirs = (inputs["x"].clone().requires_grad_() for _ in range(2))
+    return MultiheadPair(
+        ours.to(device).train(),
+        theirs.to(device).train(),
+        x_ours,
+        x_theirs,
+        inputs["padding"],
+        inputs["grad_out"],
+        need_weights,
     )
+
+
+def interleaved_times(
+    first: Callable[[], None], second: Callable[[], None], device: torch.device, reps: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of each, timed call by call in alternation (order swapped every pair,
+    garbage collection paused)."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(reps):
+            order = [(first, times[0]), (second, times[1])]
+            for step, out in order if i % 2 == 0 else order[::-1]:
+                out.append(step_time(step, device))
+    finally:
+        gc.enable()
+    return times
+
+
+def bench_multihead_vs_torch(device: torch.device, quick: bool, threads: list[int]) -> None:
+    before = torch.get_num_threads()
+    try:
+        for count in threads:
+            torch.set_num_threads(count)
+            for need_weights in (True, False):
+                pair = multihead_pair(device, need_weights)
+                reps = 10 if quick else 30
+                ours, theirs = interleaved_times(pair.ours_step, pair.theirs_step, device, reps=reps, warmup=5)
+                emit(
+                    {
+                        "bench": "multihead_vs_torch",
+                        "device": device.type,
+                        "threads": torch.get_num_threads(),
+                        "need_weights": need_weights,
+                        "B": 32,
+                        "T": 128,
+                        "E": 256,
+                        "heads": 8,
+                        "ours_ms": round(1000 * statistics.median(ours), 3),
+                        "torch_ms": round(1000 * statistics.median(theirs), 3),
+                        "speedup": round(statistics.median(t / o for t, o in zip(theirs, ours, strict=True)), 3),
+                        "pairs": len(ours),
+                    }
+                )
+    finally:
+        torch.set_num_threads(before)
 
 
 def saved_for_backward_mb(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[float, torch.Tensor]:
@@ -199,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument(
+        "--multihead-threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        metavar="N",
+        help="CPU thread counts of the multi-head comparison (default 1 2)",
+    )
+    parser.add_argument(
         "--only",
         choices=["mechanisms", "multihead", "scaling"],
         action="append",
@@ -207,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if min(args.multihead_threads) < 1:
+        parser.error("--multihead-threads must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_attention: error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
@@ -226,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for device in devices:
         if "multihead" in parts:
-            bench_multihead_vs_torch(device, args.quick)
+            bench_multihead_vs_torch(device, args.quick, args.multihead_threads)
         if "mechanisms" in parts:
             bench_mechanisms(device, args.quick)
         if "scaling" in parts:
