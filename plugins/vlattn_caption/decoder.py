@@ -303,24 +303,27 @@ class ShowAttendTellDecoder(nn.Module):
             and attention.gate is None
             and not (scheduled_sampling > 0 and self.training)
         )
-        if hoisted:
-            out = self._forward_hoisted(annotations, captions, active, steps)
-        else:
-            out = self._forward_steps(annotations, captions, active, steps, scheduled_sampling)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(batch, device=order.device)
         step_mask = torch.arange(steps, device=lengths.device)[None, :] < (lengths - 1)[:, None]
+        if hoisted:  # already in the batch's order
+            out = self._forward_hoisted(annotations, captions, active, steps, order)
+        else:
+            out = self._forward_steps(annotations, captions, active, steps, scheduled_sampling)
+            out.logits, out.weights, out.alpha = out.logits[inverse], out.weights[inverse], out.alpha[inverse]
         return DecoderOutput(
-            logits=out.logits[inverse],
-            weights=out.weights[inverse],
+            logits=out.logits,
+            weights=out.weights,
             step_mask=step_mask,
-            alpha=out.alpha[inverse],
+            alpha=out.alpha,
             annotation_mean=annotations.detach().mean(dim=1)[inverse],
             log_prob=None if out.log_prob is None else out.log_prob[inverse],
             entropy=None if out.entropy is None else out.entropy[inverse],
         )
 
-    def _forward_hoisted(self, annotations: Tensor, captions: Tensor, active: list[int], steps: int) -> DecoderOutput:
+    def _forward_hoisted(
+        self, annotations: Tensor, captions: Tensor, active: list[int], steps: int, order: Tensor
+    ) -> DecoderOutput:
         """Teacher-forced soft-attention pass on a length-sorted batch, with everything that does
         not depend on the previous state taken out of the word loop.
 
@@ -331,7 +334,9 @@ class ShowAttendTellDecoder(nn.Module):
         share of the gates. After the loop: the deep output and the word scores of every real
         step in one product each. Same function as the step loop, up to float rounding.
 
-        Returns a :class:`DecoderOutput` in sorted order, ``step_mask``/``annotation_mean`` unset.
+        ``order [B]``: the batch row of each sorted row. Returns ``logits``, ``weights`` and
+        ``alpha`` in the batch's order (written there directly); ``step_mask``/``annotation_mean``
+        unset.
         """
         attention = self.attention
         assert isinstance(attention, SoftSpatialAttention)
@@ -366,12 +371,12 @@ class ShowAttendTellDecoder(nn.Module):
             alphas.append(alpha)
         rows = torch.cat([torch.arange(n, device=emb.device) for n in counts if n])  # token-major
         times = torch.cat([torch.full((n,), t, device=emb.device) for t, n in enumerate(counts) if n])
-        flat = rows * steps + times
-        token_emb = emb.reshape(batch * steps, -1).index_select(0, flat)
+        token_emb = emb.reshape(batch * steps, -1).index_select(0, rows * steps + times)
         deep = torch.tanh(token_emb + self.out_h(torch.cat(states)) + self.out_z(torch.cat(contexts)))
         token_logits = self.out(self.dropout(deep))  # [tokens, V]
-        logits = token_logits.new_zeros(batch * steps, self.vocab_size).index_copy(0, flat, token_logits)
-        weights = annotations.new_zeros(batch * steps, locations).index_copy(0, flat, torch.cat(alphas))
+        flat = order[rows] * steps + times  # where each token goes in the (unsorted) batch
+        logits = token_logits.new_zeros(batch * steps, self.vocab_size).index_copy_(0, flat, token_logits)
+        weights = annotations.new_zeros(batch * steps, locations).index_copy_(0, flat, torch.cat(alphas))
         logits, weights = logits.view(batch, steps, -1), weights.view(batch, steps, locations)
         return DecoderOutput(logits, weights, weights, weights, weights)
 

@@ -124,7 +124,9 @@ class CaptionModel(nn.Module):
         """
         targets = captions[:, 1 : out.logits.shape[1] + 1]
         mask = out.step_mask
-        token_nll = F.cross_entropy(out.logits.transpose(1, 2), targets, reduction="none") * mask
+        logits = out.logits
+        token_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        token_nll = token_nll.view(targets.shape) * mask
         tokens = int(mask.sum())
         nll = token_nll.sum() / max(tokens, 1)
         coverage = out.alpha.sum(dim=1)  # [B, L]; alpha is 0 on padding steps
@@ -197,4 +199,3 @@ def reinforce_gradient_ratios(model: CaptionModel, parts: LossParts) -> dict[str
     score = gradient_norms(model, parts.score)
     likelihood = gradient_norms(model, parts.likelihood)
     return {f"grad_ratio_{k}": score[k] / likelihood[k] if likelihood[k] > 0 else 0.0 for k in MODULE_GROUPS}
-
