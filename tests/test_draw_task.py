@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vlattn_draw.data import DataError, TensorImages, load_binarized_mnist
+from vlattn_draw.data import DrawDataError, TensorImages, load_binarized_mnist
 from vlattn_draw.task import DrawConfig, DrawEvalOptions, DrawTask
 
 from vlattn.checkpoint import load_model, save_model
@@ -89,13 +89,13 @@ def test_eval_data_reads_a_folder_at_the_models_size(folder: Path) -> None:
 
 
 def test_missing_data_gives_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DrawDataError, match="not found"):
         load_binarized_mnist(tmp_path / "nope.npz", "train")
     (tmp_path / "bad.npz").write_text("not a zip")
-    with pytest.raises(DataError, match="not a readable"):
+    with pytest.raises(DrawDataError, match="not a readable"):
         load_binarized_mnist(tmp_path / "bad.npz", "train")
     task = DrawTask(from_mapping(DrawConfig, {"data": "folder", "data_path": str(tmp_path / "empty")}))
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DrawDataError, match="not found"):
         task.setup_data()
 
 

@@ -27,9 +27,6 @@ class DrawDataError(VlattnError):
     """DRAW training or evaluation data that cannot be found or read."""
 
 
-DataError = DrawDataError  # the former name, kept for code that imports it
-
-
 def shared_data_candidates() -> list[Path]:
     """Where the shared data folder is looked for: ``$VLATTN_DATA``, ``./../shared/data`` and the
     ``shared/data`` folder beside a source checkout of this package."""

@@ -109,7 +109,7 @@ class DrawTask(Task):
         if c.data in ("mnist", "fashion_mnist"):
             return draw_data.load_torchvision(c.data, self._torchvision_root(), split == "train", binarize)
         if not c.data_path:
-            raise draw_data.DataError("data=folder needs --data-path FOLDER")
+            raise draw_data.DrawDataError("data=folder needs --data-path FOLDER")
         train, val = draw_data.split_files(draw_data.list_images(c.data_path), c.val_fraction, seed=0)
         files = train if split == "train" else val
         return draw_data.load_folder(files, c.image_size, c.rgb, binarize)
@@ -175,9 +175,9 @@ class DrawTask(Task):
         options = options if options is not None else self.EvalOptions()
         iw, chunk = int(options.iw_samples), int(options.iw_chunk)
         if iw < 0:
-            raise draw_data.DataError("--iw-samples must be >= 0")
+            raise draw_data.DrawDataError("--iw-samples must be >= 0")
         if chunk < 0:
-            raise draw_data.DataError("--iw-chunk must be >= 0")
+            raise draw_data.DrawDataError("--iw-chunk must be >= 0")
         totals = {"reconstruction": 0.0, "kl": 0.0, "iw_nll": 0.0}
         count = 0
         for batch in batches:
@@ -189,7 +189,7 @@ class DrawTask(Task):
                 totals["iw_nll"] += float(importance_weighted_nll(model, batch, iw, per_pass).sum())
             count += batch.shape[0]
         if count == 0:
-            raise draw_data.DataError("the evaluation set is empty")
+            raise draw_data.DrawDataError("the evaluation set is empty")
         metrics = {
             "nll_bound": (totals["reconstruction"] + totals["kl"]) / count,
             "reconstruction": totals["reconstruction"] / count,
