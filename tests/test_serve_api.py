@@ -316,3 +316,19 @@ def test_without_the_serve_extra_the_command_says_what_to_install() -> None:
         "vlattn: error: vlattn serve needs the 'serve' extra: pip install 'vlattn[serve]' "
         "(starlette, uvicorn, python-multipart)"
     )
+
+
+def test_missing_bundled_models_answer_503_saying_how_to_pass_one(tmp_path: Path, monkeypatch: Any) -> None:
+    import vlattn_caption.bundled as caption_bundled
+    import vlattn_draw.bundled as draw_bundled
+
+    from vlattn.model_files import BundledModels
+
+    for module in (caption_bundled, draw_bundled):
+        empty = BundledModels(tmp_path, module.BUNDLED.names, module.BUNDLED.default, module.BUNDLED.remedy)
+        monkeypatch.setattr(module, "BUNDLED", empty)
+    with TestClient(create_app()) as test:
+        assert_error(test.post("/api/draw", json={}), 503, "pass --model draw=PATH")
+        answer = test.post("/api/caption", json={"scene": 1})
+        assert_error(answer, 503, "pass --model caption=PATH")
+        assert "pass --model caption-hard=PATH" in answer.json()["error"]

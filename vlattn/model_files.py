@@ -75,10 +75,11 @@ class BundledModels:
         return ", ".join(shown)
 
 
-def bundled_missing_message(task: str, name: str, path: Path, remedy: str = "") -> str:
-    """The one form of every "bundled model missing" message."""
+def bundled_missing_message(task: str, name: str, path: Path, remedy: str = "", option: str = "--model PATH") -> str:
+    """The one form of every "bundled model missing" message; ``option`` is how the user passes
+    another model (``vlattn serve`` says ``--model SLOT=PATH``)."""
     how = f"{remedy} or " if remedy else ""
-    return f"the bundled {task} model {name!r} is missing ({path}); {how}pass --model PATH"
+    return f"the bundled {task} model {name!r} is missing ({path}); {how}pass {option}"
 
 
 def resolve_model_file(model: str | Path | None, *, task: str, bundled: BundledModels | None = None) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlattn.serve import ApiError, ApiInput, ApiRoute, ViewHandler, ViewSpec
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 SHOWN_SIZE = 256  # the picture sent back for display is at most this many pixels a side
 SCENE_SIZE = 64  # the bundled models' training scenes
 MODELS = {"soft": "caption", "hard": "caption-hard"}  # choice in the request -> model slot
-BUNDLED = {"caption": "synthetic-soft.safetensors", "caption-hard": "synthetic-hard.safetensors"}
+SLOT_MODELS = {"caption": "synthetic-soft", "caption-hard": "synthetic-hard"}  # slot -> bundled model name
 
 VIEW = ViewSpec(
     name="caption",
@@ -71,15 +70,23 @@ class CaptionView(ViewHandler):
     """Captions with the bundled soft and hard models, or the files given for their slots."""
 
     def load(self) -> None:
-        from vlattn_caption.predict import WEIGHTS_DIR, Captioner
+        from vlattn_caption.bundled import BUNDLED
+        from vlattn_caption.predict import Captioner
+        from vlattn_caption.task import CaptionTask
 
         self.captioners: dict[str, Captioner] = {}
-        for slot, bundled in BUNDLED.items():
-            path = self.model_path(slot) or WEIGHTS_DIR / bundled
-            if self.model_path(slot) or Path(path).is_file():
-                self.captioners[slot] = Captioner.load(path)
+        self.model_names: dict[str, str] = {}
+        missing: list[str] = []
+        for slot, name in SLOT_MODELS.items():
+            try:
+                path = self.model_file(slot, task=CaptionTask.name, bundled=BUNDLED, name=name)
+            except ApiError as exc:  # a missing bundled model: serve the other one
+                missing.append(str(exc))
+                continue
+            self.captioners[slot] = Captioner.load(path)
+            self.model_names[slot] = path.name
         if not self.captioners:
-            raise ApiError("no caption model: the bundled ones are missing; pass --model caption=PATH", 503)
+            raise ApiError("; ".join(missing), 503)
 
     def parse(self, request: ApiInput) -> CaptionRequest:
         """Validate the request and decode its image, or render the scene it asks for."""
@@ -126,7 +133,7 @@ class CaptionView(ViewHandler):
                     "grid": list(maps.shape[1:]),
                     "mechanism": mechanism,
                     "kind": "hard" if "hard" in mechanism else "soft",
-                    "model": Path(self.model_path(slot) or BUNDLED[slot]).name,
+                    "model": self.model_names[slot],
                     "image": png_data_url(requests[i].picture),
                     "scene": requests[i].scene,
                 }

@@ -64,13 +64,10 @@ class DrawView(ViewHandler):
 
     def load(self) -> None:
         from vlattn.checkpoint import load_model
-        from vlattn.model_files import resolve_model_file
-        from vlattn_draw.bundled import BUNDLED, BUNDLED_MODEL
+        from vlattn_draw.bundled import BUNDLED
         from vlattn_draw.task import DrawTask
 
-        if self.model_path("draw") is None and not BUNDLED_MODEL.is_file():
-            raise ApiError(f"the bundled DRAW model is missing; pass --model draw=PATH ({BUNDLED_MODEL.name})", 503)
-        path = resolve_model_file(self.model_path("draw"), task=DrawTask.name, bundled=BUNDLED)
+        path = self.model_file("draw", task=DrawTask.name, bundled=BUNDLED)
         self.model = load_model(path, expect_task=DrawTask.name).model.eval()
         self.name = path.name
 

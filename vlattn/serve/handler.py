@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image
 
+    from vlattn.model_files import BundledModels
+
 #: Status codes an :class:`ApiError` may carry.
 CLIENT_STATUSES = frozenset({400, 404, 413, 422, 503, 504})
 
@@ -219,3 +221,25 @@ class ViewHandler:
     def model_path(self, slot: str) -> str | None:
         """The path given for ``slot`` with ``--model``, or ``None`` for the bundled model."""
         return self.models.get(slot)
+
+    def model_file(self, slot: str, *, task: str, bundled: BundledModels, name: str | None = None) -> Path:
+        """The model file of ``slot``: the user's ``--model SLOT=PATH`` (a file, a run folder or a
+        bundled name), else the bundled model ``name`` (default: the plugin's default one), resolved
+        as every command resolves ``--model`` (:func:`vlattn.model_files.resolve_model_file`).
+
+        Raises:
+            ApiError: 503 when the bundled model is missing, saying how to pass another one.
+            ModelFileError: the given file is not a model of ``task``.
+        """
+        from vlattn.model_files import bundled_missing_message, resolve_model_file
+
+        given = self.model_path(slot)
+        if given is not None:
+            return resolve_model_file(given, task=task, bundled=bundled)
+        name = name or bundled.default
+        if name is None:
+            raise ApiError(f"no {task} model; pass --model {slot}=PATH", 503)
+        path = bundled.path(name)
+        if not path.is_file():
+            raise ApiError(bundled_missing_message(task, name, path, bundled.remedy, f"--model {slot}=PATH"), 503)
+        return resolve_model_file(path, task=task, bundled=bundled)
