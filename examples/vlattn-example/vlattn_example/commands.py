@@ -17,10 +17,10 @@ def find_marker_command(model: str, tokens: tuple[int, ...]) -> None:
     printing the probability and the attention weight of each token."""
     import torch
 
-    from vlattn.checkpoint import load_model, model_file
     from vlattn.errors import VlattnError
+    from vlattn.model_files import load_task_model
 
-    loaded = load_model(model_file(model), expect_task="find-marker")
+    loaded = load_task_model(model, task="find-marker")  # a model file or a run folder, its task checked
     vocab = loaded.task.config.vocab_size
     if max(tokens) >= vocab:
         raise VlattnError(f"token ids must be below the model's vocab_size {vocab}, got {max(tokens)}")
