@@ -33,6 +33,7 @@ from vlattn.attention import build_attention
 from vlattn.attention.additive import AdditiveAttention
 from vlattn.attention.spatial import HardSpatialAttention, SoftSpatialAttention
 from vlattn_caption.inference import PackedLinear, inference_weights
+from vlattn_caption.scoring import KeyGradient, WordScores
 
 #: Bytes of the attention buffer that :func:`_sigmoid_scores` fills at a time (fits a core's L2 cache).
 SCORE_BUFFER_BYTES = 1 << 21
@@ -306,7 +307,7 @@ class ShowAttendTellDecoder(nn.Module):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(batch, device=order.device)
         step_mask = torch.arange(steps, device=lengths.device)[None, :] < (lengths - 1)[:, None]
-        if hoisted:  # already in the batch's order
+        if hoisted and max(active, default=0) > 0:  # already in the batch's order
             out = self._forward_hoisted(annotations, captions, active, steps, order)
         else:
             out = self._forward_steps(annotations, captions, active, steps, scheduled_sampling)
@@ -345,32 +346,31 @@ class ShowAttendTellDecoder(nn.Module):
         gates_width = cell.weight_hh.shape[0]
         emb = self.embed(captions[:, :steps])  # [B, T, E]
         assert cell.bias_ih is not None and cell.bias_hh is not None
-        from_words = F.linear(emb, cell.weight_ih[:, :embed_dim], cell.bias_ih + cell.bias_hh)  # [B, T, 4H]
+        from_words = F.linear(emb, cell.weight_ih[:, :embed_dim], cell.bias_ih + cell.bias_hh).unbind(1)  # [B, 4H]
         context_to_gates = cell.weight_ih[:, embed_dim:]
         keys = attention.project_keys(annotations) * 2.0  # [B, L, A]
         v = attention.v.weight[0] * 2.0
         state_weight, state_bias = self._state_weights()
         h, c = self.init_state(annotations)
-        counts = [sum(1 for a in active if a > t) for t in range(steps)]
+        counts = [n for n in (sum(1 for a in active if a > t) for t in range(steps)) if n]
+        key_gradient = KeyGradient()
         states, contexts, alphas = [], [], []
         for t, n in enumerate(counts):
-            if n == 0:
-                break
             from_state = F.linear(h[:n], state_weight, state_bias)  # [n, 4H + A (+ 1)]
             query = from_state[:, gates_width : gates_width + attention.hidden_dim]
-            hidden = torch.add(keys[:n], query[:, None, :]).sigmoid_()  # [n, L, A]
-            alpha = attention.normalise(torch.matmul(hidden, v)[:, None, :], None).squeeze(1)  # [n, L]
+            scores = WordScores.apply(query, keys, v, key_gradient, t == 0, t == len(counts) - 1)  # [n, L]
+            alpha = attention.normalise(scores[:, None, :], None).squeeze(1)  # [n, L]
             context = torch.bmm(alpha[:, None, :], annotations[:n]).squeeze(1)  # [n, D]
             if self.gate is not None:
                 context = torch.sigmoid(from_state[:, -1:]) * context
             seen = self._drop_context(context)
-            gates = from_words[:n, t] + from_state[:, :gates_width] + F.linear(seen, context_to_gates)
+            gates = from_words[t][:n] + from_state[:, :gates_width] + F.linear(seen, context_to_gates)
             h, c = lstm_update(gates, c[:n])
             states.append(h)
             contexts.append(context)
             alphas.append(alpha)
-        rows = torch.cat([torch.arange(n, device=emb.device) for n in counts if n])  # token-major
-        times = torch.cat([torch.full((n,), t, device=emb.device) for t, n in enumerate(counts) if n])
+        rows = torch.cat([torch.arange(n, device=emb.device) for n in counts])  # token-major
+        times = torch.cat([torch.full((n,), t, device=emb.device) for t, n in enumerate(counts)])
         token_emb = emb.reshape(batch * steps, -1).index_select(0, rows * steps + times)
         deep = torch.tanh(token_emb + self.out_h(torch.cat(states)) + self.out_z(torch.cat(contexts)))
         token_logits = self.out(self.dropout(deep))  # [tokens, V]
