@@ -1,19 +1,23 @@
-"""Training throughput of DRAW on CPU (images/s), side by side with a reference implementation.
+"""Training throughput of DRAW on CPU (images/s), side by side with other implementations.
 
     OMP_NUM_THREADS=1 python scripts/bench_draw_throughput.py --threads 1
     OMP_NUM_THREADS=2 python scripts/bench_draw_throughput.py --threads 2
-    OMP_NUM_THREADS=1 python scripts/bench_draw_throughput.py --threads 1 \
-        --external /tmp/ref_draw/draw.py     # kamenbliznashki/generative_models draw.py
+    OMP_NUM_THREADS=1 python scripts/bench_draw_throughput.py --threads 1 --workload default \
+        --batch-size 64 --anchor-repo PATH   # PATH: a checkout of kamenbliznashki/generative_models
 
 ``vlattn`` is the model as it trains (its own backward, :mod:`vlattn_draw.fused`, with its native
 kernels where a C compiler is available: the script says whether they are on);
 ``--without-native`` adds the own backward with its PyTorch code instead (``vlattn-pytorch``) and
 ``--with-autograd`` the same model differentiated by autograd (``vlattn-autograd``).
 
-One training step = forward + loss + backward + gradient clipping + Adam update on a batch of
-binary 28x28 images, at the paper's configuration by default (T = 64, read 2x2, write 5x5,
-LSTM 256, z 100, batch 128). Steps of the implementations alternate, so all see the same
-machine load; the script prints the median images/s of each and the ratios.
+One training step = forward + loss + backward + gradient clipping (norm 10) + Adam update on a
+batch of binary 28x28 images, at the paper's configuration by default (T = 64, read 2x2, write
+5x5, LSTM 256, z 100, batch 128). ``--workload`` picks one of the public ``draw.py``'s settings
+instead: ``default`` (its argparse defaults: T = 32, no attention, i.e. the whole image is read
+and the whole canvas written), ``readme`` (T = 32, read 2x2, write 5x5) or ``paper`` (T = 64,
+read 2x2, write 5x5). The implementations' steps alternate, in the opposite order every other
+round, so all see the same machine load; the script prints the median images/s of each and, per
+implementation, the median over rounds of its step time divided by vlattn's (> 1: vlattn faster).
 
 ``reference`` is :class:`ReferenceDraw` below: the same model written the way the public PyTorch
 implementations write it (``nn.LSTMCell`` encoder and decoder, one ``nn.Linear`` per head,
@@ -22,9 +26,11 @@ filterbanks normalised by their sum, ``x`` and ``x_hat`` read separately, per-st
 same matrix sizes (:func:`copy_weights` gives it vlattn's weights and the same loss, which the
 tests check); only the code organisation differs.
 
-``--external`` takes the path of the ``draw.py`` of kamenbliznashki/generative_models (PyTorch,
-MIT licence), fetched by the user; this script only drives its ``DRAW`` module and ``loss_fn``
-and never ships its code.
+``--anchor-repo`` adds ``anchor``: the ``draw.py`` of kamenbliznashki/generative_models (PyTorch,
+MIT licence) from a checkout the user fetched, driven as its own training loop drives it (its
+``DRAW`` built from its own argparse parser with the workload's flags, its ``loss_fn``,
+Adam(lr, betas 0.5 / 0.999)). This script never ships its code; its training-only helpers
+(``utils``, and ``tqdm`` where it is not installed) are replaced by placeholders while it loads.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import statistics
 import sys
 import time
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,7 +205,7 @@ def vlattn_step(args: argparse.Namespace, *, fused: bool = True, native: bool = 
     ))
     model.fused_backward = fused
     model.native_kernels = native
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
 
     def step(x: torch.Tensor) -> None:
         out = model(x)
@@ -207,39 +214,115 @@ def vlattn_step(args: argparse.Namespace, *, fused: bool = True, native: bool = 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
+        loss.item()
 
     return step
 
 
-def external_step(path: Path, args: argparse.Namespace) -> Step:
-    """One training step of an external ``draw.py`` (its model and loss, same settings)."""
-    sys.modules.setdefault("utils", types.ModuleType("utils"))  # its helpers need tensorboardX; unused here
-    spec = importlib.util.spec_from_file_location("reference_draw", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    options = argparse.Namespace(
-        image_dims=(1, 28, 28), time_steps=args.steps, z_size=args.z, lstm_size=args.lstm,
-        read_size=args.read_n, write_size=args.write_n, use_read_attn=not args.no_attention,
-        use_write_attn=not args.no_attention,
-    )
+# The public draw.py's settings: its command-line flags, and the same sizes as this script's options.
+WORKLOADS: dict[str, tuple[list[str], dict[str, object]]] = {
+    "default": ([], {"steps": 32, "no_attention": True}),
+    "readme": (
+        ["--use_read_attn", "--read_size", "2", "--use_write_attn", "--write_size", "5"],
+        {"steps": 32, "read_n": 2, "write_n": 5, "no_attention": False},
+    ),
+    "paper": (
+        ["--time_steps", "64", "--use_read_attn", "--read_size", "2", "--use_write_attn", "--write_size", "5"],
+        {"steps": 64, "read_n": 2, "write_n": 5, "no_attention": False},
+    ),
+}
+
+
+def load_anchor(repo: Path) -> types.ModuleType:
+    """The ``draw.py`` module of a kamenbliznashki/generative_models checkout at ``repo``."""
+    path = repo / "draw.py"
+    if not path.is_file():
+        raise SystemExit(f"vlattn: error: no draw.py in {repo} (--anchor-repo takes a checkout of "
+                         "kamenbliznashki/generative_models)")
+    placeholders = {"utils": types.ModuleType("utils")}  # its tensorboard helpers: unused here
+    if importlib.util.find_spec("tqdm") is None:
+        placeholders["tqdm"] = types.ModuleType("tqdm")
+        placeholders["tqdm"].tqdm = lambda iterable=None, *args, **kwargs: iterable  # type: ignore[attr-defined]
+    before = {name: sys.modules.get(name) for name in placeholders}
+    sys.modules.update(placeholders)
+    try:
+        spec = importlib.util.spec_from_file_location("anchor_draw", path)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"vlattn: error: cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # `x is 'literal'` comparisons in its data loader
+            spec.loader.exec_module(module)
+    except ImportError as error:
+        raise SystemExit(f"vlattn: error: cannot import {path}: {error}") from None
+    finally:
+        for name, previous in before.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+    return module
+
+
+def anchor_step(module: types.ModuleType, flags: list[str], args: argparse.Namespace) -> Step:
+    """One training step of the anchor's ``DRAW`` with its own parser's settings for ``flags``
+    (which must be the sizes vlattn runs with)."""
+    options = module.parser.parse_args(flags)
+    options.device = torch.device("cpu")
+    attention = options.use_read_attn and options.use_write_attn
+    resolved = (options.time_steps, options.lstm_size, options.z_size, not attention)
+    if resolved != (args.steps, args.lstm, args.z, args.no_attention) or (
+        attention and (options.read_size, options.write_size) != (args.read_n, args.write_n)
+    ):
+        raise SystemExit("vlattn: error: the anchor's draw.py resolves the workload to other sizes than vlattn's")
+    torch.manual_seed(5)
     model = module.DRAW(options)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, betas=(0.5, 0.999))
 
     def step(x: torch.Tensor) -> None:
         flat = x.view(x.shape[0], -1)
+        model.train()
         d, q = model(flat)
-        loss = module.loss_fn(d, q, flat)
-        optimizer.zero_grad(set_to_none=True)
+        loss = module.loss_fn(d, q, flat, None, None)
+        optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
+        loss.item()
 
     return step
 
 
-def main() -> None:
+def time_interleaved(steps: dict[str, Step], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each implementation's steps, ``repeats`` rounds of one step each, the order
+    reversed every other round."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step(x)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(repeats):
+        names = list(steps) if round_index % 2 == 0 else list(reversed(steps))
+        for name in names:
+            start = time.perf_counter()
+            steps[name](x)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(times: dict[str, list[float]], batch: int) -> None:
+    """Median images/s of each implementation, and each one's step time over vlattn's per round."""
+    for name, values in times.items():
+        rate = batch / statistics.median(values)
+        print(f"{name:16s} {rate:8.1f} images/s  (median of {len(values)} steps)")
+    for name, values in times.items():
+        if name == "vlattn":
+            continue
+        ratios = [theirs / ours for theirs, ours in zip(values, times["vlattn"], strict=True)]
+        print(f"ratio vlattn / {name}: {statistics.median(ratios):.2f}x  "
+              f"(median over {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=64, help="T")
@@ -248,7 +331,9 @@ def main() -> None:
     parser.add_argument("--lstm", type=int, default=256)
     parser.add_argument("--z", type=int, default=100)
     parser.add_argument("--no-attention", action="store_true")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), help="a setting of the public draw.py (see above)")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per implementation")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--with-autograd", action="store_true", help="also time vlattn's model through autograd (fused_backward off)"
@@ -257,41 +342,39 @@ def main() -> None:
         "--without-native", action="store_true",
         help="also time vlattn's own backward with its PyTorch code instead of the native kernels",
     )
-    parser.add_argument("--external", type=Path, default=None, help="path of an external draw.py (see above)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--anchor-repo", type=Path, default=None,
+        help="a checkout of kamenbliznashki/generative_models: also time its draw.py (see above)",
+    )
+    args = parser.parse_args(argv)
+    if args.workload is not None:
+        for name, value in WORKLOADS[args.workload][1].items():
+            setattr(args, name, value)
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x = (torch.rand(args.batch_size, 1, 28, 28) > 0.5).float()
+    x = torch.bernoulli(torch.full((args.batch_size, 1, 28, 28), 0.13))  # MNIST's ink density
     steps = {"vlattn": vlattn_step(args), "reference": public_style_step(args)}
     if args.without_native:
         steps["vlattn-pytorch"] = vlattn_step(args, native=False)
     if args.with_autograd:
         steps["vlattn-autograd"] = vlattn_step(args, fused=False)
-    if args.external is not None:
-        steps["external"] = external_step(args.external, args)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():  # warm-up
-        step(x)
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step(x)
-            times[name].append(time.perf_counter() - start)
-    config = (
+    if args.anchor_repo is not None:
+        flags = WORKLOADS[args.workload or "paper"][0]  # anchor_step checks that the sizes agree
+        steps["anchor"] = anchor_step(load_anchor(args.anchor_repo), flags, args)
+    times = time_interleaved(steps, x, args.repeats, args.warmup)
+    print(
         f"T={args.steps} read {args.read_n}x{args.read_n} write {args.write_n}x{args.write_n} "
         f"LSTM {args.lstm} z {args.z} batch {args.batch_size} threads {args.threads}"
         + (" no attention" if args.no_attention else "")
+        + (f" (workload {args.workload})" if args.workload else "")
     )
-    print(config)
     print(f"native kernels: {'on' if load_draw_kernels() is not None else 'unavailable (PyTorch code)'}")
-    rates = {}
-    for name, values in times.items():
-        rates[name] = args.batch_size / statistics.median(values)
-        print(f"{name:16s} {rates[name]:8.1f} images/s  (median of {len(values)} steps)")
-    for name in rates:
-        if name != "vlattn":
-            print(f"ratio vlattn / {name}: {rates['vlattn'] / rates[name]:.2f}x")
+    report(times, args.batch_size)
 
 
 if __name__ == "__main__":

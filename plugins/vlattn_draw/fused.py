@@ -543,39 +543,72 @@ def select_kernels(x: torch.Tensor, native: bool = True) -> TorchKernels:
 
 # -- what a step reads and writes ------------------------------------------------------------------
 class _GlimpseRead:
-    """Read through window ``k`` of the row that a step's previous decoder state emitted."""
+    """Read ``[x, x_hat]`` through window ``k`` of the row that a step's previous decoder state
+    emitted: ``r_t [Bt, 2C*N*N]`` (kept for the weight gradient), then ``enc gates += r_t W^T``."""
 
     def __init__(self, kernels: TorchKernels, k: int) -> None:
         self.kernels, self.k = kernels, k
+        self.saved: list[torch.Tensor] = []  # per step, what the kernels' read backward needs
 
-    def forward(self, images: torch.Tensor, windows: _OpenWindows, glimpse: torch.Tensor) -> torch.Tensor:
-        k = self.k
-        return self.kernels.read(images, windows.fx(k), windows.fy(k), windows.gamma[:, k], glimpse)
+    def start(self, draw_pass: _Pass) -> torch.Tensor | None:
+        """Set up the views of ``draw_pass``'s buffers; returns gate inputs constant over the steps (none)."""
+        work, channels = draw_pass.work, draw_pass.layout.channels
+        work["images"][:, :, :channels] = draw_pass.x
+        self.images, self.glimpses = work.rows("images"), work.rows("reads")
+        draw_pass.x_hats = [step[:, channels:] for step in self.images]
+        return None
 
-    def backward(
-        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, windows: _OpenWindows,
-        saved: torch.Tensor, slope: torch.Tensor, grad_canvas: torch.Tensor,
-    ) -> WindowGrads:
-        k = self.k
-        return self.kernels.read_backward(
-            grad_glimpse, glimpse, images, windows.fx(k), windows.fy(k), windows.gamma[:, k], saved, slope, grad_canvas
+    def forward(self, draw_pass: _Pass, t: int) -> torch.Tensor:
+        """Step ``t``'s read, added to its encoder gates (returned)."""
+        windows, k = draw_pass.opened[t], self.k
+        self.saved.append(
+            self.kernels.read(self.images[t], windows.fx(k), windows.fy(k), windows.gamma[:, k], self.glimpses[t])
         )
+        return draw_pass.enc_gates[t].addmm_(self.glimpses[t], draw_pass.read_wt)
+
+    def backward(self, draw_pass: _Pass, t: int) -> WindowGrads:
+        """From step ``t``'s encoder gate gradient: the window's gradients, and ``x_hat``'s into the
+        canvas gradient."""
+        grad_glimpse = _times_weight(draw_pass.grad_enc_gates[t], draw_pass.read_wt)  # [Bt, 2C*N*N]
+        windows, k = draw_pass.opened[t], self.k
+        return self.kernels.read_backward(
+            grad_glimpse, self.glimpses[t], self.images[t], windows.fx(k), windows.fy(k), windows.gamma[:, k],
+            self.saved[t], draw_pass.slopes[t], draw_pass.grad_canvas,
+        )
+
+    def weight_grad(self, draw_pass: _Pass, grad_gates: torch.Tensor) -> torch.Tensor:
+        """The read weight's gradient ``[4He, 2C*N*N]`` from the gate gradients ``[T, Bt, 4He]``."""
+        return _weight_grad(grad_gates.flatten(0, 1), draw_pass.work["reads"].flatten(0, 1))
 
 
 class _ImageRead:
-    """Read the whole of ``[x, x_hat]``."""
+    """Read the whole of ``[x, x_hat_t]``. Its product with the read weight is split,
+    ``x W_x^T + x_hat_t W_x_hat^T``: the first term is the same at every step, so it is formed once
+    (and folded into the encoder's bias), and its weight gradient is one product of the gate
+    gradients summed over the steps; only ``x_hat_t``'s half is a product per step."""
 
-    def forward(self, images: torch.Tensor, windows: _OpenWindows | None, glimpse: torch.Tensor) -> None:
-        glimpse.copy_(images.flatten(1))
+    def start(self, draw_pass: _Pass) -> torch.Tensor | None:
+        """Set up the views of ``draw_pass``'s buffers; returns ``x W_x^T [Bt, 4He]``."""
+        pixels = draw_pass.layout.channels * draw_pass.layout.height * draw_pass.layout.width
+        self.x_weight_t, self.x_hat_weight_t = draw_pass.read_wt[:pixels], draw_pass.read_wt[pixels:]
+        self.x = draw_pass.x.view(draw_pass.batch, pixels)
+        draw_pass.x_hats = draw_pass.work.rows("x_hat")
+        self.flat_x_hats = [step.view(draw_pass.batch, pixels) for step in draw_pass.x_hats]
+        return self.x @ self.x_weight_t
 
-    def backward(
-        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, windows: _OpenWindows | None,
-        saved: None, slope: torch.Tensor, grad_canvas: torch.Tensor,
-    ) -> WindowGrads:
-        batch, channels, height, width = grad_canvas.shape
-        grad_x_hat = grad_glimpse[:, channels * height * width :].view(batch, channels, height, width)
-        grad_canvas.addcmul_(grad_x_hat, slope, value=-1)
+    def forward(self, draw_pass: _Pass, t: int) -> torch.Tensor:
+        return draw_pass.enc_gates[t].addmm_(self.flat_x_hats[t], self.x_hat_weight_t)
+
+    def backward(self, draw_pass: _Pass, t: int) -> WindowGrads:
+        grad_x_hat = _times_weight(draw_pass.grad_enc_gates[t], self.x_hat_weight_t)  # [Bt, C*H*W]
+        grad_canvas = draw_pass.grad_canvas
+        grad_canvas.addcmul_(grad_x_hat.view(grad_canvas.shape), draw_pass.slopes[t], value=-1)
         return ()
+
+    def weight_grad(self, draw_pass: _Pass, grad_gates: torch.Tensor) -> torch.Tensor:
+        of_x = _weight_grad(grad_gates.sum(dim=0), self.x)
+        of_x_hat = _weight_grad(grad_gates.flatten(0, 1), draw_pass.work["x_hat"].flatten(0, 1).flatten(1))
+        return torch.cat([of_x, of_x_hat], dim=1)
 
 
 class _PatchWrite:
@@ -686,10 +719,15 @@ def _take_workspace(layout: PassLayout, batch: int, like: torch.Tensor) -> _Work
         return free.pop()
     steps, image = layout.steps, (layout.channels, layout.height, layout.width)
     enc_size, dec_size, dec_width = layout.enc_size, layout.dec_size, _padded(sum(layout.dec_sizes))
-    sizes = {
-        "images": (steps, batch, 2 * layout.channels, layout.height, layout.width),  # [x, x_hat] per step
+    if layout.read_attention:
+        sizes = {
+            "images": (steps, batch, 2 * layout.channels, layout.height, layout.width),  # [x, x_hat] per step
+            "reads": (steps, batch, layout.read_size),
+        }
+    else:
+        sizes = {"x_hat": (steps, batch, *image)}
+    sizes |= {
         "sigmoid_slope": (steps, batch, *image),
-        "reads": (steps, batch, layout.read_size),
         "enc_cell": (steps + 1, batch, enc_size), "dec_cell": (steps + 1, batch, dec_size),
         "enc_tanh": (steps, batch, enc_size), "dec_tanh": (steps, batch, dec_size),
         "h_enc": (steps + 1, batch, enc_size), "h_dec": (steps + 1, batch, dec_size),
@@ -755,19 +793,24 @@ class _Pass:
         self.dec_wt, self.dec_b = _pad_columns(weights.dec_weight.t()), _pad_columns(weights.dec_bias)
         self.enc_wt, self.enc_b = weights.enc_weight.t().contiguous(), weights.enc_bias
         self.read_wt, self.z_wt = weights.read_weight.t().contiguous(), weights.z_weight.t().contiguous()
-        self.read = _GlimpseRead(kernels, spans.read_k) if layout.read_attention else _ImageRead()
         self.write = _PatchWrite(kernels, spans.write_k) if layout.write_attention else _CanvasWrite()
-        self.read_saved: list[Any] = []  # per step, what the read's backward needs
         self.write_saved: list[Any] = []  # per step, what the write's backward needs
         self.opened: list[Any] = [None] * (layout.steps + 1)  # the windows of each dec_out row
         rows = work.rows
-        self.images, self.reads, self.zs, self.slopes = rows("images"), rows("reads"), rows("z"), rows("sigmoid_slope")
-        self.x_hats = [step[:, layout.channels :] for step in self.images]
+        self.zs, self.slopes = rows("z"), rows("sigmoid_slope")
+        self.enc_gates, self.dec_gates = rows("dec_out", spans.enc_gates), rows("dec_out", spans.dec_gates)
+        self.x_hats: list[torch.Tensor] = []  # per step x_hat [Bt, C, H, W] (the read sets it up)
+        self.read = _GlimpseRead(kernels, spans.read_k) if layout.read_attention else _ImageRead()
+        constant_gates = self.read.start(self)
+        self.enc_bias = self.enc_b  # with the read's constant gate inputs in its recurrent part, if any
+        if constant_gates is not None:
+            self.enc_bias = self.enc_b.expand(self.batch, -1).clone()
+            self.enc_bias[:, spans.enc_recurrent] += constant_gates
+        self.constant_gates = constant_gates
         self.enc_cells, self.dec_cells = rows("enc_cell"), rows("dec_cell")
         self.enc_tanhs, self.dec_tanhs = rows("enc_tanh"), rows("dec_tanh")
         self.h_encs, self.h_decs = rows("h_enc"), rows("h_dec")
         self.enc_outs, self.dec_outs = rows("enc_out"), rows("dec_out")
-        self.enc_gates, self.dec_gates = rows("dec_out", spans.enc_gates), rows("dec_out", spans.dec_gates)
         self.patches, self.enc_recurrent = rows("dec_out", spans.write), rows("enc_out", spans.enc_recurrent)
         self.mus, self.log_sigmas = rows("enc_out", spans.mu), rows("enc_out", spans.log_sigma)
         self.window_params = rows("dec_out", spans.windows)
@@ -776,13 +819,14 @@ class _Pass:
     def run_forward(self, noise: torch.Tensor, weights: PassWeights) -> torch.Tensor:
         """All T steps; returns the final canvas ``[Bt, C, H, W]``."""
         work, layout = self.work, self.layout
-        work["images"][:, :, : layout.channels] = self.x
         work["enc_cell"][0].zero_()
         work["dec_cell"][0].zero_()
         work["h_enc"][0] = weights.h_enc0
         work["h_dec"][0] = weights.h_dec0
         work["dec_out"][0] = torch.addmm(self.dec_b, weights.h_dec0.unsqueeze(0), self.dec_wt)
         work["enc_out"][0] = torch.addmm(self.enc_b, weights.h_enc0.unsqueeze(0), self.enc_wt)
+        if self.constant_gates is not None:
+            work["enc_out"][0, :, self.spans.enc_recurrent] += self.constant_gates
         canvas = weights.canvas0.expand(self.batch, -1, -1, -1).clone()
         self._open_row(0)
         for t in range(layout.steps):
@@ -799,13 +843,12 @@ class _Pass:
     def _forward_step(self, t: int, canvas: torch.Tensor, noise: torch.Tensor) -> None:
         kernels = self.kernels
         kernels.canvas_step(canvas, self.x, self.x_hats[t], self.slopes[t])
-        self.read_saved.append(self.read.forward(self.images[t], self.opened[t], self.reads[t]))
-        enc_gates = self.enc_gates[t].addmm_(self.reads[t], self.read_wt)
+        enc_gates = self.read.forward(self, t)
         kernels.lstm_forward(
             enc_gates, self.enc_recurrent[t], self.enc_cells[t], self.enc_cells[t + 1], self.enc_tanhs[t],
             self.h_encs[t + 1],
         )
-        torch.addmm(self.enc_b, self.h_encs[t + 1], self.enc_wt, out=self.enc_outs[t + 1])
+        torch.addmm(self.enc_bias, self.h_encs[t + 1], self.enc_wt, out=self.enc_outs[t + 1])
         z = torch.addcmul(self.mus[t + 1], self.log_sigmas[t + 1].exp(), noise, out=self.zs[t])
         dec_gates = self.dec_gates[t].addmm_(z, self.z_wt)
         kernels.lstm_forward(dec_gates, None, self.dec_cells[t], self.dec_cells[t + 1], self.dec_tanhs[t],
@@ -915,11 +958,7 @@ class _Pass:
             grad_h_enc, self.grad_enc_cell, self.enc_gates[t], self.enc_cells[t], self.enc_tanhs[t],
             self.grad_enc_gates[t],
         )
-        grad_read = _times_weight(self.grad_enc_gates[t], self.read_wt)  # [Bt, read_size]
-        self.pending_read = self.read.backward(
-            grad_read, self.reads[t], self.images[t], self.opened[t], self.read_saved[t], self.slopes[t],
-            self.grad_canvas,
-        )
+        self.pending_read = self.read.backward(self, t)
 
     def _parameter_grads(self) -> tuple[torch.Tensor, ...]:
         """One matrix product per layer over all steps (row 0: the initial states)."""
@@ -935,7 +974,7 @@ class _Pass:
         grad_enc_w = torch.cat([_weight_grad(all_grad_latent, h_enc), _weight_grad(grad_enc_hidden, h_enc)], dim=0)
         grad_enc_b = torch.cat([_column_sums(all_grad_latent), _column_sums(grad_enc_hidden)])
         steps = layout.steps
-        grad_read_w = _weight_grad(grad_dec_out[:steps, :, spans.enc_gates].flatten(0, 1), work["reads"].flatten(0, 1))
+        grad_read_w = self.read.weight_grad(self, grad_dec_out[:steps, :, spans.enc_gates])
         grad_z_w = _weight_grad(grad_dec_out[:steps, :, spans.dec_gates].flatten(0, 1), work["z"].flatten(0, 1))
         grad_initial_d = grad_dec_out[0].sum(dim=0)
         grad_h_dec0 = grad_initial_d @ self.dec_wt.t()
