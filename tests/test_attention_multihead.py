@@ -160,6 +160,27 @@ def test_multihead_outputs_and_gradients_equal_torch(
         torch.testing.assert_close(grad, ref_grads[name], **close, msg=name)
 
 
+@pytest.mark.parametrize("average", [True, False])
+def test_multihead_gradients_through_the_weights_alone_equal_torch(average: bool) -> None:
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(16, 16, num_heads=4, average_weights=average).train()
+    ref = torch_twin(ours)
+    x, mask = padded_batch()
+    grads = []
+    for module, args in ((ours, (x, x)), (ref, (x, x, x))):
+        leaf_x = x.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        kwargs = {"mask": mask} if module is ours else {"key_padding_mask": ~mask, "average_attn_weights": average}
+        weights = module(*(leaf_x for _ in args), **kwargs)[1]
+        (weights * torch.linspace(-2, 2, weights.numel()).view_as(weights)).sum().backward()
+        grads.append([leaf_x.grad, *(p.grad for p in module.parameters())])
+    for grad, ref_grad in zip(*grads, strict=True):
+        if ref_grad is None:  # nothing reaches the output projection
+            assert grad is None or torch.all(grad == 0)
+        else:
+            torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("need_weights", [True, False])
 def test_multihead_example_without_keys_gives_zeros_and_no_gradient(need_weights: bool) -> None:
     """The other examples match torch; the empty one gets zero context, weights and gradients."""

@@ -6,7 +6,9 @@ keys and values ``h`` times, attends in each head and projects the concatenation
 
 When weights are not requested (``need_weights=False``) both use
 :func:`torch.nn.functional.scaled_dot_product_attention`, which picks a fused kernel where one
-exists, and return ``None`` in place of the weights. :class:`MultiHeadAttention` keeps the
+exists, and return ``None`` in place of the weights. When they are, multi-head attention without
+dropout runs :class:`PackedHeadAttention`: one softmax serves the context, the returned weights
+and a hand-written backward pass. :class:`MultiHeadAttention` keeps the
 parameter names and layout of :class:`torch.nn.MultiheadAttention` (``in_proj_weight``,
 ``in_proj_bias``, ``out_proj``), so a state dict moves between the two unchanged and the
 outputs agree to float rounding.
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from vlattn.attention.base import Attention, as_query_sequence, masked_softmax
 from vlattn.attention.errors import AttentionConfigError
@@ -86,21 +89,21 @@ SOURCE_PARTS: dict[int, tuple[int, ...]] = {1: (3,), 2: (1, 2), 3: (1, 1, 1)}
 
 
 class PackedHeadAttention(torch.autograd.Function):
-    """Softmax attention over heads with a hand-written backward (no dropout).
+    """Softmax attention over heads, returning the weights, with a hand-written backward (no dropout).
 
-    ``apply(bias, empty, heads, weights_mode, *sources)``:
+    ``apply(bias, empty, heads, average, *sources)``:
 
     * ``sources``: the projections ``[B, T, parts * E]``, in order q, k, v: one ``[B, T, 3E]``
       (self-attention), ``q [B, Tq, E]`` and ``kv [B, S, 2E]``, or ``q``, ``k``, ``v``.
     * ``bias``: additive ``[B * h, 1, S]`` (0 = keep, ``-inf`` = padding) or ``None``.
     * ``empty``: ``[B * h, 1, 1]`` boolean, True for an example without keys (its weights are
       set to 0; its ``bias`` row must be finite), or ``None``.
-    * ``weights_mode``: 0 none, 1 averaged over heads, 2 per head.
+    * ``average``: return the weights averaged over heads ``[B, Tq, S]``, else ``[B, h, Tq, S]``.
 
-    Returns ``context [B, Tq, E]`` (heads concatenated, before the output projection) and, when
-    ``weights_mode`` is not 0, ``weights [B, Tq, S]`` (mode 1) or ``[B, h, Tq, S]`` (mode 2).
-    The scores, softmax and weighted sum are one batched product each; the softmax is computed
-    once and serves the context, the returned weights and the backward pass.
+    Returns ``context [B, Tq, E]`` (heads concatenated, before the output projection) and the
+    weights. The scores (with the bias) and the weighted sum are one batched product each; the
+    softmax is computed once and serves the context, the weights and the backward pass, which
+    takes gradients from both outputs.
     """
 
     @staticmethod
@@ -109,10 +112,11 @@ class PackedHeadAttention(torch.autograd.Function):
         bias: Tensor | None,
         empty: Tensor | None,
         heads: int,
-        weights_mode: int,
+        average: bool,
         *sources: Tensor,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        grouped = [heads_first(s, parts, heads) for s, parts in zip(sources, SOURCE_PARTS[len(sources)], strict=True)]
+    ) -> tuple[Tensor, Tensor]:
+        layout = [(parts, s.shape[1]) for s, parts in zip(sources, SOURCE_PARTS[len(sources)], strict=True)]
+        grouped = [heads_first(s, parts, heads) for s, (parts, _) in zip(sources, layout, strict=True)]
         q, k, v = (head for group in grouped for head in group)  # [B * h, T, d] each
         batch, steps = sources[0].shape[:2]
         scale = q.shape[-1] ** -0.5
@@ -126,15 +130,13 @@ class PackedHeadAttention(torch.autograd.Function):
             probs.masked_fill_(empty, 0.0)
         context = heads_last(torch.bmm(probs, v).unsqueeze(0), batch)
         ctx.set_materialize_grads(False)
-        ctx.heads, ctx.weights_mode, ctx.scale = heads, weights_mode, scale
-        ctx.parts = SOURCE_PARTS[len(sources)]
+        ctx.heads, ctx.average, ctx.scale, ctx.layout = heads, average, scale, layout
         ctx.save_for_backward(q, k, v, probs)
-        if weights_mode == 0:
-            return context
         per_head = probs.view(batch, heads, steps, -1)
-        return context, per_head.mean(1) if weights_mode == 1 else per_head
+        return context, per_head.mean(1) if average else per_head
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, d_context: Tensor | None, d_weights: Tensor | None = None) -> tuple[Tensor | None, ...]:
         q, k, v, probs = ctx.saved_tensors
         flat, steps, head_dim = q.shape
@@ -145,23 +147,18 @@ class PackedHeadAttention(torch.autograd.Function):
         d_probs = torch.bmm(d_heads, v.transpose(1, 2))  # [B * h, Tq, S]
         if d_weights is not None:
             per_head = d_probs.view(batch, heads, steps, -1)
-            if ctx.weights_mode == 1:
+            if ctx.average:
                 per_head.add_(d_weights.unsqueeze(1), alpha=1.0 / heads)
             else:
                 per_head.add_(d_weights)
         d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
         del d_probs
-        grads = [q.new_empty(parts, flat, length, head_dim) for parts, length in ctx_lengths(ctx, q, k)]
+        grads = [q.new_empty(parts, flat, length, head_dim) for parts, length in ctx.layout]
         d_q, d_k, d_v = (head for group in grads for head in group)
         torch.baddbmm(d_q, d_scores, k, beta=0.0, alpha=ctx.scale, out=d_q)
         torch.baddbmm(d_k, d_scores.transpose(1, 2), q, beta=0.0, alpha=ctx.scale, out=d_k)
         torch.bmm(probs.transpose(1, 2), d_heads, out=d_v)
         return (None, None, None, None, *(heads_last(g, batch) for g in grads))
-
-
-def ctx_lengths(ctx: Any, q: Tensor, k: Tensor) -> list[tuple[int, int]]:
-    """``(parts, steps)`` of each source: the query's length for the part holding q, else S."""
-    return [(parts, q.shape[1] if i == 0 else k.shape[1]) for i, parts in enumerate(ctx.parts)]
 
 
 class ScaledDotAttention(Attention):
@@ -202,6 +199,12 @@ class ScaledDotAttention(Attention):
         return context, weights
 
 
+def examples_without_keys(keep: Tensor) -> Tensor | None:
+    """``keep [B, S]`` boolean -> ``[B]`` True where no key is kept, or ``None`` if there is none."""
+    empty = ~keep.any(-1)
+    return empty if bool(empty.any()) else None
+
+
 def default_heads(embed_dim: int) -> int:
     """8 heads when they divide ``embed_dim``, else the largest of 4, 2, 1 that does."""
     return next(h for h in (8, 4, 2, 1) if embed_dim % h == 0)
@@ -218,7 +221,8 @@ class MultiHeadAttention(Attention):
         value_dim: ``Dv`` of the values (default ``key_dim``).
         dropout: dropout on the attention weights during training.
         bias: biases on the input and output projections.
-        need_weights: return the weights (computed explicitly); ``False`` uses
+        need_weights: return the weights (computed explicitly: without dropout one softmax
+            serves the context, the weights and a hand-written backward); ``False`` uses
             ``scaled_dot_product_attention`` and returns ``None`` for them.
         average_weights: return weights averaged over heads ``[B, (Tq,) S]``; ``False`` gives
             ``[B, h, (Tq,) S]``.
@@ -321,11 +325,9 @@ class MultiHeadAttention(Attention):
         if mask is None:
             return None, None
         keep = mask.to(torch.bool)
-        empty: Tensor | None = ~keep.any(-1)
-        if bool(empty.any()):
+        empty = examples_without_keys(keep)
+        if empty is not None:
             keep = keep | empty[:, None]
-        else:
-            empty = None
         bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, -math.inf)
         return bias[:, None, None, :], empty
 
@@ -343,9 +345,8 @@ class MultiHeadAttention(Attention):
             batch, source = bias.shape[0], bias.shape[-1]
             bias = bias.expand(batch, heads, 1, source).reshape(batch * heads, 1, source)
         empty_heads = None if empty is None else empty.repeat_interleave(heads)[:, None, None]
-        mode = 1 if self.average_weights else 2
         sources = self.packed_sources(queries, keys, values)
-        context, weights = PackedHeadAttention.apply(bias, empty_heads, heads, mode, *sources)
+        context, weights = PackedHeadAttention.apply(bias, empty_heads, heads, self.average_weights, *sources)
         return context, weights, empty
 
     def attend_fused(
@@ -367,16 +368,14 @@ class MultiHeadAttention(Attention):
         heads, weights = attend(q, k, v, keep, True, dropout)
         if weights is not None and self.average_weights:
             weights = weights.mean(1)
-        empty = None if mask is None else ~mask.to(torch.bool).any(-1)
+        empty = None if mask is None else examples_without_keys(mask.to(torch.bool))
         return heads.transpose(1, 2).flatten(2), weights, empty
 
     def forward(  # type: ignore[override]
         self, query: Tensor, keys: Tensor, values: Tensor | None = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        same = values is None or values is keys
         values = check_keys(keys, values, mask)
         queries, single = as_query_sequence(query)
-        values = keys if same else values
         dropout = self.dropout if self.training else 0.0
         if not self.need_weights:
             heads, weights, empty = self.attend_fused(queries, keys, values, mask, dropout)
