@@ -23,7 +23,7 @@ attention distributions are collected for REINFORCE and the attention regularise
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,16 @@ class DecoderOutput:
     annotation_mean: Tensor
     log_prob: Tensor | None = None
     entropy: Tensor | None = None
+
+
+class _Pass(NamedTuple):
+    """What a teacher-forced pass computes (shapes as in :class:`DecoderOutput`)."""
+
+    logits: Tensor
+    weights: Tensor
+    alpha: Tensor
+    log_prob: Tensor | None
+    entropy: Tensor | None
 
 
 class ShowAttendTellDecoder(nn.Module):
@@ -311,7 +321,7 @@ class ShowAttendTellDecoder(nn.Module):
             out = self._forward_hoisted(annotations, captions, active, steps, order)
         else:
             out = self._forward_steps(annotations, captions, active, steps, scheduled_sampling)
-            out.logits, out.weights, out.alpha = out.logits[inverse], out.weights[inverse], out.alpha[inverse]
+            out = _Pass(out.logits[inverse], out.weights[inverse], out.alpha[inverse], out.log_prob, out.entropy)
         return DecoderOutput(
             logits=out.logits,
             weights=out.weights,
@@ -324,7 +334,7 @@ class ShowAttendTellDecoder(nn.Module):
 
     def _forward_hoisted(
         self, annotations: Tensor, captions: Tensor, active: list[int], steps: int, order: Tensor
-    ) -> DecoderOutput:
+    ) -> _Pass:
         """Teacher-forced soft-attention pass on a length-sorted batch, with everything that does
         not depend on the previous state taken out of the word loop.
 
@@ -335,9 +345,8 @@ class ShowAttendTellDecoder(nn.Module):
         share of the gates. After the loop: the deep output and the word scores of every real
         step in one product each. Same function as the step loop, up to float rounding.
 
-        ``order [B]``: the batch row of each sorted row. Returns ``logits``, ``weights`` and
-        ``alpha`` in the batch's order (written there directly); ``step_mask``/``annotation_mean``
-        unset.
+        ``order [B]``: the batch row of each sorted row. The scores and weights are written
+        straight to the batch's order.
         """
         attention = self.attention
         assert isinstance(attention, SoftSpatialAttention)
@@ -378,7 +387,7 @@ class ShowAttendTellDecoder(nn.Module):
         logits = token_logits.new_zeros(batch * steps, self.vocab_size).index_copy_(0, flat, token_logits)
         weights = annotations.new_zeros(batch * steps, locations).index_copy_(0, flat, torch.cat(alphas))
         logits, weights = logits.view(batch, steps, -1), weights.view(batch, steps, locations)
-        return DecoderOutput(logits, weights, weights, weights, weights)
+        return _Pass(logits, weights, weights, None, None)
 
     def _state_weights(self) -> tuple[Tensor, Tensor]:
         """The fused ``[W_hh; 2 W; f_beta]`` read by ``h`` in :meth:`_forward_hoisted`, and its bias
@@ -404,9 +413,9 @@ class ShowAttendTellDecoder(nn.Module):
 
     def _forward_steps(
         self, annotations: Tensor, captions: Tensor, active: list[int], steps: int, scheduled_sampling: float
-    ) -> DecoderOutput:
+    ) -> _Pass:
         """Teacher-forced pass through :meth:`step`, word by word, on a length-sorted batch (any
-        mechanism, scheduled sampling). Sorted order; ``step_mask``/``annotation_mean`` unset."""
+        mechanism, scheduled sampling); the result is in the sorted order."""
         batch = annotations.shape[0]
         h, c = self.init_state(annotations)
         logits = annotations.new_zeros(batch, steps, self.vocab_size)
@@ -445,4 +454,4 @@ class ShowAttendTellDecoder(nn.Module):
                 own = torch.multinomial(torch.softmax(step_logits.detach(), -1), 1).squeeze(1)
                 swap = torch.rand(n, device=own.device) < scheduled_sampling
                 prev = torch.where(swap, own, prev)
-        return DecoderOutput(logits, weights, weights, alpha, weights, log_prob, entropy)
+        return _Pass(logits, weights, alpha, log_prob, entropy)
