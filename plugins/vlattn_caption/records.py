@@ -68,14 +68,22 @@ class CaptionRecord:
         return load_image(self.path)
 
 
-def synthetic_records(split: str, count: int, seed: int = 0, image_size: int = 64) -> list[CaptionRecord]:
-    """``count`` synthetic scenes of ``split``, rendered in memory."""
+def synthetic_records(
+    split: str,
+    count: int,
+    seed: int = 0,
+    image_size: int = 64,
+    style: synthetic.SceneStyle = synthetic.STANDARD,
+    prefix: str = "synthetic",
+) -> list[CaptionRecord]:
+    """``count`` synthetic scenes of ``split`` drawn with ``style``, rendered in memory
+    (named ``<prefix>/<split>/<index>``)."""
     records = []
     for i in range(count):
-        scene = synthetic.make_scene(seed, split, i, image_size)
+        scene = synthetic.make_scene(seed, split, i, image_size, style)
         records.append(
             CaptionRecord(
-                name=f"synthetic/{split}/{i}",
+                name=f"{prefix}/{split}/{i}",
                 captions=[tokenize(c) for c in scene.captions],
                 split=split,
                 pixels=np.asarray(scene.image, dtype=np.uint8),
@@ -83,6 +91,16 @@ def synthetic_records(split: str, count: int, seed: int = 0, image_size: int = 6
                 size=(image_size, image_size),
             )
         )
+    return records
+
+
+def suite_records(suite: str, image_size: int = 64) -> list[CaptionRecord]:
+    """The scenes of a named test suite (``synthetic.SUITES``), named ``<part>/test/<index>``."""
+    if suite not in synthetic.SUITES:
+        raise CaptionDataError(f"unknown scene suite {suite!r} (known: {', '.join(synthetic.SUITES)})")
+    records: list[CaptionRecord] = []
+    for part in synthetic.SUITES[suite]:
+        records += synthetic_records("test", part.count, part.seed, image_size, part.style, prefix=part.name)
     return records
 
 
@@ -97,35 +115,67 @@ def write_synthetic(
     seed: int = 0,
     image_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    style: synthetic.SceneStyle = synthetic.STANDARD,
 ) -> Path:
-    """Write synthetic scenes as PNGs plus a Karpathy-style ``dataset.json`` under ``out``.
+    """Write synthetic scenes drawn with ``style`` as PNGs plus a Karpathy-style ``dataset.json``
+    under ``out``.
 
     Returns the path of ``dataset.json`` (readable back with :func:`read_records`).
     """
+    root = _image_folder(out)
+    images = []
+    for split, count in counts.items():
+        for i in range(count):
+            scene = synthetic.make_scene(seed, split, i, image_size, style)
+            images.append(_save_scene(root, scene, f"{split}_{i:06d}.png", split, image_size))
+            if progress is not None:
+                progress(1)
+    meta: dict[str, Any] = {"dataset": "synthetic-scenes", "seed": seed, "image_size": image_size}
+    if style != synthetic.STANDARD:
+        meta["style"] = style.to_json()
+    return atomic_write_text(root / "dataset.json", json.dumps({**meta, "images": images}))
+
+
+def write_suite(
+    out: str | Path, suite: str, *, image_size: int = 64, progress: Callable[[int], None] | None = None
+) -> Path:
+    """Write a named test suite (``synthetic.SUITES``) as PNGs plus ``dataset.json`` (every image in
+    split ``test``, with its part's name under ``"part"``). Returns the path of ``dataset.json``."""
+    if suite not in synthetic.SUITES:
+        raise CaptionDataError(f"unknown scene suite {suite!r} (known: {', '.join(synthetic.SUITES)})")
+    root = _image_folder(out)
+    images, parts = [], []
+    for part in synthetic.SUITES[suite]:
+        parts.append({"name": part.name, "seed": part.seed, "count": part.count, "style": part.style.to_json()})
+        for i in range(part.count):
+            scene = synthetic.make_scene(part.seed, "test", i, image_size, part.style)
+            entry = _save_scene(root, scene, f"{part.name}_{i:06d}.png", "test", image_size)
+            images.append({**entry, "part": part.name})
+            if progress is not None:
+                progress(1)
+    meta = {"dataset": f"synthetic-scenes-{suite}", "image_size": image_size, "parts": parts, "images": images}
+    return atomic_write_text(root / "dataset.json", json.dumps(meta))
+
+
+def _image_folder(out: str | Path) -> Path:
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise CaptionDataError(f"{root} exists and is not a directory")
     (root / "images").mkdir(parents=True, exist_ok=True)
-    images = []
-    for split, count in counts.items():
-        for i in range(count):
-            scene = synthetic.make_scene(seed, split, i, image_size)
-            filename = f"{split}_{i:06d}.png"
-            scene.image.save(root / "images" / filename)
-            images.append(
-                {
-                    "filepath": "images",
-                    "filename": filename,
-                    "split": split,
-                    "sentences": [{"raw": c, "tokens": tokenize(c)} for c in scene.captions],
-                    "objects": [_object_json(o) for o in scene.objects],
-                    "size": [image_size, image_size],
-                }
-            )
-            if progress is not None:
-                progress(1)
-    meta = {"dataset": "synthetic-scenes", "seed": seed, "image_size": image_size, "images": images}
-    return atomic_write_text(root / "dataset.json", json.dumps(meta))
+    return root
+
+
+def _save_scene(root: Path, scene: synthetic.Scene, filename: str, split: str, image_size: int) -> dict[str, Any]:
+    """Save ``scene`` under ``root/images`` and return its Karpathy image entry."""
+    scene.image.save(root / "images" / filename)
+    return {
+        "filepath": "images",
+        "filename": filename,
+        "split": split,
+        "sentences": [{"raw": c, "tokens": tokenize(c)} for c in scene.captions],
+        "objects": [_object_json(o) for o in scene.objects],
+        "size": [image_size, image_size],
+    }
 
 
 def read_records(path: str | Path, image_root: str | Path | None = None) -> list[CaptionRecord]:

@@ -1,4 +1,4 @@
-"""Synthetic scenes: 1-3 coloured shapes on a textured background, with boxes and template captions.
+"""Synthetic scenes: coloured shapes on a textured background, with boxes and template captions.
 
 Every scene is a pure function of ``(seed, split, index)``, so a dataset needs no download and is
 the same on every machine. Each object has a colour, a shape kind and a size, and its bounding box
@@ -10,16 +10,23 @@ Captions name the objects from left to right and their spatial relation::
     two objects:   "a small blue square above a large green triangle"
                    "a large green triangle below a small blue square"
     three objects: "a X left of a Y and a Z above it" / the same read from the right
+    more objects:  "a X left of a Y and a Z above it and a W right of it" (each further object
+                   is placed relative to the one named before it: "it")
 
 The first caption of each scene is the canonical one; the second reads the scene the other way.
+
+:class:`SceneStyle` sets the ranges a scene is drawn from (object count, object size, background
+brightness, noise); its defaults give the standard scenes (1-3 objects of two sizes). ``SUITES``
+names fixed test suites drawn from other ranges, e.g. ``"varied"``.
 
 This module imports no torch (Pillow and numpy only).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -35,6 +42,90 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 SIZES: dict[str, float] = {"small": 0.19, "large": 0.31}  # side as a fraction of the image side
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+#: With a size range, a side below this fraction of the image side is called "small".
+SMALL_BELOW = 0.25
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """The ranges scenes are drawn from; the defaults give the standard scenes.
+
+    Attributes:
+        objects: ``(fewest, most)`` objects per scene, both included, within 1-5 (a scene keeps
+            fewer when no room is left for the next object).
+        sizes: ``(smallest, largest)`` object side as a fraction of the image side, drawn
+            uniformly (named "small" below ``SMALL_BELOW``, else "large"); ``None``: the two fixed
+            sizes of ``SIZES``.
+        background: ``(lowest, highest)`` background grey level, highest excluded, within 0-256.
+        noise: standard deviation of the background's pixel noise (grey levels).
+    """
+
+    objects: tuple[int, int] = (1, 3)
+    sizes: tuple[float, float] | None = None
+    background: tuple[int, int] = (60, 140)
+    noise: float = 8.0
+
+    def __post_init__(self) -> None:
+        low, high = self.objects
+        if not 1 <= low <= high <= 5:
+            raise ValueError(f"object count range must lie within 1-5 (low <= high), got {low}-{high}")
+        if self.sizes is not None and not 0.05 <= self.sizes[0] <= self.sizes[1] <= 0.45:
+            raise ValueError(f"object size range must lie within 0.05-0.45 of the image side, got {self.sizes}")
+        if not 0 <= self.background[0] < self.background[1] <= 256:
+            raise ValueError(f"background range must lie within 0-256 (low < high), got {self.background}")
+        if not 0.0 <= self.noise <= 100.0:
+            raise ValueError(f"noise must be in [0, 100], got {self.noise}")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SceneStyle:
+        """A style from ``{"objects": [lo, hi], "sizes": [lo, hi], "background": [lo, hi], "noise": x}``
+        (every key optional). Raises ``ValueError`` for unknown keys or values out of range."""
+        unknown = set(data) - {"objects", "sizes", "background", "noise"}
+        if unknown:
+            raise ValueError(f"unknown scene option(s): {', '.join(sorted(unknown))}")
+        try:
+            objects = tuple(int(v) for v in data.get("objects", cls.objects))
+            sizes = data.get("sizes")
+            background = tuple(int(v) for v in data.get("background", cls.background))
+            return cls(
+                objects=(objects[0], objects[1]),
+                sizes=None if sizes is None else (float(sizes[0]), float(sizes[1])),
+                background=(background[0], background[1]),
+                noise=float(data.get("noise", cls.noise)),
+            )
+        except (TypeError, IndexError) as exc:
+            raise ValueError(f"scene options need [low, high] pairs and a number for noise ({exc})") from None
+
+    def to_json(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_json`."""
+        out: dict[str, Any] = {"objects": list(self.objects), "background": list(self.background), "noise": self.noise}
+        if self.sizes is not None:
+            out["sizes"] = list(self.sizes)
+        return out
+
+
+STANDARD = SceneStyle()
+
+
+@dataclass(frozen=True)
+class SuitePart:
+    """One named part of a test suite: ``count`` scenes of ``style`` from their own ``seed``."""
+
+    name: str
+    style: SceneStyle
+    count: int
+    seed: int
+
+
+#: Fixed test suites off the standard distribution (split "test" of each part's seed).
+SUITES: dict[str, tuple[SuitePart, ...]] = {
+    "varied": (
+        SuitePart("sizes", SceneStyle(sizes=(0.12, 0.38)), 250, 1001),
+        SuitePart("background", SceneStyle(background=(15, 230), noise=16.0), 250, 1002),
+        SuitePart("objects", SceneStyle(objects=(4, 5)), 250, 1003),
+        SuitePart("mixed", SceneStyle(objects=(1, 5), sizes=(0.12, 0.38), background=(15, 230), noise=16.0), 250, 1004),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -77,14 +168,16 @@ def captions_for(objects: list[SceneObject]) -> list[str]:
     """The canonical caption and its reverse reading for objects sorted left to right."""
     if len(objects) == 1:
         return [f"a {objects[0].phrase}", f"there is a {objects[0].phrase}"]
-    if len(objects) == 2:
-        a, b = objects
-        return [f"a {a.phrase} {relation(a, b)} a {b.phrase}", f"a {b.phrase} {relation(b, a)} a {a.phrase}"]
-    a, b, c = objects[:3]
-    return [
-        f"a {a.phrase} {relation(a, b)} a {b.phrase} and a {c.phrase} {relation(c, b)} it",
-        f"a {c.phrase} {relation(c, b)} a {b.phrase} and a {a.phrase} {relation(a, b)} it",
-    ]
+    return [_chain(objects), _chain(objects[::-1])]
+
+
+def _chain(objects: list[SceneObject]) -> str:
+    """ "a A rel a B" for the first two, then "and a C rel it" per further object ("it": the one before)."""
+    a, b = objects[0], objects[1]
+    parts = [f"a {a.phrase} {relation(a, b)} a {b.phrase}"]
+    for before, obj in pairwise(objects[1:]):
+        parts.append(f"a {obj.phrase} {relation(obj, before)} it")
+    return " and ".join(parts)
 
 
 def _draw_shape(
@@ -114,7 +207,7 @@ def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, 
     return any(x0 < b[2] + gap and b[0] < x1 + gap and y0 < b[3] + gap and b[1] < y1 + gap for b in others)
 
 
-def make_scene(seed: int, split: str, index: int, image_size: int = 64) -> Scene:
+def make_scene(seed: int, split: str, index: int, image_size: int = 64, style: SceneStyle = STANDARD) -> Scene:
     """Render scene number ``index`` of ``split`` for ``seed`` (deterministic).
 
     Args:
@@ -122,20 +215,21 @@ def make_scene(seed: int, split: str, index: int, image_size: int = 64) -> Scene
         split: ``"train"``, ``"val"`` or ``"test"`` (each split draws from its own stream).
         index: scene number within the split.
         image_size: side of the square image in pixels (>= 32).
+        style: the ranges the scene is drawn from (default: the standard scenes).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    level = rng.integers(60, 140)
+    level = rng.integers(*style.background)
     tint = rng.integers(-12, 13, size=3)
-    noise = rng.normal(0.0, 8.0, size=(image_size, image_size, 3))
+    noise = rng.normal(0.0, style.noise, size=(image_size, image_size, 3))
     background = np.clip(level + tint + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(background, mode="RGB")
     draw = ImageDraw.Draw(image)
 
-    count = int(rng.integers(1, 4))
+    count = int(rng.integers(style.objects[0], style.objects[1] + 1))
     kinds = [(c, s) for c in COLOURS for s in SHAPES]
     chosen = rng.choice(len(kinds), size=count, replace=False)
     objects: list[SceneObject] = []
@@ -143,8 +237,8 @@ def make_scene(seed: int, split: str, index: int, image_size: int = 64) -> Scene
     for k in chosen:
         colour, shape = kinds[int(k)]
         for _attempt in range(50):
-            size_name = list(SIZES)[int(rng.integers(0, len(SIZES)))]
-            side = max(6, round(SIZES[size_name] * image_size))
+            size_name, fraction = _draw_size(rng, style)
+            side = max(6, round(fraction * image_size))
             x0 = int(rng.integers(1, image_size - side))
             y0 = int(rng.integers(1, image_size - side))
             box = (x0, y0, x0 + side, y0 + side)
@@ -157,6 +251,15 @@ def make_scene(seed: int, split: str, index: int, image_size: int = 64) -> Scene
         objects.append(SceneObject(colour, shape, size_name, box))
     objects.sort(key=lambda o: (o.centre[0], o.centre[1]))
     return Scene(image=image, objects=objects, captions=captions_for(objects))
+
+
+def _draw_size(rng: np.random.Generator, style: SceneStyle) -> tuple[str, float]:
+    """An object's size word and side (fraction of the image side)."""
+    if style.sizes is None:
+        name = list(SIZES)[int(rng.integers(0, len(SIZES)))]
+        return name, SIZES[name]
+    fraction = float(rng.uniform(*style.sizes))
+    return ("small" if fraction < SMALL_BELOW else "large"), fraction
 
 
 def object_words() -> frozenset[str]:
@@ -181,12 +284,3 @@ def find_object(objects: list[SceneObject], colour: str | None, shape: str) -> S
     """The scene object with this shape (and colour, if given), or ``None``."""
     matches = [o for o in objects if o.shape == shape and (colour is None or o.colour == colour)]
     return matches[0] if len(matches) == 1 else None
-
-
-def distance_to_box(point: tuple[float, float], box: tuple[int, int, int, int]) -> float:
-    """Euclidean distance in pixels from ``point`` to ``box`` (0 inside)."""
-    x, y = point
-    x0, y0, x1, y1 = box
-    dx = max(x0 - x, 0.0, x - x1)
-    dy = max(y0 - y, 0.0, y - y1)
-    return math.hypot(dx, dy)
