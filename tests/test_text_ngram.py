@@ -103,8 +103,7 @@ def test_ngram_learns_through_the_trainer_and_round_trips(tmp_path: Path) -> Non
     from vlattn.train import fit
 
     data = sentiment_corpus(tmp_path / "two.txt")
-    config = {"data": [str(data)], "split": "random", "model": "ngram", "subword_buckets": 500,
-              "bigram_buckets": 500}
+    config = {"data": [str(data)], "split": "random", "model": "ngram", "subword_buckets": 500, "bigram_buckets": 500}
     trainer = {"epochs": 4, "quiet": True, "tensorboard": False, "threads": 1, "batch_size": 16, "lr": 1e-2}
     fit("text-classifier", config, trainer, tmp_path / "run")
     loaded = load_model(tmp_path / "run" / "last.safetensors")
