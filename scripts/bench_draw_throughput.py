@@ -367,10 +367,10 @@ def main(argv: list[str] | None = None) -> None:
         flags = WORKLOADS[args.workload or "paper"][0]  # anchor_step checks that the sizes agree
         steps["anchor"] = anchor_step(load_anchor(args.anchor_repo), flags, args)
     times = time_interleaved(steps, x, args.repeats, args.warmup)
+    windows = f"read {args.read_n}x{args.read_n} write {args.write_n}x{args.write_n}"
+    windows = "no attention" if args.no_attention else windows
     print(
-        f"T={args.steps} read {args.read_n}x{args.read_n} write {args.write_n}x{args.write_n} "
-        f"LSTM {args.lstm} z {args.z} batch {args.batch_size} threads {args.threads}"
-        + (" no attention" if args.no_attention else "")
+        f"T={args.steps} {windows} LSTM {args.lstm} z {args.z} batch {args.batch_size} threads {args.threads}"
         + (f" (workload {args.workload})" if args.workload else "")
     )
     print(f"native kernels: {'on' if load_draw_kernels() is not None else 'unavailable (PyTorch code)'}")

@@ -350,6 +350,19 @@ def test_the_int8_pass_agrees_with_fp32(tiny_bert: Path) -> None:
     assert (got - expected).abs().max() < 0.1
 
 
+def test_an_int8_product_keeps_a_quiet_token_beside_a_loud_one() -> None:
+    from vlattn_text.pretrained.inference import int8_product
+
+    generator = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(24, 32, generator=generator), torch.randn(24, generator=generator)
+    product = int8_product(weight, bias)
+    quiet = torch.randn(1, 32, generator=generator) * 0.01
+    loud = torch.randn(1, 32, generator=generator) * 100.0  # one scale per call would flatten ``quiet``
+    exact = quiet @ weight.T
+    for got in (product(quiet), product(torch.cat([quiet, loud]))[:1]):
+        assert (got - bias - exact).norm() < 0.05 * exact.norm()
+
+
 def test_int8_weights_follow_the_encoder_weights(tiny_bert: Path) -> None:
     from vlattn_text.pretrained.inference import InferenceRunner
 
