@@ -173,8 +173,11 @@ def copy_weights(reference: ReferenceDraw, model: Draw) -> None:
     ref.decoder.weight_hh.copy_(_lstm_rows(dec_gates))
     ref.decoder.bias_hh.copy_(_lstm_rows(b_dec_gates))
     for linear, weight, bias in (
-        (ref.mu_linear, mu, b_mu), (ref.sigma_linear, log_sigma, b_log_sigma), (ref.write_linear, write, b_write),
-        (ref.read_attn_linear, read_win, b_read_win), (ref.write_attn_linear, write_win, b_write_win),
+        (ref.mu_linear, mu, b_mu),
+        (ref.sigma_linear, log_sigma, b_log_sigma),
+        (ref.write_linear, write, b_write),
+        (ref.read_attn_linear, read_win, b_read_win),
+        (ref.write_attn_linear, write_win, b_write_win),
     ):
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
@@ -198,11 +201,18 @@ def public_style_step(args: argparse.Namespace) -> Step:
 def vlattn_step(args: argparse.Namespace, *, fused: bool = True, native: bool = True) -> Step:
     """One training step of vlattn's DRAW (``fused=False``: through autograd instead of the
     model's own backward; ``native=False``: the own backward without its native kernels)."""
-    model = Draw(DrawShape(
-        steps=args.steps, read_n=args.read_n, write_n=args.write_n, enc_size=args.lstm,
-        dec_size=args.lstm, z_size=args.z, read_attention=not args.no_attention,
-        write_attention=not args.no_attention,
-    ))
+    model = Draw(
+        DrawShape(
+            steps=args.steps,
+            read_n=args.read_n,
+            write_n=args.write_n,
+            enc_size=args.lstm,
+            dec_size=args.lstm,
+            z_size=args.z,
+            read_attention=not args.no_attention,
+            write_attention=not args.no_attention,
+        )
+    )
     model.fused_backward = fused
     model.native_kernels = native
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
@@ -237,8 +247,9 @@ def load_anchor(repo: Path) -> types.ModuleType:
     """The ``draw.py`` module of a kamenbliznashki/generative_models checkout at ``repo``."""
     path = repo / "draw.py"
     if not path.is_file():
-        raise SystemExit(f"vlattn: error: no draw.py in {repo} (--anchor-repo takes a checkout of "
-                         "kamenbliznashki/generative_models)")
+        raise SystemExit(
+            f"vlattn: error: no draw.py in {repo} (--anchor-repo takes a checkout of kamenbliznashki/generative_models)"
+        )
     placeholders = {"utils": types.ModuleType("utils")}  # its tensorboard helpers: unused here
     if importlib.util.find_spec("tqdm") is None:
         placeholders["tqdm"] = types.ModuleType("tqdm")
@@ -318,8 +329,10 @@ def report(times: dict[str, list[float]], batch: int) -> None:
         if name == "vlattn":
             continue
         ratios = [theirs / ours for theirs, ours in zip(values, times["vlattn"], strict=True)]
-        print(f"ratio vlattn / {name}: {statistics.median(ratios):.2f}x  "
-              f"(median over {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})")
+        print(
+            f"ratio vlattn / {name}: {statistics.median(ratios):.2f}x  "
+            f"(median over {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -339,11 +352,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--with-autograd", action="store_true", help="also time vlattn's model through autograd (fused_backward off)"
     )
     parser.add_argument(
-        "--without-native", action="store_true",
+        "--without-native",
+        action="store_true",
         help="also time vlattn's own backward with its PyTorch code instead of the native kernels",
     )
     parser.add_argument(
-        "--anchor-repo", type=Path, default=None,
+        "--anchor-repo",
+        type=Path,
+        default=None,
         help="a checkout of kamenbliznashki/generative_models: also time its draw.py (see above)",
     )
     args = parser.parse_args(argv)

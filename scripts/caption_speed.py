@@ -89,9 +89,11 @@ def main() -> None:
     batched_s, batched = timed(lambda: beam_search(model, images, beam_size=args.beam_size), args.repeats)
     looped_s, looped = timed(lambda: per_image_beam_search(model, images, beam_size=args.beam_size), args.repeats)
     same = batched.tokens == looped.tokens  # type: ignore[union-attr]
-    print(f"beam search (beam {args.beam_size}, {args.images} images): batched {args.images / batched_s:.1f} images/s, "
-          f"per-image loop {args.images / looped_s:.1f} images/s, speed-up {looped_s / batched_s:.1f}x, "
-          f"identical captions: {same}")
+    print(
+        f"beam search (beam {args.beam_size}, {args.images} images): batched {args.images / batched_s:.1f} images/s, "
+        f"per-image loop {args.images / looped_s:.1f} images/s, speed-up {looped_s / batched_s:.1f}x, "
+        f"identical captions: {same}"
+    )
 
     # CLI latency for one image
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,13 +102,16 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         command = [sys.executable, "-m", "vlattn", "caption", str(path), "--model", str(args.model)]
         subprocess.run(command, check=True, capture_output=True, env=env)  # warm the file cache
-        cli_s, proc = timed(lambda: subprocess.run(command, check=True, capture_output=True, text=True, env=env),
-                            args.repeats)
+        cli_s, proc = timed(
+            lambda: subprocess.run(command, check=True, capture_output=True, text=True, env=env), args.repeats
+        )
         captioner = Captioner.load(args.model)
         captioner.caption_files([str(path)], beam_size=args.beam_size)
         warm_s, _ = timed(lambda: captioner.caption_files([str(path)], beam_size=args.beam_size), args.repeats)
-    print(f"vlattn caption, one image: {cli_s * 1000:.0f} ms end to end (fresh process), "
-          f"{warm_s * 1000:.1f} ms once the model is loaded; caption: {proc.stdout.strip()!r}")  # type: ignore[union-attr]
+    print(
+        f"vlattn caption, one image: {cli_s * 1000:.0f} ms end to end (fresh process), "
+        f"{warm_s * 1000:.1f} ms once the model is loaded; caption: {proc.stdout.strip()!r}"
+    )  # type: ignore[union-attr]
 
 
 if __name__ == "__main__":

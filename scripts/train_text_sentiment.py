@@ -52,10 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_model(result.last_path)
         header = read_header(result.last_path)
         model = loaded.model.half()
-        info = {**header.info, "recipe": args.recipe, "trainer": trainer, "train_seconds": round(seconds, 1),
-                "stored_dtype": "float16"}
-        out = save_model(args.out, model, task_name=header.task, config=header.config,
-                         artifacts=header.artifacts, info=info)
+        info = {
+            **header.info,
+            "recipe": args.recipe,
+            "trainer": trainer,
+            "train_seconds": round(seconds, 1),
+            "stored_dtype": "float16",
+        }
+        out = save_model(
+            args.out, model, task_name=header.task, config=header.config, artifacts=header.artifacts, info=info
+        )
     print(f"trained {trainer['epochs']} epochs in {seconds:.0f} s; wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
 

@@ -24,21 +24,34 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vlattn.config import from_mapping, to_dict
 
     torch.manual_seed(0)
-    config = from_mapping(CaptionConfig, {"synthetic_train": 4, "synthetic_val": 1, "image_size": 32, "grid": 4,
-                                          "cnn_channels": 8, "embed_dim": 8, "hidden_dim": 16})
+    config = from_mapping(
+        CaptionConfig,
+        {
+            "synthetic_train": 4,
+            "synthetic_val": 1,
+            "image_size": 32,
+            "grid": 4,
+            "cnn_channels": 8,
+            "embed_dim": 8,
+            "hidden_dim": 16,
+        },
+    )
     task = CaptionTask(config)
     task.setup_data()
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_model(path, task.build_model(), task_name="caption", config=to_dict(config),
-                      artifacts=task.artifacts())
+    return save_model(path, task.build_model(), task_name="caption", config=to_dict(config), artifacts=task.artifacts())
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("images")
     files = {
-        "rgb": root / "scene.png", "grey": root / "grey.jpg", "cmyk": root / "print.tiff",
-        "empty": root / "empty.png", "text": root / "text.jpg", "missing": root / "missing.png",
+        "rgb": root / "scene.png",
+        "grey": root / "grey.jpg",
+        "cmyk": root / "print.tiff",
+        "empty": root / "empty.png",
+        "text": root / "text.jpg",
+        "missing": root / "missing.png",
         "truncated": root / "cut.png",
     }
     Image.new("RGB", (300, 200), (200, 40, 40)).save(files["rgb"])
@@ -72,8 +85,12 @@ def test_batch_with_bad_files_captions_the_good_ones(model_file: Path, images: d
     assert [line.split("\t")[0] for line in lines] == [str(images[n]) for n in ("rgb", "grey", "cmyk")]
     errors = err.strip().splitlines()
     assert len(errors) == 4 and "Traceback" not in err
-    for n, reason in [("missing", "no such file"), ("empty", "empty"), ("text", "not an image"),
-                      ("truncated", "truncated")]:
+    for n, reason in [
+        ("missing", "no such file"),
+        ("empty", "empty"),
+        ("text", "not an image"),
+        ("truncated", "truncated"),
+    ]:
         assert any(str(images[n]) in e and reason in e for e in errors), (n, errors)
 
 
@@ -85,8 +102,18 @@ def test_batched_captions_equal_one_at_a_time(model_file: Path, images: dict[str
 
 
 def test_json_has_tokens_and_attention_grids(model_file: Path, images: dict[str, Path]) -> None:
-    code, out, _err = run("caption", str(images["rgb"]), str(images["missing"]), "--model", str(model_file),
-                         "--json", "--beam-size", "3", "--max-len", "6")
+    code, out, _err = run(
+        "caption",
+        str(images["rgb"]),
+        str(images["missing"]),
+        "--model",
+        str(model_file),
+        "--json",
+        "--beam-size",
+        "3",
+        "--max-len",
+        "6",
+    )
     assert code == 1
     good, bad = json.loads(out)
     assert good["caption"] == " ".join(good["tokens"]) and len(good["tokens"]) <= 6
@@ -100,8 +127,9 @@ def test_json_has_tokens_and_attention_grids(model_file: Path, images: dict[str,
 
 def test_attention_figures_are_written(model_file: Path, images: dict[str, Path], tmp_path: Path) -> None:
     out_dir = tmp_path / "figs"
-    code, _out, _ = run("caption", str(images["rgb"]), str(images["grey"]), "--model", str(model_file),
-                       "--attention-out", str(out_dir))
+    code, _out, _ = run(
+        "caption", str(images["rgb"]), str(images["grey"]), "--model", str(model_file), "--attention-out", str(out_dir)
+    )
     assert code == 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["grey.attention.png", "scene.attention.png"]
     figure = Image.open(out_dir / "scene.attention.png")
@@ -118,8 +146,9 @@ def test_bad_model_is_one_line(images: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_caption_data_writes_a_trainable_dataset(tmp_path: Path) -> None:
-    code, _out, err = run("caption-data", str(tmp_path / "scenes"), "--train", "3", "--val", "1", "--test", "1",
-                         "--image-size", "40")
+    code, _out, err = run(
+        "caption-data", str(tmp_path / "scenes"), "--train", "3", "--val", "1", "--test", "1", "--image-size", "40"
+    )
     assert code == 0, err
     data = json.loads((tmp_path / "scenes" / "dataset.json").read_text())
     assert len(data["images"]) == 5
@@ -129,9 +158,20 @@ def test_caption_data_writes_a_trainable_dataset(tmp_path: Path) -> None:
 
 def test_end_to_end_process_exit_codes(model_file: Path, images: dict[str, Path]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "vlattn", "caption", str(images["rgb"]), str(images["text"]),
-         "--model", str(model_file)],
-        capture_output=True, text=True, env=subprocess_env({"VLATTN_PLUGINS": "attention,caption"}), timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "vlattn",
+            "caption",
+            str(images["rgb"]),
+            str(images["text"]),
+            "--model",
+            str(model_file),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env({"VLATTN_PLUGINS": "attention,caption"}),
+        timeout=240,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (error,) = proc.stderr.strip().splitlines()
@@ -148,8 +188,9 @@ def _png_with_size(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -196,8 +237,9 @@ def test_exif_rotation_is_applied_before_captioning(model_file: Path, tmp_path: 
     assert result.picture.size == (40, 120)
 
 
-def test_directory_and_decompression_bomb_are_one_line_errors(model_file: Path, images: dict[str, Path],
-                                                              tmp_path: Path) -> None:
+def test_directory_and_decompression_bomb_are_one_line_errors(
+    model_file: Path, images: dict[str, Path], tmp_path: Path
+) -> None:
     bomb = _png_with_size(tmp_path / "bomb.png", 40000, 40000)
     folder = tmp_path / "a-folder"
     folder.mkdir()
@@ -226,8 +268,21 @@ def test_pretrained_encoder_offline_is_one_line(tmp_path: Path, monkeypatch: pyt
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    code, _out, err = run("train", "caption", "--encoder", "resnet18", "--pretrained", "--synthetic-train", "2",
-                         "--synthetic-val", "1", "--epochs", "1", "--out", str(tmp_path / "run"))
+    code, _out, err = run(
+        "train",
+        "caption",
+        "--encoder",
+        "resnet18",
+        "--pretrained",
+        "--synthetic-train",
+        "2",
+        "--synthetic-val",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code != 0 and "Traceback" not in err
     (line,) = err.strip().splitlines()
     assert line.startswith("vlattn: error:") and "cannot be downloaded" in line and "without --pretrained" in line

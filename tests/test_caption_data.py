@@ -84,9 +84,15 @@ def test_write_and_read_back_karpathy_json(tmp_path: Path) -> None:
 
 def test_karpathy_restval_and_paths(tmp_path: Path) -> None:
     Image.new("RGB", (5, 5)).save(tmp_path / "x.jpg")
-    (tmp_path / "d.json").write_text(json.dumps({"images": [
-        {"filename": "x.jpg", "split": "restval", "sentences": [{"raw": "A dog runs."}]},
-    ]}))
+    (tmp_path / "d.json").write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"filename": "x.jpg", "split": "restval", "sentences": [{"raw": "A dog runs."}]},
+                ]
+            }
+        )
+    )
     (rec,) = read_records(tmp_path / "d.json")
     assert rec.split == "train" and rec.captions == [["a", "dog", "runs"]] and rec.path == tmp_path / "x.jpg"
 
@@ -169,8 +175,11 @@ def test_train_on_written_karpathy_json_and_jsonl(tmp_path: Path) -> None:
     assert result.best_path is not None and result.best_path.exists()
     assert {"bleu4", "cider_d", "rouge_l", "grounding"} <= set(result.metrics)  # boxes come from the JSON
 
-    rows = [{"image": f"images/{img['filename']}", "caption": s["raw"], "split": img["split"]}
-            for img in json.loads(data.read_text())["images"] for s in img["sentences"]]
+    rows = [
+        {"image": f"images/{img['filename']}", "caption": s["raw"], "split": img["split"]}
+        for img in json.loads(data.read_text())["images"]
+        for s in img["sentences"]
+    ]
     jsonl = tmp_path / "scenes" / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = fit("caption", {"data": str(jsonl), **TINY}, TINY_TRAINER, tmp_path / "run-jsonl")
@@ -185,9 +194,29 @@ def test_training_script_uses_the_common_trainer(tmp_path: Path, monkeypatch: py
     pytest.importorskip("pycocoevalcap", reason="validation scores need pycocoevalcap")
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_caption_synthetic.py"
     out, run_dir = tmp_path / "model.safetensors", tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(out), "--run-dir", str(run_dir), "--epochs", "1",
-                                      "--sharpen-epochs", "1", "--train", "8", "--val", "2", "--batch-size", "4",
-                                      "--options", json.dumps(TINY)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            str(script),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(run_dir),
+            "--epochs",
+            "1",
+            "--sharpen-epochs",
+            "1",
+            "--train",
+            "8",
+            "--val",
+            "2",
+            "--batch-size",
+            "4",
+            "--options",
+            json.dumps(TINY),
+        ],
+    )
     runpy.run_path(str(script), run_name="__main__")
     first = json.loads((run_dir / "language" / "config.json").read_text())
     assert first["task"] == "caption" and first["trainer"]["schedule"] == "cosine"
@@ -208,10 +237,18 @@ def test_init_from_copies_weights_and_vocabulary(tmp_path: Path) -> None:
     config = from_mapping(CaptionConfig, {"synthetic_train": 4, "synthetic_val": 1, **TINY})
     task = CaptionTask(config)
     task.setup_data()
-    path = save_model(tmp_path / "m.safetensors", task.build_model(), task_name="caption",
-                      config=to_dict(config), artifacts=task.artifacts())
-    again = CaptionTask(from_mapping(CaptionConfig, {**to_dict(config), "init_from": str(path),
-                                                     "synthetic_train": 2, "synthetic_seed": 9}))
+    path = save_model(
+        tmp_path / "m.safetensors",
+        task.build_model(),
+        task_name="caption",
+        config=to_dict(config),
+        artifacts=task.artifacts(),
+    )
+    again = CaptionTask(
+        from_mapping(
+            CaptionConfig, {**to_dict(config), "init_from": str(path), "synthetic_train": 2, "synthetic_seed": 9}
+        )
+    )
     again.setup_data()
     assert again.vocab is not None and task.vocab is not None and again.vocab.words == task.vocab.words
     saved = load_file(str(path))

@@ -13,8 +13,10 @@ pytest.importorskip("pycocoevalcap", reason="caption metrics need pycocoevalcap"
 from vlattn_caption.metrics import caption_scores, grounding_counts
 
 REFS = [
-    [["a", "red", "circle", "left", "of", "a", "blue", "square"],
-     ["a", "blue", "square", "right", "of", "a", "red", "circle"]],
+    [
+        ["a", "red", "circle", "left", "of", "a", "blue", "square"],
+        ["a", "blue", "square", "right", "of", "a", "red", "circle"],
+    ],
     [["a", "large", "green", "triangle"], ["there", "is", "a", "large", "green", "triangle"]],
     [["a", "small", "white", "cross", "above", "a", "small", "yellow", "diamond"]],
 ]
@@ -31,8 +33,11 @@ def test_perfect_captions_score_one() -> None:
 
 def test_wrong_words_lower_every_score() -> None:
     perfect = caption_scores([r[0] for r in REFS], REFS)
-    wrong = [["a", "red", "square", "left", "of", "a", "blue", "circle"], ["a", "small", "green", "triangle"],
-             ["a", "white", "cross"]]
+    wrong = [
+        ["a", "red", "square", "left", "of", "a", "blue", "circle"],
+        ["a", "small", "green", "triangle"],
+        ["a", "white", "cross"],
+    ]
     worse = caption_scores(wrong, REFS)
     for key in ("bleu1", "bleu4", "rouge_l", "cider_d"):
         assert worse[key] < perfect[key]
@@ -49,8 +54,10 @@ def test_scores_match_hand_computed_values() -> None:
     assert one["bleu3"] == pytest.approx(0.5, abs=1e-8)
     assert one["bleu4"] < 1e-3  # no 4-gram matches (the scorer smooths zero counts by 1e-9)
     assert one["rouge_l"] == pytest.approx(5 / 6, abs=1e-8)  # LCS 5 of 6 words both ways
-    two = caption_scores([["the", "cat", "sat", "on", "the", "mat"], ["a", "dog", "runs"]],
-                         [[["the", "cat", "is", "on", "the", "mat"]], [["a", "dog", "runs", "fast"]]])
+    two = caption_scores(
+        [["the", "cat", "sat", "on", "the", "mat"], ["a", "dog", "runs"]],
+        [[["the", "cat", "is", "on", "the", "mat"]], [["a", "dog", "runs", "fast"]]],
+    )
     # corpus BLEU-1: 8 of 9 words match, brevity penalty exp(1 - 10 / 9)
     assert two["bleu1"] == pytest.approx(8 / 9 * math.exp(1 - 10 / 9), abs=1e-8)
     # CIDEr-D: every n-gram has the same idf (log 2), so each n gives the cosine of term counts;
@@ -67,8 +74,10 @@ def test_scores_need_one_hypothesis_per_image() -> None:
 
 
 def test_grounding_counts_peaks_inside_named_boxes() -> None:
-    objects = [{"colour": "red", "shape": "circle", "box": [0, 0, 16, 16]},
-               {"colour": "blue", "shape": "square", "box": [32, 32, 64, 64]}]
+    objects = [
+        {"colour": "red", "shape": "circle", "box": [0, 0, 16, 16]},
+        {"colour": "blue", "shape": "square", "box": [32, 32, 64, 64]},
+    ]
     words = ["a", "red", "circle", "left", "of", "a", "blue", "square"]
     weights = np.full((len(words), 16), 1 / 16)
     weights[2] = 0
@@ -92,8 +101,9 @@ def test_overlay_darkens_unattended_pixels() -> None:
 
 def test_word_figure_has_a_panel_per_word() -> None:
     image = Image.new("RGB", (64, 32), "gray")
-    figure = word_attention_figure(image, ["a", "red", "circle"], np.random.default_rng(0).random((3, 4, 4)),
-                                   panel=100, columns=5)
+    figure = word_attention_figure(
+        image, ["a", "red", "circle"], np.random.default_rng(0).random((3, 4, 4)), panel=100, columns=5
+    )
     assert figure.size == (400, 50 + 18)
     wrapped = word_attention_figure(image, ["w"] * 7, np.ones((7, 2, 2)), panel=100, columns=3)
     assert wrapped.size == (300, 3 * 68)

@@ -23,8 +23,9 @@ def _model(attention: str = "soft-spatial", seed: int = 0, end_bias: float = 0.0
 
 
 @torch.no_grad()
-def _reference_beam_search(model: CaptionModel, annotations: torch.Tensor, k: int, max_len: int,
-                           alpha: float) -> search.Decoded:
+def _reference_beam_search(
+    model: CaptionModel, annotations: torch.Tensor, k: int, max_len: int, alpha: float
+) -> search.Decoded:
     """Textbook batched beam search: every hypothesis runs every step, histories are copied."""
     decoder = model.decoder
     batch = annotations.shape[0]
@@ -64,19 +65,23 @@ def _reference_beam_search(model: CaptionModel, annotations: torch.Tensor, k: in
     return search._collect(tokens[index, choice], history[index, choice], scores[index, choice])
 
 
-@pytest.mark.parametrize(("attention", "seed", "end_bias", "k", "max_len", "alpha"), [
-    ("soft-spatial", 0, 0.0, 5, 8, 0.0),
-    ("soft-spatial", 1, 2.0, 5, 12, 0.0),
-    ("soft-spatial", 2, 2.0, 3, 12, 1.5),
-    ("soft-spatial", 3, 4.0, 4, 3, 0.7),
-    ("soft-spatial", 4, 1.0, 1, 10, 0.0),
-    ("soft-spatial", 8, 1.0, 4, 10, -0.5),
-    ("hard-spatial", 5, 2.0, 5, 10, 0.0),
-    ("hard-spatial", 6, 2.0, 4, 10, 1.0),
-    ("additive", 7, 2.0, 3, 8, 0.0),
-])
-def test_beam_search_equals_the_plain_search(attention: str, seed: int, end_bias: float, k: int, max_len: int,
-                                             alpha: float) -> None:
+@pytest.mark.parametrize(
+    ("attention", "seed", "end_bias", "k", "max_len", "alpha"),
+    [
+        ("soft-spatial", 0, 0.0, 5, 8, 0.0),
+        ("soft-spatial", 1, 2.0, 5, 12, 0.0),
+        ("soft-spatial", 2, 2.0, 3, 12, 1.5),
+        ("soft-spatial", 3, 4.0, 4, 3, 0.7),
+        ("soft-spatial", 4, 1.0, 1, 10, 0.0),
+        ("soft-spatial", 8, 1.0, 4, 10, -0.5),
+        ("hard-spatial", 5, 2.0, 5, 10, 0.0),
+        ("hard-spatial", 6, 2.0, 4, 10, 1.0),
+        ("additive", 7, 2.0, 3, 8, 0.0),
+    ],
+)
+def test_beam_search_equals_the_plain_search(
+    attention: str, seed: int, end_bias: float, k: int, max_len: int, alpha: float
+) -> None:
     model = _model(attention, seed, end_bias)
     annotations = torch.randn(7, L, D, generator=torch.Generator().manual_seed(seed))
     fast = search.beam_search(model, annotations, beam_size=k, max_len=max_len, alpha=alpha)
@@ -116,8 +121,9 @@ def test_step_rows_matches_step_on_the_gathered_rows(attention: str) -> None:
     words = torch.randint(3, V, (6,), generator=g)
     state = (torch.randn(6, 20, generator=g), torch.randn(6, 20, generator=g))
     with torch.no_grad():
-        logits, (h, c), weights = decoder.step_rows(words, state, annotations, decoder.scoring_keys(annotations),
-                                                    rows, 3)
+        logits, (h, c), weights = decoder.step_rows(
+            words, state, annotations, decoder.scoring_keys(annotations), rows, 3
+        )
         want_logits, (want_h, want_c), want_weights = decoder.step(words, state, annotations[images])
     assert (decoder.scoring_keys(annotations) is None) == (attention == "additive")
     for got, want in ((logits, want_logits), (h, want_h), (c, want_c), (weights, want_weights)):

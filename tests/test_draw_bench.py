@@ -52,9 +52,23 @@ def test_reference_with_vlattns_weights_gives_the_same_loss(bench, one_thread) -
 
 def test_benchmark_runs_every_implementation_and_prints_ratios(bench, one_thread, monkeypatch, capsys) -> None:
     monkeypatch.setattr(
-        sys, "argv",
-        ["bench", "--steps", "3", "--lstm", "16", "--z", "4", "--batch-size", "4", "--repeats", "2",
-         "--with-autograd", "--without-native"],
+        sys,
+        "argv",
+        [
+            "bench",
+            "--steps",
+            "3",
+            "--lstm",
+            "16",
+            "--z",
+            "4",
+            "--batch-size",
+            "4",
+            "--repeats",
+            "2",
+            "--with-autograd",
+            "--without-native",
+        ],
     )
     bench.main()
     printed = capsys.readouterr().out
@@ -66,7 +80,7 @@ def test_benchmark_runs_every_implementation_and_prints_ratios(bench, one_thread
 
 # A stand-in with the public draw.py's interface (its parser, DRAW(args) -> (d, q), loss_fn): the
 # benchmark only drives these.
-STAND_IN_DRAW = '''
+STAND_IN_DRAW = """
 import argparse
 import torch
 import utils  # the real one needs tensorboardX; the benchmark supplies a placeholder
@@ -93,15 +107,31 @@ class DRAW(torch.nn.Module):
 
 def loss_fn(d, q, x, writer=None, step=None):
     return -d.log_prob(x).sum(1).mean()
-'''
+"""
 
 
 def test_benchmark_times_an_anchor_checkout_interleaved(bench, one_thread, tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "draw.py").write_text(STAND_IN_DRAW)
     monkeypatch.setattr(
-        sys, "argv",
-        ["bench", "--workload", "default", "--lstm", "256", "--batch-size", "2", "--repeats", "2", "--warmup", "0",
-         "--anchor-repo", str(tmp_path), "--steps", "1"],
+        sys,
+        "argv",
+        [
+            "bench",
+            "--workload",
+            "default",
+            "--lstm",
+            "256",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--anchor-repo",
+            str(tmp_path),
+            "--steps",
+            "1",
+        ],
     )
     args = bench.parse_args()
     assert (args.steps, args.no_attention) == (32, True)  # the workload's sizes win over --steps

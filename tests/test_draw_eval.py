@@ -26,8 +26,10 @@ def npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small binarized-MNIST-shaped file: 64 / 32 / 24 random sparse binary images."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "small.npz"
-    arrays = {f"X_{k}": (rng.random((n, 784)) < 0.2).astype(np.float32)
-              for k, n in (("train", 64), ("valid", 32), ("test", 24))}
+    arrays = {
+        f"X_{k}": (rng.random((n, 784)) < 0.2).astype(np.float32)
+        for k, n in (("train", 64), ("valid", 32), ("test", 24))
+    }
     np.savez(path, **arrays)
     return path
 
@@ -39,8 +41,24 @@ def cli(*args: str):
 @pytest.fixture(scope="module")
 def run_dir(npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "draw"
-    result = cli("train", "draw", "--data-path", str(npz), *TINY, "--epochs", "2", "--batch-size", "16",
-                 "--log-every", "1", "--threads", "1", "--quiet", "--out", str(out))
+    result = cli(
+        "train",
+        "draw",
+        "--data-path",
+        str(npz),
+        *TINY,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--log-every",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -92,8 +110,24 @@ def test_the_bundled_recipe_trains_with_the_common_trainer(npz: Path, tmp_path: 
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "m.safetensors"
-    module.main(["--data-path", str(npz), "--run-dir", str(tmp_path / "run"), "--out", str(out),
-                 "--steps", "2", "--epochs", "1", "--iw-samples", "2", "--batch-size", "32"])
+    module.main(
+        [
+            "--data-path",
+            str(npz),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--epochs",
+            "1",
+            "--iw-samples",
+            "2",
+            "--batch-size",
+            "32",
+        ]
+    )
     from vlattn.checkpoint import read_header
 
     header = read_header(out)

@@ -38,8 +38,7 @@ def test_model_kl_is_the_sum_of_per_step_kls_of_the_latent_layer() -> None:
     seen = seen[1:]  # the first call maps h_enc_0 (only its recurrent part is used)
     assert len(seen) == TINY.steps
     expected = sum(
-        kl_divergence(Normal(mu, ls.exp()), Normal(0.0, 1.0)).sum(-1)
-        for mu, ls in (o.chunk(2, dim=-1) for o in seen)
+        kl_divergence(Normal(mu, ls.exp()), Normal(0.0, 1.0)).sum(-1) for mu, ls in (o.chunk(2, dim=-1) for o in seen)
     )
     torch.testing.assert_close(out.kl, expected)
 
@@ -58,8 +57,18 @@ def test_untrained_nll_is_close_to_784_ln2_on_random_binary_images() -> None:
 @pytest.mark.parametrize(("read", "write"), [(True, True), (False, True), (True, False), (False, False)])
 def test_attention_switches_and_rgb_non_square_images(read: bool, write: bool) -> None:
     shape = DrawShape(
-        channels=3, height=12, width=20, steps=3, read_attention=read, write_attention=write,
-        read_n=3, write_n=4, enc_size=16, dec_size=16, z_size=4, likelihood="continuous_bernoulli",
+        channels=3,
+        height=12,
+        width=20,
+        steps=3,
+        read_attention=read,
+        write_attention=write,
+        read_n=3,
+        write_n=4,
+        enc_size=16,
+        dec_size=16,
+        z_size=4,
+        likelihood="continuous_bernoulli",
     )
     model = Draw(shape)
     x = torch.rand(4, 3, 12, 20)

@@ -101,8 +101,7 @@ def test_window_filterbanks_and_their_gradients(
     fused.TorchKernels().row_param_grad(expected, grads, expected_grad)
     for k in range(len(grids)):
         window_out = ours_grad[:, 2:].view(batch, -1, WINDOW_PARAMS)[:, k]
-        kernels.window_grad(params[:, k], ours.fx(k), ours.fy(k), grad_fx[k], grad_fy[k], grad_log_gamma[k],
-                            window_out)
+        kernels.window_grad(params[:, k], ours.fx(k), ours.fy(k), grad_fx[k], grad_fy[k], grad_log_gamma[k], window_out)
     torch.testing.assert_close(ours_grad[:, 2:].view(batch, -1, WINDOW_PARAMS), expected_grad, rtol=1e-4, atol=1e-4)
     assert ours_grad[:, :2].eq(9.0).all()
 

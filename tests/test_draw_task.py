@@ -49,8 +49,16 @@ def test_bad_options_are_config_errors(values: dict, message: str) -> None:
 def test_folder_of_rgb_images_trains_evaluates_and_round_trips(folder: Path, tmp_path: Path) -> None:
     config = from_mapping(
         DrawConfig,
-        {"data": "folder", "data_path": str(folder), "image_size": 16, "rgb": True, "binarize": "none",
-         "likelihood": "continuous_bernoulli", "val_fraction": 0.25, **TINY},
+        {
+            "data": "folder",
+            "data_path": str(folder),
+            "image_size": 16,
+            "rgb": True,
+            "binarize": "none",
+            "likelihood": "continuous_bernoulli",
+            "val_fraction": 0.25,
+            **TINY,
+        },
     )
     task = DrawTask(config)
     splits = task.setup_data()
@@ -71,8 +79,9 @@ def test_folder_of_rgb_images_trains_evaluates_and_round_trips(folder: Path, tmp
     assert metrics["nll_bound"] == pytest.approx(metrics["reconstruction"] + metrics["kl"])
     assert metrics["iw_samples"] == 4 and np.isfinite(metrics["iw_nll"])
 
-    path = save_model(tmp_path / "m.safetensors", model, task_name="draw", config=to_dict(config),
-                      artifacts=task.artifacts())
+    path = save_model(
+        tmp_path / "m.safetensors", model, task_name="draw", config=to_dict(config), artifacts=task.artifacts()
+    )
     loaded = load_model(path)
     assert isinstance(loaded.task, DrawTask) and loaded.task.image_shape == (3, 16, 16)
     for key, value in model.state_dict().items():

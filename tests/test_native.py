@@ -13,8 +13,10 @@ from vlattn import native_build
 
 needs_compiler = pytest.mark.skipif(native_build._compiler() is None, reason="no C compiler")
 
-SOURCE = "double vl_scaled_sum(const double *x, long n, double scale) {\n" \
+SOURCE = (
+    "double vl_scaled_sum(const double *x, long n, double scale) {\n"
     "    double total = 0.0;\n    for (long i = 0; i < n; ++i) total += x[i];\n    return scale * total;\n}\n"
+)
 
 
 @pytest.fixture

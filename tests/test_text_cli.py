@@ -42,16 +42,26 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("text")
     data = folder / "train.txt"
     data.write_text("\n".join(corpus_lines()) + "\n")
-    config = from_mapping(TextClassifierConfig, {
-        "data": [str(data)], "embed_dim": 16, "hidden_size": 16, "split": "random", "subword_buckets": 500,
-        "dropout": 0.0, "embed_dropout": 0.0, "word_dropout": 0.0})
+    config = from_mapping(
+        TextClassifierConfig,
+        {
+            "data": [str(data)],
+            "embed_dim": 16,
+            "hidden_size": 16,
+            "split": "random",
+            "subword_buckets": 500,
+            "dropout": 0.0,
+            "embed_dropout": 0.0,
+            "word_dropout": 0.0,
+        },
+    )
     task = TextClassifierTask(config)
     splits = task.setup_data()
     model = task.build_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     items = list(splits.train)
     for step in range(80):
-        batch = task.collate(items[(step * 32) % len(items):][:32])
+        batch = task.collate(items[(step * 32) % len(items) :][:32])
         loss, _ = task.training_step(model, batch)
         optimizer.zero_grad()
         loss.backward()

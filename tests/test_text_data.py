@@ -68,7 +68,9 @@ def test_csv_tsv_jsonl_with_columns(tmp_path: Path) -> None:
     tsv_file = write(tmp_path / "d.tsv", "stars\treview\n1\tawful\n")
     jsonl_file = write(tmp_path / "d.jsonl", '{"body": "fine", "y": "neutral"}\n\n{"body": "bad", "y": 0}\n')
     assert [(e.text, e.label) for e in read_examples([csv_file], text_column="review", label_column="stars")] == [
-        ("great, really", "5"), ("meh", "3")]
+        ("great, really", "5"),
+        ("meh", "3"),
+    ]
     assert read_examples([tsv_file], text_column="1", label_column="0")[0].text == "awful"
     got = read_examples([jsonl_file], text_column="body", label_column="y")
     assert [(e.text, e.label) for e in got] == [("fine", "neutral"), ("bad", "0")]

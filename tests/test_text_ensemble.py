@@ -26,9 +26,20 @@ def test_mean_probability_logits_give_the_mean_probability(classes: int) -> None
 
 
 def _task(data: Path, **options: object) -> TextClassifierTask:
-    return TextClassifierTask(from_mapping(TextClassifierConfig, {
-        "data": [str(data)], "embed_dim": 8, "hidden_size": 8, "word_dropout": 0.0, "embed_dropout": 0.0,
-        "dropout": 0.0, **options}))
+    return TextClassifierTask(
+        from_mapping(
+            TextClassifierConfig,
+            {
+                "data": [str(data)],
+                "embed_dim": 8,
+                "hidden_size": 8,
+                "word_dropout": 0.0,
+                "embed_dropout": 0.0,
+                "dropout": 0.0,
+                **options,
+            },
+        )
+    )
 
 
 def test_each_member_learns_from_its_own_loss_only(tmp_path: Path) -> None:
@@ -45,7 +56,8 @@ def test_each_member_learns_from_its_own_loss_only(tmp_path: Path) -> None:
     loss.backward()
     solo = model.members[0]
     solo_grads = torch.autograd.grad(
-        classification_loss(solo(batch.ids, batch.lengths).logits, batch.labels), list(solo.parameters()))
+        classification_loss(solo(batch.ids, batch.lengths).logits, batch.labels), list(solo.parameters())
+    )
     for param, grad in zip(solo.parameters(), solo_grads, strict=True):
         torch.testing.assert_close(param.grad, grad)
     assert logits.shape == (8, 1)
@@ -54,11 +66,16 @@ def test_each_member_learns_from_its_own_loss_only(tmp_path: Path) -> None:
 def test_ensemble_trains_saves_and_classifies_with_mean_attention(tmp_path: Path) -> None:
     from vlattn.train import fit
 
-    data = make_corpus(tmp_path / "three.txt", {"red": ["apple", "cherry"], "green": ["lime", "leaf"],
-                                                "blue": ["sky", "sea"]}, n=150)
+    data = make_corpus(
+        tmp_path / "three.txt", {"red": ["apple", "cherry"], "green": ["lime", "leaf"], "blue": ["sky", "sea"]}, n=150
+    )
     config = {"data": [str(data)], "split": "random", "embed_dim": 16, "hidden_size": 16, "ensemble": 2}
-    fit("text-classifier", config, {"epochs": 10, "quiet": True, "tensorboard": False, "threads": 1,
-                                    "batch_size": 16, "lr": 5e-3}, tmp_path / "run")
+    fit(
+        "text-classifier",
+        config,
+        {"epochs": 10, "quiet": True, "tensorboard": False, "threads": 1, "batch_size": 16, "lr": 5e-3},
+        tmp_path / "run",
+    )
     classifier = TextClassifier.load(tmp_path / "run")
     model = classifier.model
     assert isinstance(model, Ensemble)

@@ -30,8 +30,15 @@ def padded(ids: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_recurrent_model_never_reads_padding(attention: str, cell: str) -> None:
     torch.manual_seed(0)
-    model = RecurrentClassifier(20, 3, embed_dim=8, hidden_size=6, cell=cell, attention=attention,
-                                query="mean" if attention == "local-p" else "learned").eval()
+    model = RecurrentClassifier(
+        20,
+        3,
+        embed_dim=8,
+        hidden_size=6,
+        cell=cell,
+        attention=attention,
+        query="mean" if attention == "local-p" else "learned",
+    ).eval()
     seqs = [[3, 4, 5], [6, 7, 8, 9, 10, 11], []]
     ids, lengths = padded(seqs, 6)
     wide, _ = padded(seqs, 11)
@@ -93,11 +100,16 @@ def make_corpus(path: Path, classes: dict[str, list[str]], n: int = 120, seed: i
 def test_multiclass_training_through_the_trainer(tmp_path: Path) -> None:
     from vlattn.train import fit
 
-    data = make_corpus(tmp_path / "three.txt", {"red": ["apple", "cherry"], "green": ["lime", "leaf"],
-                                                "blue": ["sky", "sea"]}, n=150)
+    data = make_corpus(
+        tmp_path / "three.txt", {"red": ["apple", "cherry"], "green": ["lime", "leaf"], "blue": ["sky", "sea"]}, n=150
+    )
     config = {"data": [str(data)], "split": "random", "embed_dim": 16, "hidden_size": 16, "attention": "general"}
-    fit("text-classifier", config, {"epochs": 12, "quiet": True, "tensorboard": False, "threads": 1,
-                                    "batch_size": 16, "lr": 5e-3}, tmp_path / "run")
+    fit(
+        "text-classifier",
+        config,
+        {"epochs": 12, "quiet": True, "tensorboard": False, "threads": 1, "batch_size": 16, "lr": 5e-3},
+        tmp_path / "run",
+    )
     loaded = load_model(tmp_path / "run" / "best.safetensors")
     task = loaded.task
     assert isinstance(task, TextClassifierTask)
@@ -132,8 +144,9 @@ def test_embedding_l2_is_added_to_the_loss(tmp_path: Path) -> None:
     losses = []
     for l2 in (0.0, 0.5):
         torch.manual_seed(0)
-        task = TextClassifierTask(from_mapping(TextClassifierConfig, {
-            "data": [str(data)], "model": "tutorial-lstm", "embedding_l2": l2}))
+        task = TextClassifierTask(
+            from_mapping(TextClassifierConfig, {"data": [str(data)], "model": "tutorial-lstm", "embedding_l2": l2})
+        )
         splits = task.setup_data()
         model = task.build_model().eval()
         batch = task.collate(list(splits.train)[:8])

@@ -46,9 +46,24 @@ def corpus(tmp_path: Path) -> Path:
 def test_results_script_prints_the_tables(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.set_num_threads(1)
     results = load_script("text_results")
-    code = results.main(["--data", str(corpus), "--models", "tutorial-attention,ours", "--seeds", "1", "--folds", "2",
-                         "--work", str(tmp_path / "work"), "--json", str(tmp_path / "summary.json"),
-                         "--baselines", "tfidf"])
+    code = results.main(
+        [
+            "--data",
+            str(corpus),
+            "--models",
+            "tutorial-attention,ours",
+            "--seeds",
+            "1",
+            "--folds",
+            "2",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(tmp_path / "summary.json"),
+            "--baselines",
+            "tfidf",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| tutorial-attention |" in out and "| ours |" in out

@@ -39,8 +39,17 @@ def compile_flags() -> list[str]:
     no ``errno``). ``-ffast-math`` itself is avoided: linked into a shared library it can switch the
     whole process to flushing denormals."""
     return [
-        "-O3", "-march=native", "-funroll-loops", "-std=c11", "-fPIC", "-shared",
-        "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-ffinite-math-only",
+        "-O3",
+        "-march=native",
+        "-funroll-loops",
+        "-std=c11",
+        "-fPIC",
+        "-shared",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-fassociative-math",
+        "-fno-signed-zeros",
+        "-ffinite-math-only",
     ]
 
 
@@ -82,8 +91,11 @@ def _build(source: Path, compiler: str) -> Path:
         return target
     with atomic_path(target) as tmp:
         result = subprocess.run(
-            [compiler, *compile_flags(), str(source), "-o", str(tmp), "-lm"], capture_output=True, text=True,
-            check=False, timeout=_BUILD_SECONDS,
+            [compiler, *compile_flags(), str(source), "-o", str(tmp), "-lm"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_BUILD_SECONDS,
         )
         if result.returncode != 0:
             first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())

@@ -37,8 +37,10 @@ class SmallCNN(nn.Module):
 
         self.layers = nn.Sequential(
             *block(3, 32, kernel=5, stride=2),
-            *block(32, 64), nn.MaxPool2d(2),
-            *block(64, channels), *block(channels, channels),
+            *block(32, 64),
+            nn.MaxPool2d(2),
+            *block(64, channels),
+            *block(channels, channels),
         )
         self.out_channels = channels
 
@@ -118,9 +120,16 @@ class Encoder(nn.Module):
             (``D`` grows by 2), so that the attended context says where it came from.
     """
 
-    def __init__(self, name: str = "small-cnn", grid: int = 14, pretrained: bool = False,
-                 fine_tune_blocks: int = 0, channels: int = 96, load_weights: bool = True,
-                 coordinates: bool = False) -> None:
+    def __init__(
+        self,
+        name: str = "small-cnn",
+        grid: int = 14,
+        pretrained: bool = False,
+        fine_tune_blocks: int = 0,
+        channels: int = 96,
+        load_weights: bool = True,
+        coordinates: bool = False,
+    ) -> None:
         super().__init__()
         if name == "small-cnn":
             if pretrained:

@@ -58,8 +58,9 @@ def meteor_available() -> bool:
     return (Path(module.__file__).parent / "meteor-1.5.jar").exists()
 
 
-def caption_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
-                   meteor: bool = False) -> dict[str, float]:
+def caption_scores(
+    hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], meteor: bool = False
+) -> dict[str, float]:
     """Corpus-level scores of tokenised ``hypotheses`` (one per image) against ``references``.
 
     Returns ``bleu1..bleu4``, ``rouge_l``, ``cider_d`` (and ``meteor``) as floats in the usual
@@ -82,8 +83,9 @@ def caption_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Seq
     return results
 
 
-def grounding_counts(words: Sequence[str], weights: np.ndarray, objects: Sequence[dict[str, Any]],
-                     image_size: int, grid: int) -> tuple[int, int, int]:
+def grounding_counts(
+    words: Sequence[str], weights: np.ndarray, objects: Sequence[dict[str, Any]], image_size: int, grid: int
+) -> tuple[int, int, int]:
     """``(grounded, groundable, object_words)`` for one decoded caption.
 
     Args:

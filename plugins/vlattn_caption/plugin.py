@@ -19,8 +19,13 @@ if TYPE_CHECKING:
 @hookimpl
 def register_tasks(register: Callable[[TaskSpec], None]) -> None:
     """Register the Show-Attend-Tell captioning task."""
-    register(TaskSpec("caption", "vlattn_caption.task:CaptionTask",
-                      summary="Show, Attend and Tell image captioning (soft / hard attention)"))
+    register(
+        TaskSpec(
+            "caption",
+            "vlattn_caption.task:CaptionTask",
+            summary="Show, Attend and Tell image captioning (soft / hard attention)",
+        )
+    )
 
 
 @hookimpl

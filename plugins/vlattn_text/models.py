@@ -39,8 +39,16 @@ def output_size(num_classes: int) -> int:
     return 1 if num_classes == 2 else num_classes
 
 
-def add_pooling_head(module: nn.Module, width: int, num_classes: int, *, attention: str,
-                     attention_options: dict[str, Any] | None, query: str, dropout: float) -> None:
+def add_pooling_head(
+    module: nn.Module,
+    width: int,
+    num_classes: int,
+    *,
+    attention: str,
+    attention_options: dict[str, Any] | None,
+    query: str,
+    dropout: float,
+) -> None:
     """Give ``module`` what every attention-pooled classifier here has, under the same names:
     ``attention`` (the mechanism, unless ``"none"``), ``query`` (``[W]``, for a learned query),
     ``dropout`` and ``classifier`` (``W`` -> :func:`output_size`); plus ``attention_name`` and
@@ -143,8 +151,9 @@ class TutorialLSTM(nn.Module):
         embed_dim, hidden_size, dropout: the tutorial's 32, 100 and 0.2 by default.
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 32, hidden_size: int = 100,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self, vocab_size: int, num_classes: int, embed_dim: int = 32, hidden_size: int = 100, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras' default
@@ -176,9 +185,17 @@ class TutorialAttention(TutorialLSTM):
         attention_options: extra keyword options of the mechanism.
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, max_len: int, embed_dim: int = 32,
-                 hidden_size: int = 100, dropout: float = 0.2, attention: str = "tutorial",
-                 attention_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        max_len: int,
+        embed_dim: int = 32,
+        hidden_size: int = 100,
+        dropout: float = 0.2,
+        attention: str = "tutorial",
+        attention_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(vocab_size, num_classes, embed_dim, hidden_size, dropout)
         options = {"steps": max_len, **(attention_options or {})}
         self.attention = build_attention(attention, hidden_size, hidden_size, **options)
@@ -214,22 +231,49 @@ class RecurrentClassifier(nn.Module):
         subword_buckets: add hashed character n-gram vectors to word vectors (0 = off).
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, *, embed_dim: int = 128, hidden_size: int = 100,
-                 cell: Literal["lstm", "gru"] = "lstm", bidirectional: bool = True, layers: int = 1,
-                 attention: str = "additive", attention_options: dict[str, Any] | None = None,
-                 query: QueryKind = "learned", dropout: float = 0.5, embed_dropout: float = 0.3,
-                 word_dropout: float = 0.0, unk_index: int | None = None, subword_buckets: int = 0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        embed_dim: int = 128,
+        hidden_size: int = 100,
+        cell: Literal["lstm", "gru"] = "lstm",
+        bidirectional: bool = True,
+        layers: int = 1,
+        attention: str = "additive",
+        attention_options: dict[str, Any] | None = None,
+        query: QueryKind = "learned",
+        dropout: float = 0.5,
+        embed_dropout: float = 0.3,
+        word_dropout: float = 0.0,
+        unk_index: int | None = None,
+        subword_buckets: int = 0,
+    ) -> None:
         super().__init__()
         self.embedding = WordEmbedding(vocab_size, embed_dim, subword_buckets)
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.word_dropout = word_dropout if unk_index is not None else 0.0
         self.unk_index = unk_index
         rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
-        self.rnn = rnn_class(embed_dim, hidden_size, num_layers=layers, batch_first=True,
-                             bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        self.rnn = rnn_class(
+            embed_dim,
+            hidden_size,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         width = hidden_size * (2 if bidirectional else 1)
-        add_pooling_head(self, width, num_classes, attention=attention, attention_options=attention_options,
-                         query=query, dropout=dropout)
+        add_pooling_head(
+            self,
+            width,
+            num_classes,
+            attention=attention,
+            attention_options=attention_options,
+            query=query,
+            dropout=dropout,
+        )
 
     def encode(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``ids [B, T]``, ``lengths [B]`` (``subwords [B, T, K]``) -> ``(states [B, T, W], last [B, W],

@@ -72,8 +72,9 @@ class TextClassifierTask(Task):
         examples = self._read(s.data)
         if s.val_data:
             return examples, examples, self._read(s.val_data)
-        train, val = split_examples(examples, val_split=s.val_split, split=s.split, folds=s.folds,
-                                    fold=s.fold, seed=s.split_seed)
+        train, val = split_examples(
+            examples, val_split=s.val_split, split=s.split, folds=s.folds, fold=s.fold, seed=s.split_seed
+        )
         return examples, train, val
 
     def setup_data(self) -> DataSplits:
@@ -96,8 +97,9 @@ class TextClassifierTask(Task):
             self.training_run = True
         else:
             fit_on = examples if s.vocab_from == "all" and not s.val_data else train
-            self.tokenizer = Tokenizer(lower=s.lower, min_freq=s.min_freq or 1, max_words=s.max_words,
-                                       oov=bool(s.oov)).fit(e.text for e in fit_on)
+            self.tokenizer = Tokenizer(
+                lower=s.lower, min_freq=s.min_freq or 1, max_words=s.max_words, oov=bool(s.oov)
+            ).fit(e.text for e in fit_on)
         train_items = self.to_items(train)
         self.ngram_priors = self._ngram_priors(train_items) if s.model == "ngram" and s.lexical == "nb" else None
         return DataSplits(train_items, self.to_items(val) if val else None)
@@ -179,13 +181,18 @@ class TextClassifierTask(Task):
             width = int(self.settings.max_len or width)
         width = max(width, 1)
         # Pad as Python lists and convert once: one tensor per batch, not one per text or word.
-        ids = torch.tensor([item.ids[:width] + [0] * (width - len(item.ids)) for item in items],
-                           dtype=torch.long).view(len(items), width)
+        ids = torch.tensor([item.ids[:width] + [0] * (width - len(item.ids)) for item in items], dtype=torch.long).view(
+            len(items), width
+        )
         subwords = None
         if self.settings.subword_buckets:
             subwords = pack_subwords([item.grams for item in items], width)
-        return TextBatch(ids, torch.tensor(lengths, dtype=torch.long),
-                         torch.tensor([item.label for item in items], dtype=torch.long), subwords)
+        return TextBatch(
+            ids,
+            torch.tensor(lengths, dtype=torch.long),
+            torch.tensor([item.label for item in items], dtype=torch.long),
+            subwords,
+        )
 
     # -- model -----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -210,24 +217,50 @@ class TextClassifierTask(Task):
         if s.model == "tutorial-lstm":
             return models.TutorialLSTM(vocab, classes, s.embed_dim or 32, s.hidden_size or 100, s.dropout or 0.0)
         if s.model == "tutorial-attention":
-            return models.TutorialAttention(vocab, classes, int(s.max_len or 32), s.embed_dim or 32,
-                                            s.hidden_size or 100, s.dropout or 0.0,
-                                            attention_options=s.attention_options)
+            return models.TutorialAttention(
+                vocab,
+                classes,
+                int(s.max_len or 32),
+                s.embed_dim or 32,
+                s.hidden_size or 100,
+                s.dropout or 0.0,
+                attention_options=s.attention_options,
+            )
         unk = self.tokenizer.word_index.get("<unk>") if s.oov else None
         common: dict[str, Any] = {
-            "embed_dim": s.embed_dim, "attention": s.attention, "attention_options": s.attention_options,
-            "query": s.query, "dropout": s.dropout, "embed_dropout": s.embed_dropout,
-            "word_dropout": s.word_dropout, "unk_index": unk, "subword_buckets": s.subword_buckets or 0,
+            "embed_dim": s.embed_dim,
+            "attention": s.attention,
+            "attention_options": s.attention_options,
+            "query": s.query,
+            "dropout": s.dropout,
+            "embed_dropout": s.embed_dropout,
+            "word_dropout": s.word_dropout,
+            "unk_index": unk,
+            "subword_buckets": s.subword_buckets or 0,
         }
         if s.model == "ngram":
             return self._build_ngram(vocab, classes)
         if s.model == "transformer":
             from vlattn_text.transformer import TransformerClassifier
 
-            return TransformerClassifier(vocab, classes, ff_dim=s.hidden_size, layers=s.layers, heads=s.heads,
-                                         max_len=int(s.max_len or 512), **common)
-        return models.RecurrentClassifier(vocab, classes, hidden_size=s.hidden_size, cell=s.cell,
-                                          bidirectional=s.bidirectional, layers=s.layers, **common)
+            return TransformerClassifier(
+                vocab,
+                classes,
+                ff_dim=s.hidden_size,
+                layers=s.layers,
+                heads=s.heads,
+                max_len=int(s.max_len or 512),
+                **common,
+            )
+        return models.RecurrentClassifier(
+            vocab,
+            classes,
+            hidden_size=s.hidden_size,
+            cell=s.cell,
+            bidirectional=s.bidirectional,
+            layers=s.layers,
+            **common,
+        )
 
     def _build_ngram(self, vocab: int, classes: int) -> nn.Module:
         """The n-gram attention model, its lexical scores started at the training split's NB ratios."""
@@ -235,10 +268,19 @@ class TextClassifierTask(Task):
 
         s = self.settings
         model = NgramClassifier(
-            vocab, classes, embed_dim=s.embed_dim or 64, bigram_buckets=s.bigram_buckets,
-            subword_buckets=s.subword_buckets or 0, attention=s.attention, attention_options=s.attention_options,
-            query=s.query, mean_mix=s.mean_mix, dropout=s.dropout or 0.0, embed_dropout=s.embed_dropout or 0.0,
-            item_dropout=s.word_dropout or 0.0, lexical=s.lexical,
+            vocab,
+            classes,
+            embed_dim=s.embed_dim or 64,
+            bigram_buckets=s.bigram_buckets,
+            subword_buckets=s.subword_buckets or 0,
+            attention=s.attention,
+            attention_options=s.attention_options,
+            query=s.query,
+            mean_mix=s.mean_mix,
+            dropout=s.dropout or 0.0,
+            embed_dropout=s.embed_dropout or 0.0,
+            item_dropout=s.word_dropout or 0.0,
+            lexical=s.lexical,
         )
         if self.ngram_priors is not None:
             model.init_lexical(self.ngram_priors, s.lexical_scale)
@@ -265,8 +307,14 @@ class TextClassifierTask(Task):
                 )
             encoder = source.load_encoder(config)
         return PretrainedClassifier(
-            encoder, len(self.labels), attention=s.attention, attention_options=s.attention_options,
-            query=s.query, dropout=s.dropout or 0.0, finetune_layers=s.finetune_layers, mix_layers=s.mix_layers,
+            encoder,
+            len(self.labels),
+            attention=s.attention,
+            attention_options=s.attention_options,
+            query=s.query,
+            dropout=s.dropout or 0.0,
+            finetune_layers=s.finetune_layers,
+            mix_layers=s.mix_layers,
             head_lr=s.head_lr,
             feature_cache=200_000 if self.training_run else 0,
         )
@@ -279,8 +327,10 @@ class TextClassifierTask(Task):
         """
         output = model(batch.ids, batch.lengths, batch.subwords)
         if output.members is not None and model.training:
-            loss = sum((classification_loss(member, batch.labels) for member in output.members),
-                       start=output.logits.new_zeros(()))
+            loss = sum(
+                (classification_loss(member, batch.labels) for member in output.members),
+                start=output.logits.new_zeros(()),
+            )
         else:
             loss = classification_loss(output.logits, batch.labels)
         if self.settings.embedding_l2:

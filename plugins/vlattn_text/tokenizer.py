@@ -123,9 +123,7 @@ class Tokenizer:
         )
 
 
-def truncate(
-    ids: Sequence[int], max_len: int, truncating: Literal["pre", "post"] = "pre"
-) -> tuple[int, int]:
+def truncate(ids: Sequence[int], max_len: int, truncating: Literal["pre", "post"] = "pre") -> tuple[int, int]:
     """The ``[start, stop)`` slice of ``ids`` kept at ``max_len`` (``"pre"`` drops the front)."""
     n = len(ids)
     if max_len <= 0 or n <= max_len:

@@ -37,21 +37,41 @@ class TransformerClassifier(nn.Module):
         subword_buckets: add hashed character n-gram vectors to word vectors (0 = off).
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, *, embed_dim: int = 128, ff_dim: int = 256,
-                 layers: int = 1, heads: int = 4, max_len: int = 512, attention: str = "additive",
-                 attention_options: dict[str, Any] | None = None, query: QueryKind = "learned",
-                 dropout: float = 0.3, embed_dropout: float = 0.2, word_dropout: float = 0.0,
-                 unk_index: int | None = None, subword_buckets: int = 0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        embed_dim: int = 128,
+        ff_dim: int = 256,
+        layers: int = 1,
+        heads: int = 4,
+        max_len: int = 512,
+        attention: str = "additive",
+        attention_options: dict[str, Any] | None = None,
+        query: QueryKind = "learned",
+        dropout: float = 0.3,
+        embed_dropout: float = 0.2,
+        word_dropout: float = 0.0,
+        unk_index: int | None = None,
+        subword_buckets: int = 0,
+    ) -> None:
         super().__init__()
         self.embedding = WordEmbedding(vocab_size, embed_dim, subword_buckets)
         self.scale = embed_dim**0.5
         self.positions = SinusoidalPositionalEncoding(embed_dim, max_len=max(max_len, 1), dropout=embed_dropout)
-        self.encoder = TransformerEncoder(embed_dim, num_layers=layers, num_heads=heads, ff_dim=ff_dim,
-                                          dropout=dropout)
+        self.encoder = TransformerEncoder(embed_dim, num_layers=layers, num_heads=heads, ff_dim=ff_dim, dropout=dropout)
         self.word_dropout = word_dropout if unk_index is not None else 0.0
         self.unk_index = unk_index
-        add_pooling_head(self, embed_dim, num_classes, attention=attention, attention_options=attention_options,
-                         query=query, dropout=dropout)
+        add_pooling_head(
+            self,
+            embed_dim,
+            num_classes,
+            attention=attention,
+            attention_options=attention_options,
+            query=query,
+            dropout=dropout,
+        )
 
     def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
         if self.training and self.word_dropout > 0 and self.unk_index is not None:
