@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from torch import Tensor, nn
 
-from tests.test_text_models import make_corpus
+from tests.plugins.text.test_text_models import make_corpus
 from tests.toy_tasks import RegressionConfig, RegressionTask
 from vlattn.testing import ContractViolation, check_task
 

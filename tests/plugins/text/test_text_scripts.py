@@ -14,7 +14,7 @@ from vlattn_text.predict import TextClassifier
 
 from vlattn.checkpoint import read_header
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 
 
 def load_script(name: str) -> ModuleType:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from vlattn_draw.model import Draw, DrawShape
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from vlattn_text.data import TextDataError, label_order, read_examples, split_examples
 from vlattn_text.tokenizer import OOV_TOKEN, Tokenizer, pad_sequences, split_words, truncate
 
-SHARED_SENTIMENT = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment"
+SHARED_SENTIMENT = Path(__file__).resolve().parents[4] / "shared" / "data" / "sentiment"
 
 
 def test_split_words_matches_keras_rules() -> None:

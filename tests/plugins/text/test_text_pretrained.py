@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 
 from tests.conftest import REPO
-from tests.pretrained_fixtures import hf_state_dict, reference_bert, write_tiny_bert
-from tests.test_text_models import make_corpus
+from tests.plugins.text.pretrained_fixtures import hf_state_dict, reference_bert, write_tiny_bert
+from tests.plugins.text.test_text_models import make_corpus
 from vlattn.errors import VlattnError
 
 pytest.importorskip("tokenizers")

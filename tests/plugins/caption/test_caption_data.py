@@ -192,7 +192,7 @@ def test_training_script_uses_the_common_trainer(tmp_path: Path, monkeypatch: py
     import sys
 
     pytest.importorskip("pycocoevalcap", reason="validation scores need pycocoevalcap")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_caption_synthetic.py"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "train_caption_synthetic.py"
     out, run_dir = tmp_path / "model.safetensors", tmp_path / "run"
     monkeypatch.setattr(
         sys,

@@ -14,7 +14,7 @@ from vlattn_draw.task import DrawConfig, DrawEvalOptions, DrawTask
 from vlattn.checkpoint import load_model, save_model
 from vlattn.config import ConfigError, from_mapping, to_dict
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 MNIST = SHARED / "mnist" / "binarized_mnist.npz"
 TINY = {"steps": 3, "enc_size": 16, "dec_size": 16, "z_size": 4, "read_n": 2, "write_n": 3}
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from vlattn.cli import build_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["--steps", "3", "--enc-size", "16", "--dec-size", "16", "--z-size", "4", "--read-n", "2", "--write-n", "3"]
 
 
