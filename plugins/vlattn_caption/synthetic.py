@@ -24,7 +24,8 @@ This module imports no torch (Pillow and numpy only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -96,6 +97,32 @@ class SceneStyle:
         except (TypeError, IndexError) as exc:
             raise ValueError(f"scene options need [low, high] pairs and a number for noise ({exc})") from None
 
+    @classmethod
+    def from_options(
+        cls,
+        objects: str = "1-3",
+        sizes: str = "",
+        background: str = "60-140",
+        noise: float = 8.0,
+        *,
+        prefix: str = "",
+    ) -> SceneStyle:
+        """A style from option text: ``objects="4-5"``, ``sizes="0.12-0.38"`` (``""``: the two
+        fixed sizes), ``background="15-230"`` (highest excluded), ``noise=16.0``.
+
+        A single number stands for a range of one (``objects="4"`` is ``4-4``). The defaults give
+        :data:`STANDARD`. Raises ``ValueError`` with a one-line message that names the option as
+        ``prefix + name`` (``prefix="scene_"`` gives ``scene_objects``).
+        """
+        low, high = _parse_range(objects, int, f"{prefix}objects", "1-3")
+        style = _checked(f"{prefix}objects", objects=(int(low), int(high)))
+        if sizes.strip():
+            low_f, high_f = _parse_range(sizes, float, f"{prefix}sizes", "0.12-0.38")
+            style = _checked(f"{prefix}sizes", style, sizes=(float(low_f), float(high_f)))
+        low, high = _parse_range(background, int, f"{prefix}background", "60-140")
+        style = _checked(f"{prefix}background", style, background=(int(low), int(high)))
+        return _checked(f"{prefix}noise", style, noise=float(noise))
+
     def to_json(self) -> dict[str, Any]:
         """The inverse of :meth:`from_json`."""
         out: dict[str, Any] = {"objects": list(self.objects), "background": list(self.background), "noise": self.noise}
@@ -105,6 +132,27 @@ class SceneStyle:
 
 
 STANDARD = SceneStyle()
+
+_NUMBER = {int: r"\d+", float: r"\d+(?:\.\d*)?|\.\d+"}
+
+
+def _parse_range(text: str, kind: type[int] | type[float], name: str, example: str) -> tuple[float, float]:
+    """``(low, high)`` of ``"LOW-HIGH"`` or of a single number ``"N"`` (``(N, N)``)."""
+    number = _NUMBER[kind]
+    match = re.fullmatch(rf"\s*({number})\s*(?:-\s*({number})\s*)?", text)
+    if match is None:
+        what = "whole numbers" if kind is int else "numbers"
+        raise ValueError(f"{name} must be LOW-HIGH in {what} (e.g. {example}), got {text!r}")
+    low = kind(match.group(1))
+    return low, kind(match.group(2)) if match.group(2) is not None else low
+
+
+def _checked(name: str, base: SceneStyle = STANDARD, **change: Any) -> SceneStyle:
+    """``base`` with ``change`` applied; a value out of range raises ``ValueError`` naming ``name``."""
+    try:
+        return replace(base, **change)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)

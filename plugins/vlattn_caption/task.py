@@ -3,7 +3,9 @@
 ``vlattn train caption --attention soft-spatial --out runs/cap`` trains on synthetic scenes (no
 download); ``--data dataset_flickr8k.json --image-root Flicker8k_Dataset --encoder resnet50
 --pretrained`` trains on a Karpathy split. Validation decodes captions (beam search, never
-teacher forcing) and scores them; BLEU-4 picks the best checkpoint.
+teacher forcing) and scores them; BLEU-4 picks the best checkpoint. ``--scene-objects 1-5
+--scene-sizes 0.12-0.38 --scene-background 15-230 --scene-noise 16`` draw the synthetic scenes from
+wider ranges; ``--synthetic-suite varied`` makes the test split a fixed suite of such scenes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from vlattn_caption.encoder import Encoder
 from vlattn_caption.metrics import caption_scores, grounding_counts
 from vlattn_caption.model import CaptionModel, reinforce_gradient_ratios, repeat_batch
 from vlattn_caption.search import decode
+from vlattn_caption.synthetic import SUITES, SceneStyle
 from vlattn_caption.vocab import Vocabulary
 
 
@@ -40,6 +43,19 @@ class CaptionConfig:
     synthetic_val: int = option(300, help="synthetic validation scenes")
     synthetic_test: int = option(500, help="synthetic test scenes")
     synthetic_seed: int = option(0, help="seed of the synthetic scenes")
+    scene_objects: str = option("1-3", help="synthetic scenes: objects per scene, LOW-HIGH within 1-5")
+    scene_sizes: str = option(
+        "", help="synthetic scenes: object side as a fraction of the image, LOW-HIGH in 0.05-0.45 ('' = 2 fixed sizes)"
+    )
+    scene_background: str = option(
+        "60-140", help="synthetic scenes: background grey level, LOW-HIGH within 0-256 (HIGH excluded)"
+    )
+    scene_noise: float = option(8.0, help="synthetic scenes: standard deviation of the background noise, 0-100")
+    synthetic_suite: str = option(
+        "",
+        help="synthetic data: score the test split on this fixed scene suite instead ('' = the test scenes)",
+        choices=("", *SUITES),
+    )
     image_size: int = option(0, help="images are resized to this square side (0 = 64 for synthetic, 224 otherwise)")
     grid: int = option(14, help="side of the annotation grid (L = grid * grid locations)")
     encoder: str = option("small-cnn", help="'small-cnn' or a torchvision model (resnet50, vgg16, efficientnet_b0 ...)")
@@ -117,10 +133,22 @@ class CaptionConfig:
             ),
             (self.reinforce_diagnostics >= 0, "reinforce_diagnostics must be >= 0"),
             ("eval_mode" not in self.attention_options, "set hard attention's inference mode with hard_decoding"),
+            (
+                self.synthetic_suite in ("", *SUITES),
+                f"synthetic_suite must be '' or one of {', '.join(SUITES)}, got {self.synthetic_suite!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.scene_style()
+
+    def scene_style(self) -> SceneStyle:
+        """The :class:`SceneStyle` of the synthetic train, val and test scenes (``ValueError`` with
+        a one-line message naming the option if a ``scene_*`` value is unusable)."""
+        return SceneStyle.from_options(
+            self.scene_objects, self.scene_sizes, self.scene_background, self.scene_noise, prefix="scene_"
+        )
 
 
 @dataclass
@@ -166,12 +194,18 @@ class CaptionTask(Task):
         return self.config.image_size or (64 if self.synthetic else 224)
 
     def records(self, split: str, data: str | None = None) -> list[rec.CaptionRecord]:
-        """The records of ``split`` from the configured (or the given) dataset."""
+        """The records of ``split`` from the configured (or the given) dataset.
+
+        Synthetic scenes are drawn with the config's scene style; with ``synthetic_suite`` set,
+        ``"test"`` is that suite's scenes (named ``<part>/test/<index>``).
+        """
         source = data or self.config.data
         if source == "synthetic":
             cfg = self.config
+            if split == "test" and cfg.synthetic_suite:
+                return rec.suite_records(cfg.synthetic_suite, self.image_size)
             count = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}[split]
-            return rec.synthetic_records(split, count, cfg.synthetic_seed, self.image_size)
+            return rec.synthetic_records(split, count, cfg.synthetic_seed, self.image_size, cfg.scene_style())
         found = [r for r in rec.read_records(source, self.config.image_root or None) if r.split == split]
         if not found and split != "train":
             raise rec.CaptionDataError(f"{source} has no {split!r} images")
