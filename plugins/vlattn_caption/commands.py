@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -118,24 +119,90 @@ def _write_figures(results: list, folder: Path) -> None:
 @click.option("--test", "n_test", default=500, show_default=True, type=click.IntRange(0), help="test scenes")
 @click.option("--seed", default=0, show_default=True, type=int, help="dataset seed")
 @click.option("--image-size", default=64, show_default=True, type=click.IntRange(32, 1024), help="image side in pixels")
-def caption_data(out: Path, n_train: int, n_val: int, n_test: int, seed: int, image_size: int) -> None:
+@click.option("--objects", default="1-3", show_default=True, help="objects per scene, LOW-HIGH within 1-5")
+@click.option(
+    "--sizes",
+    default="",
+    help="object side as a fraction of the image side, LOW-HIGH within 0.05-0.45 "
+    "[default: the two fixed sizes, 0.19 and 0.31]",
+)
+@click.option(
+    "--background",
+    default="60-140",
+    show_default=True,
+    help="background grey level, LOW-HIGH in 0-256 (HIGH excluded)",
+)
+@click.option(
+    "--noise", default=8.0, show_default=True, type=float, help="standard deviation of the background noise, 0-100"
+)
+@click.option("--suite", default=None, metavar="NAME", help="write this fixed test suite instead (varied)")
+@click.pass_context
+def caption_data(
+    ctx: click.Context,
+    out: Path,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int,
+    image_size: int,
+    objects: str,
+    sizes: str,
+    background: str,
+    noise: float,
+    suite: str | None,
+) -> None:
     """Write the synthetic scene dataset to OUT: PNG images and a Karpathy-style dataset.json.
 
-    Each scene has 1-3 coloured shapes with bounding boxes and two template captions. Train on
-    it with: vlattn train caption --data OUT/dataset.json
-    """
-    from vlattn_caption.records import write_synthetic
+    Each scene has coloured shapes with bounding boxes and two template captions that name every
+    shape. By default a scene has 1-3 shapes of two sizes on a mid-grey background (the scenes of
+    `vlattn train caption`); --objects, --sizes, --background and --noise draw them from other
+    ranges, e.g. --objects 1-5 --sizes 0.12-0.38 --background 15-230 --noise 16. Train on it with:
+    vlattn train caption --data OUT/dataset.json
 
-    total = n_train + n_val + n_test
+    --suite varied writes a fixed test suite instead (its own seeds and ranges, every image in
+    split "test", its part named under "part"): 250 scenes each of varied sizes, varied
+    backgrounds, 4-5 objects, and all of these mixed.
+    """
+    from vlattn_caption import synthetic
+    from vlattn_caption.records import write_suite, write_synthetic
+
+    if suite is not None:
+        _check_suite(ctx, suite, synthetic.SUITES)
+        parts = synthetic.SUITES[suite]
+        total = sum(part.count for part in parts)
+    else:
+        try:
+            style = synthetic.SceneStyle.from_options(objects, sizes, background, noise, prefix="--")
+        except ValueError as exc:
+            raise VlattnError(str(exc)) from None
+        total = n_train + n_val + n_test
     try:
         with click.progressbar(length=total, label="scenes", file=sys.stderr) as bar:
-            path = write_synthetic(
-                out,
-                counts={"train": n_train, "val": n_val, "test": n_test},
-                seed=seed,
-                image_size=image_size,
-                progress=bar.update,
-            )
+            if suite is not None:
+                path = write_suite(out, suite, image_size=image_size, progress=bar.update)
+            else:
+                path = write_synthetic(
+                    out,
+                    counts={"train": n_train, "val": n_val, "test": n_test},
+                    seed=seed,
+                    image_size=image_size,
+                    progress=bar.update,
+                    style=style,
+                )
     except OSError as exc:
         raise VlattnError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {total} scenes to {path}")
+    what = f"the {suite!r} suite's {total} scenes" if suite is not None else f"{total} scenes"
+    click.echo(f"wrote {what} to {path}")
+
+
+def _check_suite(ctx: click.Context, suite: str, suites: Mapping[str, object]) -> None:
+    """A known suite name, and no option that the suite's fixed scenes would ignore."""
+    if suite not in suites:
+        raise VlattnError(f"--suite must be one of {', '.join(suites)}, got {suite!r}")
+    ignored = [
+        f"--{name.replace('_', '-').removeprefix('n-')}"
+        for name in ("n_train", "n_val", "n_test", "seed", "objects", "sizes", "background", "noise")
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if ignored:
+        raise VlattnError(f"--suite {suite} writes the suite's own scenes; drop {', '.join(ignored)}")

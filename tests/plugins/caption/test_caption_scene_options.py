@@ -147,3 +147,74 @@ def test_bundled_model_files_load_with_the_default_style(name: str) -> None:
     loaded = load_model(path, expect_task="caption")
     config = loaded.task.config  # type: ignore[attr-defined]
     assert config.scene_style() == STANDARD and config.synthetic_suite == ""
+
+
+# -- vlattn caption-data ---------------------------------------------------------------------------
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    from click.testing import CliRunner
+
+    from vlattn.cli import build_cli
+
+    result = CliRunner().invoke(build_cli(), list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_caption_data_writes_scenes_of_the_style(tmp_path: Path) -> None:
+    from vlattn_caption.records import read_records
+
+    out = tmp_path / "scenes"
+    args = ["--objects", "4-5", "--sizes", "0.12-0.2", "--background", "15-230", "--noise", "16"]
+    code, _out, err = _run(
+        "caption-data", str(out), "--train", "3", "--val", "1", "--test", "1", "--image-size", "32", *args
+    )
+    assert code == 0, err
+    records = read_records(out / "dataset.json")
+    assert [r.split for r in records] == ["train", "train", "train", "val", "test"]
+    assert all(len(r.objects) in (4, 5) and _shape_words(r.captions[0]) == len(r.objects) for r in records)
+    style = SceneStyle(objects=(4, 5), sizes=(0.12, 0.2), background=(15, 230), noise=16.0)
+    assert records[0].captions == [c.split() for c in synthetic.make_scene(0, "train", 0, 32, style).captions]
+
+
+def test_caption_data_writes_a_suite(tmp_path: Path) -> None:
+    import json
+
+    from vlattn_caption.records import read_records, suite_records
+
+    out = tmp_path / "varied"
+    code, stdout, err = _run("caption-data", str(out), "--suite", "varied", "--image-size", "32")
+    assert code == 0, err
+    assert "1000 scenes" in stdout
+    data = json.loads((out / "dataset.json").read_text())
+    assert [(p["name"], p["count"]) for p in data["parts"]] == [
+        ("sizes", 250),
+        ("background", 250),
+        ("objects", 250),
+        ("mixed", 250),
+    ]
+    records = read_records(out / "dataset.json")
+    assert len(records) == 1000 and {r.split for r in records} == {"test"}
+    assert [img["part"] for img in data["images"]] == [r.name.split("_")[0] for r in records]
+    in_memory = suite_records("varied", image_size=32)
+    assert [r.captions for r in records] == [r.captions for r in in_memory]
+    assert [r.objects for r in records] == [r.objects for r in in_memory]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--objects", "0-9"], "--objects: object count range must lie within 1-5"),
+        (["--objects", "three"], "--objects must be LOW-HIGH"),
+        (["--sizes", "0.3-0.1"], "--sizes: object size range"),
+        (["--background", "255-300"], "--background: background range"),
+        (["--noise", "-3"], "--noise: noise must be in [0, 100]"),
+        (["--suite", "hard"], "--suite must be one of varied, got 'hard'"),
+        (["--suite", "varied", "--objects", "2-3", "--test", "5"], "drop --train, --val, --test, --objects"),
+    ],
+)
+def test_caption_data_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    code, _out, err = _run("caption-data", str(tmp_path / "out"), "--train", "1", "--val", "0", "--test", "0", *args)
+    assert code != 0
+    assert err.startswith("vlattn: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and not (tmp_path / "out" / "dataset.json").exists()
