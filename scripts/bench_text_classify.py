@@ -142,9 +142,9 @@ def bench_against_sentence_transformers(
     return figures
 
 
-def int8_agreement(data: list[str], model: str) -> dict[str, float]:
-    """``model`` in int8 against fp32 on the labelled sentences of ``data``: the share of equal
-    predictions, both accuracies, the largest probability change, and the largest absolute
+def precision_agreement(data: list[str], model: str, precision: str) -> dict[str, float]:
+    """``model`` in ``precision`` against fp32 on the labelled sentences of ``data``: the share of
+    equal predictions, both accuracies, the largest probability change, and the largest absolute
     difference of the encoder's pooled states (the mixed hidden states on real tokens)."""
     import torch
     from vlattn_text.data import read_examples
@@ -152,9 +152,9 @@ def int8_agreement(data: list[str], model: str) -> dict[str, float]:
 
     examples = read_examples(data)
     texts = [e.text for e in examples]
-    fp32, int8 = TextClassifier.load(model), TextClassifier.load(model)
-    int8.set_precision("int8")
-    exact, quantized = fp32.classify(texts), int8.classify(texts)
+    fp32, other = TextClassifier.load(model), TextClassifier.load(model)
+    other.set_precision(precision)
+    exact, approximate = fp32.classify(texts), other.classify(texts)
     truth = [e.label for e in examples]  # the UCI 0 / 1 already named as the model's classes
     hidden = 0.0
     with torch.inference_mode():
@@ -162,17 +162,17 @@ def int8_agreement(data: list[str], model: str) -> dict[str, float]:
             encoded = fp32.task.encode_many(texts[start : start + 32])
             batch = fp32.task.collate([fp32.task.make_item(e) for e in encoded])
             a, mask, _ = fp32.model.encode(batch.ids, batch.lengths)
-            b, _, _ = int8.model.encode(batch.ids, batch.lengths)
+            b, _, _ = other.model.encode(batch.ids, batch.lengths)
             hidden = max(hidden, float((a - b)[mask].abs().max()))
     n = len(texts)
     return {
         "sentences": n,
-        "agreement": sum(p.label == q.label for p, q in zip(exact, quantized, strict=True)) / n,
+        "agreement": sum(p.label == q.label for p, q in zip(exact, approximate, strict=True)) / n,
         "accuracy_fp32": sum(p.label == t for p, t in zip(exact, truth, strict=True)) / n,
-        "accuracy_int8": sum(q.label == t for q, t in zip(quantized, truth, strict=True)) / n,
+        "accuracy": sum(q.label == t for q, t in zip(approximate, truth, strict=True)) / n,
         "max_probability_change": max(
             abs(p.probabilities[label] - q.probabilities[label])
-            for p, q in zip(exact, quantized, strict=True)
+            for p, q in zip(exact, approximate, strict=True)
             for label in p.probabilities
         ),
         "max_hidden_abs_difference": hidden,
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default="bundled",
-        help="comma-separated model files or bundled names to time classify with, each NAME[@fp32|@int8] "
+        help="comma-separated model files or bundled names to time classify with, each NAME[@fp32|@bf16|@int8] "
         "(bundled = the default sentiment model)",
     )
     parser.add_argument(
@@ -217,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a pretrained-encoder model file or bundled name: time it beside sentence-transformers' encode",
     )
     parser.add_argument(
-        "--int8-agreement",
+        "--agreement",
         default="",
         metavar="MODEL",
-        help="a pretrained-encoder model: compare its int8 predictions with fp32 on the labelled --data",
+        help="a pretrained-encoder model: compare its predictions in each other precision of --precisions "
+        "with fp32 on the labelled --data",
     )
-    parser.add_argument("--precisions", default="fp32,int8", help="precisions timed beside sentence-transformers")
+    parser.add_argument("--precisions", default="fp32,bf16,int8", help="precisions timed beside sentence-transformers")
     args = parser.parse_args(argv)
     data = [p for p in args.data.split(",") if p]
 
@@ -255,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.count / wall:,.0f} sentences/s): {theirs / wall:.2f}x its throughput "
                 f"({theirs_cpu / cpu:.2f}x by CPU seconds)"
             )
-    if args.int8_agreement:
-        agreement = int8_agreement(data, args.int8_agreement)
-        classify["int8_agreement"] = agreement
+    for precision in [p for p in args.precisions.split(",") if p and p != "fp32"] if args.agreement else []:
+        agreement = precision_agreement(data, args.agreement, precision)
+        classify[f"{precision}_agreement"] = agreement
         print(
-            f"int8 against fp32 on {agreement['sentences']:,} labelled sentences: "
-            f"{agreement['agreement']:.2%} equal predictions, accuracy {agreement['accuracy_int8']:.2%} "
+            f"{precision} against fp32 on {agreement['sentences']:,} labelled sentences: "
+            f"{agreement['agreement']:.2%} equal predictions, accuracy {agreement['accuracy']:.2%} "
             f"(fp32 {agreement['accuracy_fp32']:.2%}), largest probability change "
             f"{agreement['max_probability_change']:.3f}, largest hidden-state difference "
             f"{agreement['max_hidden_abs_difference']:.3f}"

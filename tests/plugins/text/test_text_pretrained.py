@@ -350,6 +350,26 @@ def test_the_int8_pass_agrees_with_fp32(tiny_bert: Path) -> None:
     assert (got - expected).abs().max() < 0.1
 
 
+def test_the_bf16_pass_agrees_with_fp32(tiny_bert: Path) -> None:
+    from vlattn_text.pretrained.inference import InferenceRunner, bf16_product
+
+    model = tiny_classifier(tiny_bert, mix_layers=2)
+    ids, lengths = padded_batch()
+    (fp32,) = InferenceRunner(model.encoder, "fp32")(ids, lengths, [2])
+    (bf16,) = InferenceRunner(model.encoder, "bf16")(ids, lengths, [2])
+    mask = torch.arange(ids.shape[1]) < lengths[:, None]
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16[mask], fp32[mask])
+    assert (bf16 - fp32)[mask].norm() < 0.02 * fp32[mask].norm()  # 8-bit mantissas, float32 sums
+    with torch.inference_mode():
+        model.use_inference_pass("fp32")
+        expected = model(ids, lengths).logits
+        model.use_inference_pass("bf16")
+        got = model(ids, lengths).logits
+    assert (got - expected).abs().max() < 0.05
+    weight, x = torch.randn(8, 16), torch.randn(3, 16)
+    torch.testing.assert_close(bf16_product(weight, torch.ones(8))(x), x @ weight.T + 1, atol=0.1, rtol=0.02)
+
+
 def test_an_int8_product_keeps_a_quiet_token_beside_a_loud_one() -> None:
     from vlattn_text.pretrained.inference import int8_product
 
