@@ -126,12 +126,12 @@ def draw_command(
         net = load_task_model(model, task=DrawTask.name, bundled=BUNDLED).model
         trained_steps = net.shape.steps
         steps = trained_steps if steps is None else steps
-        s = net.shape
+        shape = net.shape
         if reconstruct is not None:
             # two pictures side by side at twice the scale (vlattn_draw.render.reconstruction_frames)
-            check_frame_memory(2, steps, s.height, s.width, max(scale, 2) * 2, f"--steps {steps}")
+            check_frame_memory(2, steps, shape.height, shape.width, max(scale, 2) * 2, f"--steps {steps}")
         else:
-            check_frame_memory(num, steps, s.height, s.width, scale, f"--num {num} --steps {steps}")
+            check_frame_memory(num, steps, shape.height, shape.width, scale, f"--num {num} --steps {steps}")
         if steps != trained_steps:
             how = (
                 "the canvas gets fewer writes than training used, so drawings stop early (unfinished)"
@@ -143,7 +143,9 @@ def draw_command(
             from vlattn.data.images import load_image
 
             picture = load_image(reconstruct)
-            image = render.prepare_image(picture, s.channels, s.height, s.width, s.likelihood == "bernoulli")
+            image = render.prepare_image(
+                picture, shape.channels, shape.height, shape.width, shape.likelihood == "bernoulli"
+            )
             frames = render.reconstruction_frames(net, image, steps=steps, seed=seed, scale=max(scale, 2) * 2)
         else:
             frames = render.sample_frames(net, num=num, steps=steps, seed=seed, boxes=boxes, scale=scale)
