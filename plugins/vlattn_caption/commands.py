@@ -42,6 +42,14 @@ from vlattn_caption.bundled import BUNDLED
     help="hard-attention models: expected context, argmax location or a sampled one per word "
     "[default: the model's own, expectation unless trained with --hard-decoding]",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="the decoder's matrix products: float32, or bfloat16 (faster on CPUs with AMX or AVX-512 BF16, "
+    "and on CUDA; refused on other CPUs)",
+)
 def caption(
     images: tuple[str, ...],
     model: str | None,
@@ -53,6 +61,7 @@ def caption(
     batch_size: int,
     device: str,
     hard_decoding: str | None,
+    precision: str,
 ) -> None:
     """Caption IMAGE files (many are decoded as one batch).
 
@@ -64,8 +73,10 @@ def caption(
     shapes, colours, sizes and positions, not photographs. Train on COCO or Flickr for those:
     vlattn train caption --data dataset_coco.json ...
     """
+    from vlattn_caption.inference import check_precision
     from vlattn_caption.predict import Captioner
 
+    checked = check_precision(precision, device)  # bf16 where it cannot run fast: one line
     captioner = Captioner.load(model, device=device)  # a bad model file: one line from the root CLI
     results = captioner.caption_files(
         list(images),
@@ -75,6 +86,7 @@ def caption(
         batch_size=batch_size,
         keep_pictures=attention_out is not None,
         hard_decoding=hard_decoding,
+        precision=checked,
     )
     if attention_out is not None:
         _write_figures(results, attention_out)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from vlattn.attention import build_attention
 from vlattn.attention.additive import AdditiveAttention
 from vlattn.attention.spatial import HardSpatialAttention, SoftSpatialAttention
-from vlattn_caption.inference import PackedLinear, inference_weights
+from vlattn_caption.inference import PackedLinear, Precision, inference_weights
 from vlattn_caption.scoring import KeyGradient, WordScores
 
 #: Bytes of the attention buffer that :func:`_sigmoid_scores` fills at a time (fits a core's L2 cache).
@@ -180,6 +180,7 @@ class ShowAttendTellDecoder(nn.Module):
         annotations: Tensor,
         projected_keys: Tensor | None = None,
         score_keys: Tensor | None = None,
+        precision: Precision = "fp32",
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One word for ``N`` sequences.
 
@@ -190,6 +191,8 @@ class ShowAttendTellDecoder(nn.Module):
             projected_keys: ``[N, L, H']`` from :meth:`project_keys` for these rows, or ``None``.
             score_keys: hard attention with ``score_gradient="scorer"``: the key projection of the
                 detached annotations for these rows, or ``None``.
+            precision: the output layer's product without gradient, ``fp32`` or ``bf16`` (see
+                :mod:`vlattn_caption.inference`); the rest of the step is float32.
 
         Returns:
             logits ``[N, V]``, the new state, attention weights ``[N, L]``.
@@ -198,21 +201,21 @@ class ShowAttendTellDecoder(nn.Module):
         if score_keys is not None:
             reuse["score_keys"] = score_keys
         context, weights = self.attention(state[0], annotations, **reuse)
-        logits, state = self._advance(self.embed(prev_words), context, state)
+        logits, state = self._advance(self.embed(prev_words), context, state, precision)
         return logits, state, weights
 
     def _advance(
-        self, emb: Tensor, context: Tensor, state: tuple[Tensor, Tensor]
+        self, emb: Tensor, context: Tensor, state: tuple[Tensor, Tensor], precision: Precision = "fp32"
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Gate, LSTM update and deep output: ``emb [N, E]``, ``context [N, D]``, ``state`` (each
-        ``[N, H]``) -> logits ``[N, V]`` and the new state."""
+        ``[N, H]``) -> logits ``[N, V]`` (the output layer in ``precision``) and the new state."""
         h, c = state
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context
         seen = self._drop_context(context)
         h, c = self.cell(torch.cat([emb, seen], dim=1), (h, c))
         deep = torch.tanh(emb + self.out_h(h) + self.out_z(context))
-        return self.out(self.dropout(deep)), (h, c)
+        return self.out(self.dropout(deep), precision=precision), (h, c)
 
     def scoring_keys(self, annotations: Tensor) -> Tensor | None:
         """``2 U a``, twice the scoring MLP's key projection, for :meth:`step_rows`.
@@ -234,6 +237,7 @@ class ShowAttendTellDecoder(nn.Module):
         scoring_keys: Tensor | None,
         rows: Tensor,
         per_image: int,
+        precision: Precision = "fp32",
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One word for ``N`` hypotheses that share their images' annotations (inference only).
 
@@ -257,6 +261,10 @@ class ShowAttendTellDecoder(nn.Module):
                 annotations are gathered and :meth:`step` runs).
             rows: ``[N]`` grid rows of the hypotheses, ascending.
             per_image: hypotheses per image in the grid (the beam size).
+            precision: the weight products (the fused ones and the output layer), ``fp32`` or
+                ``bf16``: bfloat16 weights and inputs, float32 results (see
+                :mod:`vlattn_caption.inference`). Scores, softmax, context and the LSTM's
+                nonlinearities are float32 in both.
 
         Returns:
             logits ``[N, V]``, the new state, attention weights ``[N, L]``.
@@ -264,8 +272,8 @@ class ShowAttendTellDecoder(nn.Module):
         images = torch.div(rows, per_image, rounding_mode="floor")
         attention = self.attention
         if scoring_keys is None or not isinstance(attention, SoftSpatialAttention) or self.training:
-            return self.step(prev_words, state, annotations.index_select(0, images))
-        fused = inference_weights(self)
+            return self.step(prev_words, state, annotations.index_select(0, images), precision=precision)
+        fused = inference_weights(self, precision)
         h, c = state
         from_state = fused.from_state(h)  # [N, 4H + A + g]
         query = from_state[:, fused.gates : fused.gates + fused.query]  # 2 (W h + b)
@@ -282,7 +290,7 @@ class ShowAttendTellDecoder(nn.Module):
         gates = fused.from_input(torch.cat([emb, context], dim=1)).add_(from_state[:, : fused.gates])
         h, c = lstm_update(gates, c)
         deep = fused.deep(torch.cat([h, context], dim=1)).add_(emb).tanh_()
-        return self.out(deep), (h, c), weights
+        return self.out(deep, precision=precision), (h, c), weights
 
     def last_hard_sample(self) -> Any:
         """The mechanism's last hard-attention sample (``None`` for deterministic mechanisms)."""

@@ -18,6 +18,7 @@ from PIL import Image
 from vlattn.data.images import ImageLoadError, image_tensor, load_image
 from vlattn.model_files import load_task_model
 from vlattn_caption.bundled import BUNDLED, BUNDLED_MODEL, WEIGHTS_DIR
+from vlattn_caption.inference import Precision, check_precision
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.search import decode
 from vlattn_caption.task import CaptionTask
@@ -93,17 +94,25 @@ class Captioner:
         max_len: int = 20,
         alpha: float = 0.0,
         hard_decoding: str | None = None,
+        precision: Precision = "fp32",
     ) -> list[tuple[list[str], float, np.ndarray]]:
         """Captions of RGB images, decoded as one batch: ``(words, score, attention [n, h, w])``.
 
         ``hard_decoding`` (hard-attention models: ``expectation``, ``argmax``, ``sample``) overrides
-        the model's inference mode."""
+        the model's inference mode. ``precision``: the decoder's weight products, ``fp32`` or
+        ``bf16`` (CPUs with AMX or AVX-512 BF16, CUDA; elsewhere a one-line ``VlattnError``)."""
         if not images:
             return []
         batch = torch.stack([image_tensor(img, self.image_size) for img in images]).to(self.device)
         with torch.no_grad():
             decoded = decode(
-                self.model, batch, beam_size=beam_size, max_len=max_len, alpha=alpha, hard_decoding=hard_decoding
+                self.model,
+                batch,
+                beam_size=beam_size,
+                max_len=max_len,
+                alpha=alpha,
+                hard_decoding=hard_decoding,
+                precision=precision,
             )
         grid = self.model.grid
         out = []
@@ -124,8 +133,11 @@ class Captioner:
         batch_size: int = 16,
         keep_pictures: bool = False,
         hard_decoding: str | None = None,
+        precision: Precision = "fp32",
     ) -> list[CaptionResult]:
-        """Caption every readable file; unreadable ones get a :class:`CaptionResult` with ``error``."""
+        """Caption every readable file; unreadable ones get a :class:`CaptionResult` with ``error``
+        (``precision`` as in :meth:`caption_images`, checked before any file is read)."""
+        check_precision(precision, self.device)
         results = [CaptionResult(image=str(p)) for p in paths]
         for start in range(0, len(results), batch_size):
             good: list[tuple[CaptionResult, Image.Image]] = []
@@ -135,7 +147,12 @@ class Captioner:
                 except ImageLoadError as exc:
                     result.error = str(exc)
             captions = self.caption_images(
-                [img for _, img in good], beam_size=beam_size, max_len=max_len, alpha=alpha, hard_decoding=hard_decoding
+                [img for _, img in good],
+                beam_size=beam_size,
+                max_len=max_len,
+                alpha=alpha,
+                hard_decoding=hard_decoding,
+                precision=precision,
             )
             for (result, img), (words, score, maps) in zip(good, captions, strict=True):
                 result.tokens, result.caption, result.score, result.attention = words, " ".join(words), score, maps

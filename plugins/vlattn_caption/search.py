@@ -3,11 +3,13 @@
 Every function takes the model and a batch of images ``[B, 3, S, S]`` (or precomputed
 annotations ``[B, L, D]``) and returns :class:`Decoded`: for each image the word ids (without
 ``<start>``/``<end>``), the sequence log-probability and the attention weights ``[n_words, L]``
-of the chosen words. The beam search keeps all ``B * K`` hypotheses in one tensor, so one
-decoder step serves every image: there is no per-image Python loop. Each step runs the decoder
-on the live hypotheses only (finished ones are frozen, and an image is settled as soon as no live
-hypothesis can beat its best finished one), projects the annotations once per image, and keeps
-back-pointers instead of copying every hypothesis' history.
+of the chosen words. Each takes a ``precision`` for the decoder's weight products: ``fp32`` (the
+default) or ``bf16`` (bfloat16 weights and inputs, float32 results; CPUs with AMX or AVX-512 BF16
+and CUDA devices, see :mod:`vlattn_caption.inference`). The beam search keeps all ``B * K``
+hypotheses in one tensor, so one decoder step serves every image: there is no per-image Python
+loop. Each step runs the decoder on the live hypotheses only (finished ones are frozen, and an
+image is settled as soon as no live hypothesis can beat its best finished one), projects the
+annotations once per image, and keeps back-pointers instead of copying every hypothesis' history.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from vlattn.attention.spatial import HardSpatialAttention, check_eval_mode
+from vlattn_caption.inference import Precision, check_precision
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.vocab import Vocabulary
 
@@ -93,6 +96,7 @@ def beam_search(
     max_len: int = 20,
     alpha: float = 0.0,
     chunk: int = BEAM_CHUNK,
+    precision: Precision = "fp32",
 ) -> Decoded:
     """Beam search over a whole batch at once (in chunks of ``chunk`` images).
 
@@ -103,11 +107,14 @@ def beam_search(
         max_len: most words per caption (``<end>`` not counted).
         alpha: length penalty exponent; hypotheses are ranked by ``log p / lp(len)``.
         chunk: images decoded together in one tensor of ``chunk * K`` hypotheses.
+        precision: the decoder's weight products, ``fp32`` or ``bf16`` (a one-line
+            ``VlattnError`` where bf16 cannot run fast).
     """
+    precision = check_precision(precision, inputs.device)
     annotations = _annotations(model, inputs)
     if annotations.shape[0] > chunk > 0:
         parts = [
-            _beam_search(model, annotations[i : i + chunk], beam_size, max_len, alpha)
+            _beam_search(model, annotations[i : i + chunk], beam_size, max_len, alpha, precision)
             for i in range(0, annotations.shape[0], chunk)
         ]
         return Decoded(
@@ -115,7 +122,7 @@ def beam_search(
             scores=torch.cat([p.scores for p in parts]),
             weights=[w for p in parts for w in p.weights],
         )
-    return _beam_search(model, annotations, beam_size, max_len, alpha)
+    return _beam_search(model, annotations, beam_size, max_len, alpha, precision)
 
 
 def _best_words(logits: Tensor, count: int, last: bool) -> tuple[Tensor, Tensor]:
@@ -136,7 +143,9 @@ def _best_words(logits: Tensor, count: int, last: bool) -> tuple[Tensor, Tensor]
     return values, words
 
 
-def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_len: int, alpha: float) -> Decoded:
+def _beam_search(
+    model: CaptionModel, annotations: Tensor, beam_size: int, max_len: int, alpha: float, precision: Precision
+) -> Decoded:
     """The search of :func:`beam_search` over one chunk of images ``[B, L, D]``.
 
     The ``K`` best continuations of an image are among the ``K`` best words of each of its
@@ -165,7 +174,7 @@ def _beam_search(model: CaptionModel, annotations: Tensor, beam_size: int, max_l
         # only live hypotheses (not finished, finite score) run the decoder; the rest are frozen
         rows = (~finished & (scores > float("-inf"))).view(-1).nonzero().squeeze(1)
         logits, (h_live, c_live), weights_live = decoder.step_rows(
-            prev[rows], (h[rows], c[rows]), annotations, keys, rows, k
+            prev[rows], (h[rows], c[rows]), annotations, keys, rows, k, precision
         )
         if rows.shape[0] == batch * k:
             h, c, weights = h_live, c_live, weights_live
@@ -227,9 +236,9 @@ def _settle(finished: Tensor, scores: Tensor, lengths: Tensor, alpha: float, lon
 
 
 @torch.no_grad()
-def greedy(model: CaptionModel, inputs: Tensor, max_len: int = 20) -> Decoded:
+def greedy(model: CaptionModel, inputs: Tensor, max_len: int = 20, precision: Precision = "fp32") -> Decoded:
     """Most likely word at each step, for the whole batch at once."""
-    return _step_decode(model, inputs, max_len, temperature=0.0)
+    return _step_decode(model, inputs, max_len, 0.0, None, check_precision(precision, inputs.device))
 
 
 @torch.no_grad()
@@ -239,15 +248,21 @@ def sample(
     max_len: int = 20,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    precision: Precision = "fp32",
 ) -> Decoded:
     """Words drawn from ``softmax(logits / temperature)`` at each step."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use greedy for argmax decoding)")
-    return _step_decode(model, inputs, max_len, temperature, generator)
+    return _step_decode(model, inputs, max_len, temperature, generator, check_precision(precision, inputs.device))
 
 
 def _step_decode(
-    model: CaptionModel, inputs: Tensor, max_len: int, temperature: float, generator: torch.Generator | None = None
+    model: CaptionModel,
+    inputs: Tensor,
+    max_len: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    precision: Precision = "fp32",
 ) -> Decoded:
     decoder = model.decoder
     annotations = _annotations(model, inputs).contiguous()
@@ -262,9 +277,9 @@ def _step_decode(
     rows = torch.arange(batch, device=annotations.device)
     for step in range(max_len + 1):
         if scoring is not None:
-            logits, (h, c), weights = decoder.step_rows(prev, (h, c), annotations, scoring, rows, 1)
+            logits, (h, c), weights = decoder.step_rows(prev, (h, c), annotations, scoring, rows, 1, precision)
         else:
-            logits, (h, c), weights = decoder.step(prev, (h, c), annotations, keys)
+            logits, (h, c), weights = decoder.step(prev, (h, c), annotations, keys, precision=precision)
         logp = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
         if temperature == 0.0:
             word = logp.argmax(dim=-1)
@@ -301,16 +316,18 @@ def decode(
     max_len: int = 20,
     alpha: float = 0.0,
     hard_decoding: str | None = None,
+    precision: Precision = "fp32",
 ) -> Decoded:
     """Beam search when ``beam_size > 1``, else greedy.
 
     ``hard_decoding`` (``"expectation"``, ``"argmax"``, ``"sample"``) overrides a hard-attention
-    model's inference mode for this call; ``None`` keeps the model's own.
+    model's inference mode for this call; ``None`` keeps the model's own. ``precision``: the
+    decoder's weight products, ``fp32`` or ``bf16``.
     """
     with hard_attention_mode(model, hard_decoding):
         if beam_size > 1:
-            return beam_search(model, inputs, beam_size=beam_size, max_len=max_len, alpha=alpha)
-        return greedy(model, inputs, max_len=max_len)
+            return beam_search(model, inputs, beam_size=beam_size, max_len=max_len, alpha=alpha, precision=precision)
+        return greedy(model, inputs, max_len=max_len, precision=precision)
 
 
 @contextmanager
@@ -330,13 +347,21 @@ def hard_attention_mode(model: CaptionModel, mode: str | None) -> Iterator[None]
 
 
 def per_image_beam_search(
-    model: CaptionModel, images: Tensor, beam_size: int = 5, max_len: int = 20, alpha: float = 0.0
+    model: CaptionModel,
+    images: Tensor,
+    beam_size: int = 5,
+    max_len: int = 20,
+    alpha: float = 0.0,
+    precision: Precision = "fp32",
 ) -> Decoded:
     """The usual public-implementation pattern: one beam search per image, in a Python loop.
 
     Kept as the baseline that ``scripts/caption_speed.py`` measures the batched search against.
     """
-    parts = [beam_search(model, images[i : i + 1], beam_size, max_len, alpha, chunk=1) for i in range(images.shape[0])]
+    parts = [
+        beam_search(model, images[i : i + 1], beam_size, max_len, alpha, chunk=1, precision=precision)
+        for i in range(images.shape[0])
+    ]
     return Decoded(
         tokens=[p.tokens[0] for p in parts],
         scores=torch.cat([p.scores for p in parts]),
