@@ -1,7 +1,7 @@
 """Show-Attend-Tell speed against sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning, in one process.
 
     python scripts/bench_caption.py --anchor-repo PATH [--only train,beam,batched] [--images 32]
-                                    [--reps 5] [--threads 1]
+                                    [--reps 5] [--threads 1] [--precisions fp32,bf16]
 
 ``PATH`` is a checkout of the public implementation, or its bare git directory (the files are
 then read from ``HEAD``); nothing of it is vendored here. Its ``models.py`` and ``caption.py``
@@ -28,6 +28,10 @@ Workloads, at the anchor's sizes (196 annotation vectors of 512, attention / emb
   51st), image file read and normalised as the anchor's function does.
 * ``batched``: the same search for ``--images`` images: the anchor image by image, vlattn in
   one call; the ratio is per image.
+
+``--precisions`` (default ``fp32``) runs vlattn's searches once per listed precision of the
+decoder's weight products (``bf16``: bfloat16 weights and inputs, float32 results; the anchor
+stays float32), each against its own interleaved anchor runs. Training is float32 only.
 
 Each rep times the anchor and vlattn back to back (alternating which goes first); the figure
 printed is the median of the per-pair ratios ``anchor seconds / vlattn seconds`` (per image
@@ -253,8 +257,9 @@ def anchor_beam(models: types.ModuleType, caption: types.ModuleType, image: str,
     return search
 
 
-def vlattn_beam(image: str, feats: Tensor) -> Callable[[], None]:
-    """vlattn's ``beam_search`` (beam 5, 51 steps) over all images of ``feats`` in one call."""
+def vlattn_beam(image: str, feats: Tensor, precision: str = "fp32") -> Callable[[], None]:
+    """vlattn's ``beam_search`` (beam 5, 51 steps) over all images of ``feats`` in one call, its
+    weight products in ``precision``."""
     from vlattn_caption.dataset import image_tensor
     from vlattn_caption.search import beam_search
     from vlattn_caption.vocab import Vocabulary
@@ -271,7 +276,7 @@ def vlattn_beam(image: str, feats: Tensor) -> Callable[[], None]:
         for _ in range(feats.shape[0]):  # what the anchor does per image before decoding
             (image_tensor(load_image(image), 256).float().div_(255.0) - mean) / std
         control.calls = 0
-        decoded = beam_search(model, annotations, beam_size=BEAM, max_len=STEPS - 1)
+        decoded = beam_search(model, annotations, beam_size=BEAM, max_len=STEPS - 1, precision=precision)
         if control.calls != STEPS or any(len(t) != STEPS - 1 for t in decoded.tokens):
             raise RuntimeError("vlattn did not decode the fixed length")
 
@@ -323,10 +328,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="images per vlattn call in 'batched'")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (vlattn's searches)")
     args = parser.parse_args()
     chosen = {w.strip() for w in args.only.split(",") if w.strip()}
     if not chosen <= {"train", "beam", "batched"} or args.images < 1 or args.reps < 1:
         raise SystemExit("vlattn: error: --only takes train, beam, batched; --images and --reps must be >= 1")
+    from vlattn_caption.inference import check_precision
+
+    from vlattn.errors import VlattnError
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    try:
+        precisions = [check_precision(p, "cpu") for p in precisions] or ["fp32"]
+    except VlattnError as exc:
+        raise SystemExit(f"vlattn: error: --precisions: {exc}") from None
     if not args.anchor_repo.exists():
         raise SystemExit(f"vlattn: error: --anchor-repo {args.anchor_repo} does not exist")
     torch.set_num_threads(args.threads)
@@ -337,17 +352,20 @@ def main() -> None:
         if "train" in chosen:
             timed = interleaved(anchor_train(models), vlattn_train(), args.reps)
             report("train step, B=32", "captions/s", BATCH, *timed)
-        if "beam" in chosen:
-            one = features(1)
-            timed = interleaved(anchor_beam(models, caption, image, one), vlattn_beam(image, one), args.reps)
-            report("beam 5, one image, 51 steps", "images/s", 1, *timed)
-        if "batched" in chosen:
-            many = features(args.images)
-            anchor_one = anchor_beam(models, caption, image, many[:1])
-            anchor_s, ours_s = interleaved(anchor_one, vlattn_beam(image, many), args.reps)
-            per_image = [s / args.images for s in ours_s]
-            name = f"beam 5, {args.images} images per vlattn call (anchor per image)"
-            report(name, "images/s", 1, anchor_s, per_image)
+        for precision in precisions:
+            tag = "" if precisions == ["fp32"] else f" [vlattn {precision}]"
+            if "beam" in chosen:
+                one = features(1)
+                anchor = anchor_beam(models, caption, image, one)
+                timed = interleaved(anchor, vlattn_beam(image, one, precision), args.reps)
+                report(f"beam 5, one image, 51 steps{tag}", "images/s", 1, *timed)
+            if "batched" in chosen:
+                many = features(args.images)
+                anchor_one = anchor_beam(models, caption, image, many[:1])
+                anchor_s, ours_s = interleaved(anchor_one, vlattn_beam(image, many, precision), args.reps)
+                per_image = [s / args.images for s in ours_s]
+                name = f"beam 5, {args.images} images per vlattn call (anchor per image){tag}"
+                report(name, "images/s", 1, anchor_s, per_image)
 
 
 if __name__ == "__main__":
