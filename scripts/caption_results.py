@@ -4,6 +4,7 @@
     python scripts/caption_results.py --model run/best.safetensors --beam-size 3
     python scripts/caption_results.py --suite varied        # one row per part of the suite, and all of it
     python scripts/caption_results.py --unseen              # and the test scenes with unseen captions
+    python scripts/caption_results.py --precision bf16      # bf16 against fp32 decoding: agreement
 
 Decodes every test scene with batched beam search (never teacher forcing), scores the corpus
 with the pycocoevalcap scorers against the two template captions of each scene, and measures
@@ -15,6 +16,10 @@ instead: one row per part and one for the whole suite. ``--unseen`` adds a row o
 scenes whose canonical (first) caption is none of the captions of the model's training scenes,
 word for word (the training split of the model's config: its data, or its synthetic scene count,
 seed and scene style).
+
+``--precision bf16`` compares instead the decoder's weight products in bfloat16 with float32
+(``vlattn_caption.inference``): it decodes the test scenes in both precisions and prints, per
+model, the share of identical captions, both BLEU-4s and both decoding times.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ import torch
 from torch.utils.data import DataLoader
 from vlattn_caption import synthetic
 from vlattn_caption.dataset import CaptionEvaluationSet
+from vlattn_caption.inference import Precision
+from vlattn_caption.metrics import caption_scores
 from vlattn_caption.predict import WEIGHTS_DIR
 from vlattn_caption.records import CaptionRecord
+from vlattn_caption.search import decode
 from vlattn_caption.task import CaptionEvalOptions, CaptionTask
 from vlattn_caption.vocab import tokenize
 
@@ -90,6 +98,55 @@ def score(
     return metrics, time.perf_counter() - start
 
 
+def decoded_captions(
+    task: CaptionTask,
+    model: torch.nn.Module,
+    records: list[CaptionRecord],
+    options: CaptionEvalOptions,
+    precision: Precision,
+) -> tuple[list[list[str]], list[list[list[str]]], float]:
+    """``(hypotheses, references, decoding seconds)``: every record decoded as ``task.evaluate``
+    decodes it (batches of 100, the same search), the weight products in ``precision``."""
+    assert task.vocab is not None
+    dataset = CaptionEvaluationSet(
+        records, task.vocab, task.image_size, task.config.max_caption_len, cache_images=False
+    )
+    hypotheses: list[list[str]] = []
+    references: list[list[list[str]]] = []
+    seconds = 0.0
+    for batch in DataLoader(dataset, batch_size=100, collate_fn=task.collate):
+        start = time.perf_counter()
+        with torch.no_grad():
+            annotations = model.encode(batch["images"])
+            out = decode(
+                model,  # type: ignore[arg-type]
+                annotations,
+                beam_size=options.beam_size,
+                max_len=options.max_len,
+                alpha=options.alpha,
+                hard_decoding=options.hard_decoding or None,
+                precision=precision,
+            )
+        seconds += time.perf_counter() - start
+        hypotheses.extend(task.vocab.decode(ids) for ids in out.tokens)
+        references.extend(batch["references"])
+    return hypotheses, references, seconds
+
+
+def agreement_row(
+    label: str, task: CaptionTask, model: torch.nn.Module, records: list[CaptionRecord], options: CaptionEvalOptions
+) -> str:
+    """A markdown row: identical captions of bf16 and fp32 decoding, both BLEU-4s and times."""
+    fp32, references, fp32_s = decoded_captions(task, model, records, options, "fp32")
+    bf16, _, bf16_s = decoded_captions(task, model, records, options, "bf16")
+    same = sum(a == b for a, b in zip(fp32, bf16, strict=True))
+    bleu = [caption_scores(h, references)["bleu4"] for h in (fp32, bf16)]
+    return (
+        f"| {label} | {same} of {len(records)} ({same / len(records):.1%}) | {bleu[0]:.4f} | {bleu[1]:.4f} "
+        f"| {fp32_s:.2f} | {bf16_s:.2f} |"
+    )
+
+
 def row(label: str, attention: str, scenes: str | None, metrics: dict[str, Any], seconds: float) -> str:
     cells = [f"{metrics[c]:.3f}" if c in metrics else "n/a" for c in COLUMNS]
     scene_cell = "" if scenes is None else f"{scenes} | "
@@ -107,6 +164,12 @@ def main() -> None:
     parser.add_argument("--meteor", action="store_true", help="also compute METEOR (needs Java)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: compare bfloat16 with float32 decoding (identical captions, BLEU-4s) instead of scoring",
+    )
+    parser.add_argument(
         "--hard-decoding",
         default="",
         choices=["", "expectation", "argmax", "sample"],
@@ -123,6 +186,9 @@ def main() -> None:
         scenes = f"synthetic test scenes: {args.test}"
     max_len = "" if args.max_len == 20 else f", at most {args.max_len} words"
     print(f"{scenes}, beam size {args.beam_size}{max_len}, torch threads {args.threads}")
+    if args.precision == "bf16":
+        compare_precisions(models, args)
+        return
     print("| model | attention | " + ("scenes | " if split_rows else "") + " | ".join(COLUMNS) + " | seconds |")
     print("|---|---|" + "---|" * (len(COLUMNS) + 1 + split_rows))
     for path in models:
@@ -161,6 +227,26 @@ def main() -> None:
                 print(row(label, mechanism, cell, metrics, seconds), flush=True)
             else:
                 print(f"| {label} | {mechanism} | {cell} |" + " n/a |" * (len(COLUMNS) + 1), flush=True)
+
+
+def compare_precisions(models: list[Path], args: argparse.Namespace) -> None:
+    """One :func:`agreement_row` per model file, on the scenes ``args`` chooses."""
+    from vlattn_caption.inference import check_precision
+
+    check_precision("bf16", "cpu")
+    print("| model | identical captions, bf16 and fp32 | BLEU-4 fp32 | BLEU-4 bf16 | seconds fp32 | seconds bf16 |")
+    print("|---|---|---|---|---|---|")
+    for path in models:
+        loaded = load_model(path, expect_task="caption")
+        task: CaptionTask = loaded.task  # type: ignore[assignment]
+        task.config.synthetic_test = args.test
+        task.config.synthetic_suite = args.suite
+        task.config.validate()
+        options = CaptionEvalOptions(
+            split="test", beam_size=args.beam_size, max_len=args.max_len, hard_decoding=args.hard_decoding
+        )
+        model = loaded.model.eval()
+        print(agreement_row(path.name, task, model, task.records("test"), options), flush=True)
 
 
 if __name__ == "__main__":
