@@ -246,7 +246,9 @@ def compare_precisions(models: list[Path], args: argparse.Namespace) -> None:
             split="test", beam_size=args.beam_size, max_len=args.max_len, hard_decoding=args.hard_decoding
         )
         model = loaded.model.eval()
-        print(agreement_row(path.name, task, model, task.records("test"), options), flush=True)
+        label, mode = path.name, getattr(loaded.model.decoder.attention, "eval_mode", None)
+        label += f" ({args.hard_decoding or mode})" if mode is not None else ""
+        print(agreement_row(label, task, model, task.records("test"), options), flush=True)
 
 
 if __name__ == "__main__":
