@@ -293,20 +293,23 @@ class CaptionTask(Task):
         return header
 
     def _load_initial_weights(self, model: CaptionModel) -> None:
-        """Copy ``init_from``'s weights into ``model``; the architectures must match exactly."""
+        """Copy ``init_from``'s weights into ``model``; the architectures must match exactly, except
+        that the REINFORCE baseline's state (``reinforce.*``) may be absent on either side: a
+        soft-attention model can start a hard-attention one (the two mechanisms share their
+        parameters) and a hard one a soft one, the baseline starting afresh."""
         from safetensors.torch import load_file
 
         from vlattn.errors import ModelFileError
 
         self._init_header()
-        state = load_file(self.config.init_from)
-        own = model.state_dict()
+        state = {k: v for k, v in load_file(self.config.init_from).items() if not k.startswith("reinforce.")}
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith("reinforce.")}
         if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
             raise ModelFileError(
                 f"--init-from {self.config.init_from} has another architecture than these options "
                 "(encoder, grid, sizes, attention and vocabulary must match)"
             )
-        model.load_state_dict(state)
+        model.load_state_dict(state, strict=False)
 
     def cached_annotations(self, net: CaptionModel, batch: Any) -> torch.Tensor | None:
         """``[B, L, D]`` annotations of a training batch from the cache, when caching is on and the

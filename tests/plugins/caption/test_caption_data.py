@@ -259,6 +259,33 @@ def test_init_from_copies_weights_and_vocabulary(tmp_path: Path) -> None:
         wider.build_model()
 
 
+def test_a_soft_attention_model_starts_a_hard_attention_one(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from vlattn_caption.task import CaptionConfig, CaptionTask
+
+    from vlattn.checkpoint import save_model
+    from vlattn.config import from_mapping, to_dict
+
+    config = from_mapping(CaptionConfig, {"synthetic_train": 4, "synthetic_val": 1, **TINY})
+    task = CaptionTask(config)
+    task.setup_data()
+    path = save_model(
+        tmp_path / "soft.safetensors",
+        task.build_model(),
+        task_name="caption",
+        config=to_dict(config),
+        artifacts=task.artifacts(),
+    )
+    hard = CaptionTask(
+        from_mapping(CaptionConfig, {**to_dict(config), "init_from": str(path), "attention": "hard-spatial"})
+    )
+    hard.setup_data()
+    state = hard.build_model().state_dict()
+    saved = load_file(str(path))
+    assert any(k.startswith("reinforce.") for k in state) and not any(k.startswith("reinforce.") for k in saved)
+    assert all(torch_equal(saved[k], state[k]) for k in saved)
+
+
 def torch_equal(a: object, b: object) -> bool:
     import torch
 
