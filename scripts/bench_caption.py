@@ -31,7 +31,8 @@ Workloads, at the anchor's sizes (196 annotation vectors of 512, attention / emb
 
 ``--precisions`` (default ``fp32``) runs vlattn's searches once per listed precision of the
 decoder's weight products (``bf16``: bfloat16 weights and inputs, float32 results; the anchor
-stays float32), each against its own interleaved anchor runs. Training is float32 only.
+stays float32), and its training step under CPU autocast to bfloat16 (as the trainer's
+``--precision bf16``), each against its own interleaved anchor runs.
 
 Each rep times the anchor and vlattn back to back (alternating which goes first); the figure
 printed is the median of the per-pair ratios ``anchor seconds / vlattn seconds`` (per image
@@ -203,8 +204,12 @@ def anchor_train(models: types.ModuleType) -> Callable[[], None]:
     return step
 
 
-def vlattn_train() -> Callable[[], None]:
-    """One vlattn training step as ``CaptionTask.training_step`` runs it, on annotations."""
+def vlattn_train(precision: str = "fp32") -> Callable[[], None]:
+    """One vlattn training step as ``CaptionTask.training_step`` runs it, on annotations; with
+    ``precision="bf16"`` the forward and loss run under CPU autocast to bfloat16, as the trainer's
+    ``--precision bf16`` runs them."""
+    import contextlib
+
     from vlattn_caption.vocab import Vocabulary
 
     model = vlattn_model().train()
@@ -214,9 +219,15 @@ def vlattn_train() -> Callable[[], None]:
     captions, lengths = caption_batch(Vocabulary.start_id, Vocabulary.end_id)
     captions = captions[:, : int(lengths.max())].contiguous()  # vlattn's collate pads to the longest
 
+    def autocast() -> contextlib.AbstractContextManager[object]:
+        if precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step() -> None:
-        out = model(None, captions, lengths, 0.0, annotations=annotations)
-        loss = model.loss(out, captions, 1.0, 0.0).total
+        with autocast():
+            out = model(None, captions, lengths, 0.0, annotations=annotations)
+            loss = model.loss(out, captions, 1.0, 0.0).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clamp_and_step(params, optimizer)
@@ -328,7 +339,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="images per vlattn call in 'batched'")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (vlattn's searches)")
+    parser.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma-separated: fp32, bf16 (vlattn's side: its searches' products, its training step's autocast)",
+    )
     args = parser.parse_args()
     chosen = {w.strip() for w in args.only.split(",") if w.strip()}
     if not chosen <= {"train", "beam", "batched"} or args.images < 1 or args.reps < 1:
@@ -349,11 +364,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models, caption = load_anchor(args.anchor_repo, Path(tmp))
         image = test_image(Path(tmp))
-        if "train" in chosen:
-            timed = interleaved(anchor_train(models), vlattn_train(), args.reps)
-            report("train step, B=32", "captions/s", BATCH, *timed)
         for precision in precisions:
             tag = "" if precisions == ["fp32"] else f" [vlattn {precision}]"
+            if "train" in chosen:
+                timed = interleaved(anchor_train(models), vlattn_train(precision), args.reps)
+                report(f"train step, B=32{tag}", "captions/s", BATCH, *timed)
             if "beam" in chosen:
                 one = features(1)
                 anchor = anchor_beam(models, caption, image, one)

@@ -393,7 +393,8 @@ class ShowAttendTellDecoder(nn.Module):
         token_logits = self.out(self.dropout(deep))  # [tokens, V]
         flat = order[rows] * steps + times  # where each token goes in the (unsorted) batch
         logits = token_logits.new_zeros(batch * steps, self.vocab_size).index_copy_(0, flat, token_logits)
-        weights = annotations.new_zeros(batch * steps, locations).index_copy_(0, flat, torch.cat(alphas))
+        token_alphas = torch.cat(alphas)  # bfloat16 under CPU autocast, like the scores
+        weights = token_alphas.new_zeros(batch * steps, locations).index_copy_(0, flat, token_alphas)
         logits, weights = logits.view(batch, steps, -1), weights.view(batch, steps, locations)
         return _Pass(logits, weights, weights, None, None)
 

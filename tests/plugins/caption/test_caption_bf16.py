@@ -168,3 +168,25 @@ def test_cli_refuses_a_bad_precision(scene: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(inference, "bf16_supported", lambda: False)
     code, _, err = _cli("caption", str(scene), "--precision", "bf16")
     assert code == 1 and err.strip().count("\n") == 0 and "AMX or AVX-512 BF16" in err
+
+
+def test_a_training_step_runs_under_cpu_autocast_to_bfloat16() -> None:
+    """What ``vlattn train caption --precision bf16`` does on a CPU: the teacher-forced pass and
+    its loss under autocast, then the backward, from images and from float32 annotations (cached
+    ones); the loss stays close to float32's."""
+    model = _model().train()
+    images = torch.randint(0, 255, (3, 3, 24, 24), dtype=torch.uint8)
+    captions = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0], [1, 4, 2, 0, 0]])
+    lengths = torch.tensor([5, 4, 3])
+    with torch.no_grad():
+        annotations = model.encoder(images)  # [3, 9, 16] float32
+        exact = float(model.loss(model(images, captions, lengths, 0.0), captions, 1.0, 0.0).total)
+    for inputs in ({"images": images}, {"images": None, "annotations": annotations}):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(inputs.pop("images"), captions, lengths, 0.0, **inputs)
+            loss = model.loss(out, captions, 1.0, 0.0).total
+        loss.backward()
+        assert abs(float(loss.detach()) - exact) < 0.05 * abs(exact)
+        grads = [p.grad for p in model.decoder.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
