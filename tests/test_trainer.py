@@ -144,3 +144,28 @@ def test_eval_command_takes_task_options(tmp_path: Path, capsys: pytest.CaptureF
     with pytest.raises(SystemExit) as exc:
         main(["eval", str(tmp_path / "r"), "--scal", "3"])
     assert exc.value.code == 2 and "Did you mean '--scale'" in capsys.readouterr().err
+
+
+def test_adam_takes_the_fused_update_on_a_cpu_and_matches_the_default_one() -> None:
+    from vlattn.train.optim import build_optimizer, fused_adam_supported
+    from vlattn.train.trainer_config import TrainerConfig
+
+    torch.manual_seed(0)
+    start = [torch.randn(40, 30), torch.randn(30)]
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        cfg = TrainerConfig(optimizer="adamw", lr=1e-2, weight_decay=0.1)
+        optimizer = build_optimizer(params, cfg)
+        assert optimizer.defaults["fused"] is True
+        if not fused:
+            optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        for step in range(5):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (step + 1))
+            optimizer.step()
+        results.append([p.detach() for p in params])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not fused_adam_supported([torch.nn.Parameter(torch.ones(2, dtype=torch.float64)), torch.ones(2, 2).int()])
+    assert not fused_adam_supported([])
