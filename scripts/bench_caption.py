@@ -20,9 +20,10 @@ Workloads, at the anchor's sizes (196 annotation vectors of 512, attention / emb
 
 * ``train``: one training step on precomputed annotations, batch 32, captions of 10-22 tokens
   (``<start>`` and ``<end>`` included): forward, cross-entropy on the real words +
-  ``(1 - sum_t alpha)^2`` regulariser, backward, gradients clamped to +-5, Adam(4e-4). The
-  anchor's ``DecoderWithAttention`` runs the step as its ``train.py`` does (its packed scores
-  and targets, its top-5 accuracy); vlattn's ``CaptionModel`` as ``CaptionTask.training_step`` does.
+  ``(1 - sum_t alpha)^2`` regulariser, backward, gradients clamped to +-5, Adam(4e-4) (vlattn's
+  as its trainer builds it: fused where PyTorch has it). The anchor's ``DecoderWithAttention``
+  runs the step as its ``train.py`` does (its packed scores and targets, its top-5 accuracy);
+  vlattn's ``CaptionModel`` as ``CaptionTask.training_step`` does.
 * ``beam``: beam search for one image, 51 decoder steps with all 5 beams alive on both sides
   (a forward hook on each output layer keeps ``<end>`` out for 50 steps and forces it at the
   51st), image file read and normalised as the anchor's function does.
@@ -212,9 +213,12 @@ def vlattn_train(precision: str = "fp32") -> Callable[[], None]:
 
     from vlattn_caption.vocab import Vocabulary
 
+    from vlattn.train.optim import build_optimizer
+    from vlattn.train.trainer_config import TrainerConfig
+
     model = vlattn_model().train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=4e-4)
+    optimizer = build_optimizer(params, TrainerConfig(optimizer="adam", lr=4e-4))  # as the trainer builds it
     annotations = features(BATCH).view(BATCH, GRID * GRID, DIM)
     captions, lengths = caption_batch(Vocabulary.start_id, Vocabulary.end_id)
     captions = captions[:, : int(lengths.max())].contiguous()  # vlattn's collate pads to the longest
