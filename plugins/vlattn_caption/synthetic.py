@@ -173,6 +173,8 @@ SUITES: dict[str, tuple[SuitePart, ...]] = {
         SuitePart("objects", SceneStyle(objects=(4, 5)), 250, 1003),
         SuitePart("mixed", SceneStyle(objects=(1, 5), sizes=(0.12, 0.38), background=(15, 230), noise=16.0), 250, 1004),
     ),
+    # the standard test scenes (seed 0), whatever style a model was trained on
+    "standard": (SuitePart("standard", STANDARD, 500, 0),),
 }
 
 

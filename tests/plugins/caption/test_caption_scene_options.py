@@ -135,6 +135,17 @@ def test_varied_suite_parts() -> None:
     assert {part.count for part in synthetic.SUITES["varied"]} == {250}
 
 
+def test_standard_suite_is_the_standard_test_scenes() -> None:
+    from vlattn_caption.records import suite_records, synthetic_records
+
+    (part,) = synthetic.SUITES["standard"]
+    assert part.count == 500 and part.style == synthetic.STANDARD
+    suite = suite_records("standard", 48)[:4]
+    plain = synthetic_records("test", 4, 0, 48)
+    assert [r.captions for r in suite] == [r.captions for r in plain]
+    assert all((a.pixels == b.pixels).all() for a, b in zip(suite, plain, strict=True))
+
+
 # -- model files ---------------------------------------------------------------------------------
 
 
@@ -209,7 +220,7 @@ def test_caption_data_writes_a_suite(tmp_path: Path) -> None:
         (["--sizes", "0.3-0.1"], "--sizes: object size range"),
         (["--background", "255-300"], "--background: background range"),
         (["--noise", "-3"], "--noise: noise must be in [0, 100]"),
-        (["--suite", "hard"], "--suite must be one of varied, got 'hard'"),
+        (["--suite", "hard"], "--suite must be one of varied, standard, got 'hard'"),
         (["--suite", "varied", "--objects", "2-3", "--test", "5"], "drop --train, --val, --test, --objects"),
     ],
 )
