@@ -3,7 +3,12 @@
     python scripts/train_caption_synthetic.py --attention soft-spatial \
         --out plugins/vlattn_caption/weights/synthetic-soft.safetensors
     python scripts/train_caption_synthetic.py --attention hard-spatial \
+        --init-from plugins/vlattn_caption/weights/synthetic-soft.safetensors --sharpen-epochs 2 \
+        --sharpen-lr 3e-4 --train 40000 --val 500 --options '{"gate": true, "context_dropout": 0.1}' \
         --out plugins/vlattn_caption/weights/synthetic-hard.safetensors
+
+(the bundled hard-attention model starts from the soft one's weights, which its mechanism shares,
+and trains two epochs with sampled glimpses and REINFORCE; from scratch, drop ``--init-from``)
 
 Two runs of ``vlattn.train.fit("caption", ...)`` under ``--run-dir`` (default
 ``runs/caption-synthetic-<attention>``), each with Adam, a cosine schedule, gradient clipping and

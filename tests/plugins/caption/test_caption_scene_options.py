@@ -150,13 +150,27 @@ def test_standard_suite_is_the_standard_test_scenes() -> None:
 
 
 @pytest.mark.parametrize("name", ["synthetic-soft", "synthetic-hard"])
-def test_bundled_model_files_load_with_the_default_style(name: str) -> None:
-    from vlattn.checkpoint import load_model, read_header
+def test_bundled_model_files_load(name: str) -> None:
+    from vlattn.checkpoint import load_model
 
-    path = WEIGHTS / f"{name}.safetensors"
-    assert not set(STYLE_KEYS) & set(read_header(path).config)  # written before these options
-    loaded = load_model(path, expect_task="caption")
-    config = loaded.task.config  # type: ignore[attr-defined]
+    loaded = load_model(WEIGHTS / f"{name}.safetensors", expect_task="caption")
+    assert loaded.task.config.synthetic_suite == ""  # type: ignore[attr-defined]
+
+
+def test_a_model_file_written_before_the_scene_options_loads_with_the_standard_style(tmp_path: Path) -> None:
+    from vlattn_caption.task import CaptionTask
+
+    from vlattn.checkpoint import load_model, read_header, save_model
+    from vlattn.config import to_dict
+
+    task = CaptionTask(_config(image_size=32, cnn_channels=8, embed_dim=8, hidden_dim=8))
+    task.setup_data()
+    old = {k: v for k, v in to_dict(task.config).items() if k not in STYLE_KEYS}
+    path = save_model(
+        tmp_path / "old.safetensors", task.build_model(), task_name="caption", config=old, artifacts=task.artifacts()
+    )
+    assert not set(STYLE_KEYS) & set(read_header(path).config)
+    config = load_model(path, expect_task="caption").task.config  # type: ignore[attr-defined]
     assert config.scene_style() == STANDARD and config.synthetic_suite == ""
 
 
