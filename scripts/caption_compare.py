@@ -9,6 +9,11 @@ scenes, never the test scenes), then scored on held-out test scenes (beam 3). A 
 ``test.json`` exists is not trained again, so several invocations with disjoint ``--seeds`` can
 share one ``--run-root``; the last prints every run and the mean and spread per mechanism.
 ``--hard-options`` adds caption task options for the hard runs only (``--options`` for all).
+
+``--soft-warmup-epochs K`` trains each hard run as two runs within the same budget: ``K`` epochs
+with soft attention (``<run>-warmup``), then ``--epochs`` minus ``K`` with hard attention from the
+warm-up's best checkpoint (``init_from``: the two mechanisms share their parameters), at
+``--hard-lr`` (default ``--lr``); the hard run's checkpoint is chosen on validation as any other.
 """
 
 from __future__ import annotations
@@ -49,10 +54,14 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--options", default="{}", help="caption task options for every run (JSON)")
     parser.add_argument("--hard-options", default="{}", help="caption task options for hard-spatial runs (JSON)")
+    parser.add_argument("--soft-warmup-epochs", type=int, default=0, help="hard runs: first epochs with soft attention")
+    parser.add_argument("--hard-lr", type=float, default=None, help="hard runs after a soft warm-up (default --lr)")
     parser.add_argument("--run-root", type=Path, default=Path("runs/compare"))
     parser.add_argument("--label", default="", help="suffix of the hard runs' folder names (to keep variants apart)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not 0 <= args.soft_warmup_epochs < args.epochs:
+        parser.error("--soft-warmup-epochs must be in [0, --epochs)")
     torch.set_num_threads(args.threads)
 
     results: dict[str, list[dict[str, float]]] = {}
@@ -109,6 +118,17 @@ def _train_and_score(args: argparse.Namespace, attention: str, seed: int, run_di
         "device": "cpu",
     }
     start = time.perf_counter()
+    if attention == "hard-spatial" and args.soft_warmup_epochs:
+        warmup = fit(
+            "caption",
+            {**task_config, "attention": "soft-spatial"},
+            {**trainer, "epochs": args.soft_warmup_epochs},
+            run_dir.with_name(run_dir.name + "-warmup"),
+        )
+        if warmup.best_path is None:
+            raise SystemExit(f"no best model in {run_dir}-warmup ({warmup.reason})")
+        task_config["init_from"] = str(warmup.best_path)
+        trainer.update(epochs=args.epochs - args.soft_warmup_epochs, lr=args.hard_lr or args.lr)
     result = fit("caption", task_config, trainer, run_dir)
     minutes = (time.perf_counter() - start) / 60
     if result.best_path is None:
