@@ -12,9 +12,10 @@ needs the gradient of its state, which word ``t + 1``'s backward produces.
 
 For float32 tensors on the CPU the scores and their backward run in the native kernels of
 ``scoring.c`` (compiled on first use by :mod:`vlattn.native_build`; ``VLATTN_NATIVE=0`` or no C
-compiler leaves the PyTorch code): one sweep over the keys each, the ``[n_t, L, A]`` hidden
-``sigmoid(K + q)`` computed again in the backward rather than stored. Both compute the same
-function; anything else (float64, bfloat16 under autocast, CUDA) takes the PyTorch code.
+compiler leaves the PyTorch code): the forward scores every location in one sweep over the keys
+and keeps the hidden ``sigmoid(K + q) [n_t, L, A]`` (:data:`KEEP_HIDDEN`), the backward produces
+the gradients of ``q``, ``v`` and ``K`` in one sweep. Both compute the same function; anything
+else (float64, bfloat16 under autocast, CUDA, non-contiguous keys) takes the PyTorch code.
 
 The backward is not itself differentiable (no double backward).
 """
