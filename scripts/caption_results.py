@@ -192,11 +192,7 @@ def main() -> None:
     print("| model | attention | " + ("scenes | " if split_rows else "") + " | ".join(COLUMNS) + " | seconds |")
     print("|---|---|" + "---|" * (len(COLUMNS) + 1 + split_rows))
     for path in models:
-        loaded = load_model(path, expect_task="caption")
-        task: CaptionTask = loaded.task  # type: ignore[assignment]
-        task.config.synthetic_test = args.test
-        task.config.synthetic_suite = args.suite
-        task.config.validate()
+        loaded, task = load_for_test(path, args)
         options = CaptionEvalOptions(
             split="test",
             beam_size=args.beam_size,
@@ -229,6 +225,16 @@ def main() -> None:
                 print(f"| {label} | {mechanism} | {cell} |" + " n/a |" * (len(COLUMNS) + 1), flush=True)
 
 
+def load_for_test(path: Path, args: argparse.Namespace) -> tuple[Any, CaptionTask]:
+    """The model file at ``path`` and its task, its test split set to the scenes ``args`` chooses."""
+    loaded = load_model(path, expect_task="caption")
+    task: CaptionTask = loaded.task  # type: ignore[assignment]
+    task.config.synthetic_test = args.test
+    task.config.synthetic_suite = args.suite
+    task.config.validate()
+    return loaded, task
+
+
 def compare_precisions(models: list[Path], args: argparse.Namespace) -> None:
     """One :func:`agreement_row` per model file, on the scenes ``args`` chooses."""
     from vlattn_caption.inference import check_precision
@@ -237,11 +243,7 @@ def compare_precisions(models: list[Path], args: argparse.Namespace) -> None:
     print("| model | identical captions, bf16 and fp32 | BLEU-4 fp32 | BLEU-4 bf16 | seconds fp32 | seconds bf16 |")
     print("|---|---|---|---|---|---|")
     for path in models:
-        loaded = load_model(path, expect_task="caption")
-        task: CaptionTask = loaded.task  # type: ignore[assignment]
-        task.config.synthetic_test = args.test
-        task.config.synthetic_suite = args.suite
-        task.config.validate()
+        loaded, task = load_for_test(path, args)
         options = CaptionEvalOptions(
             split="test", beam_size=args.beam_size, max_len=args.max_len, hard_decoding=args.hard_decoding
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -226,24 +227,29 @@ def test_training_script_uses_the_common_trainer(tmp_path: Path, monkeypatch: py
     assert out.read_bytes() == (run_dir / "sharpen" / "best.safetensors").read_bytes()
 
 
-def test_init_from_copies_weights_and_vocabulary(tmp_path: Path) -> None:
-    from safetensors.torch import load_file
+def _saved_tiny_model(path: Path) -> tuple[Any, Any]:
+    """A tiny untrained soft-attention caption model saved at ``path``; returns ``(task, config)``."""
     from vlattn_caption.task import CaptionConfig, CaptionTask
 
     from vlattn.checkpoint import save_model
     from vlattn.config import from_mapping, to_dict
-    from vlattn.errors import ModelFileError
 
     config = from_mapping(CaptionConfig, {"synthetic_train": 4, "synthetic_val": 1, **TINY})
     task = CaptionTask(config)
     task.setup_data()
-    path = save_model(
-        tmp_path / "m.safetensors",
-        task.build_model(),
-        task_name="caption",
-        config=to_dict(config),
-        artifacts=task.artifacts(),
-    )
+    save_model(path, task.build_model(), task_name="caption", config=to_dict(config), artifacts=task.artifacts())
+    return task, config
+
+
+def test_init_from_copies_weights_and_vocabulary(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from vlattn_caption.task import CaptionConfig, CaptionTask
+
+    from vlattn.config import from_mapping, to_dict
+    from vlattn.errors import ModelFileError
+
+    path = tmp_path / "m.safetensors"
+    task, config = _saved_tiny_model(path)
     again = CaptionTask(
         from_mapping(
             CaptionConfig, {**to_dict(config), "init_from": str(path), "synthetic_train": 2, "synthetic_seed": 9}
@@ -263,19 +269,10 @@ def test_a_soft_attention_model_starts_a_hard_attention_one(tmp_path: Path) -> N
     from safetensors.torch import load_file
     from vlattn_caption.task import CaptionConfig, CaptionTask
 
-    from vlattn.checkpoint import save_model
     from vlattn.config import from_mapping, to_dict
 
-    config = from_mapping(CaptionConfig, {"synthetic_train": 4, "synthetic_val": 1, **TINY})
-    task = CaptionTask(config)
-    task.setup_data()
-    path = save_model(
-        tmp_path / "soft.safetensors",
-        task.build_model(),
-        task_name="caption",
-        config=to_dict(config),
-        artifacts=task.artifacts(),
-    )
+    path = tmp_path / "soft.safetensors"
+    _, config = _saved_tiny_model(path)
     hard = CaptionTask(
         from_mapping(CaptionConfig, {**to_dict(config), "init_from": str(path), "attention": "hard-spatial"})
     )
