@@ -33,7 +33,7 @@ from vlattn.attention import build_attention
 from vlattn.attention.additive import AdditiveAttention
 from vlattn.attention.spatial import HardSpatialAttention, SoftSpatialAttention
 from vlattn_caption.inference import PackedLinear, Precision, inference_weights
-from vlattn_caption.scoring import KeyGradient, WordScores
+from vlattn_caption.scoring import KeyGradient, WordScores, native_scores
 
 #: Bytes of the attention buffer that :func:`_sigmoid_scores` fills at a time (fits a core's L2 cache).
 SCORE_BUFFER_BYTES = 1 << 21
@@ -243,9 +243,10 @@ class ShowAttendTellDecoder(nn.Module):
 
         The hypotheses are ``rows`` of a ``[B * per_image]`` grid, image-major: row ``r`` reads
         image ``r // per_image``. Unlike :meth:`step`, nothing of size ``[N, L, D]`` is gathered
-        per hypothesis: the attention scores of one image's hypotheses are computed together in a
-        cache-sized buffer from the image's keys, and the context comes from one batched product
-        per image. The products with the weights run on the fused, pre-packed matrices of
+        per hypothesis: the attention scores of one image's hypotheses are computed together from
+        the image's keys (for float32 CPU tensors in one sweep of the native kernel
+        :meth:`~vlattn_caption.scoring.NativeScores.image_scores`, else in a cache-sized buffer),
+        and the context comes from one batched product per image. The products with the weights run on the fused, pre-packed matrices of
         :func:`~vlattn_caption.inference.inference_weights` (the LSTM, the attention query, the
         gate and the deep output: hooks on those modules do not fire); the embedding and the
         output layer ``out`` are called as modules. The attention score is evaluated as
@@ -277,7 +278,12 @@ class ShowAttendTellDecoder(nn.Module):
         h, c = state
         from_state = fused.from_state(h)  # [N, 4H + A + g]
         query = from_state[:, fused.gates : fused.gates + fused.query]  # 2 (W h + b)
-        scores = _sigmoid_scores(query, scoring_keys, images, attention.v.weight[0] * 2.0)
+        v = attention.v.weight[0] * 2.0
+        native = native_scores(query, scoring_keys, v)
+        if native is not None:  # float32 on the CPU: one sweep of scoring.c's kernel
+            scores = native.image_scores(query, scoring_keys, images, v)
+        else:
+            scores = _sigmoid_scores(query, scoring_keys, images, v)
         alpha = attention.normalise(scores[:, None, :], None)
         weights = attention.select(alpha).squeeze(1)  # [N, L]
         batch, locations = annotations.shape[0], annotations.shape[1]

@@ -4,6 +4,7 @@
  *
  *   vl_word_scores           scores[i, l] = v . sigmoid(keys[i, l] + query[i])
  *   vl_word_scores_backward  the gradients of query, v and keys, in one sweep over keys
+ *   vl_image_scores          the forward of a decoding step: row i reads the keys of its image
  *
  * Shapes: query [rows, width] (row stride query_stride, in elements), keys [rows, locations, width]
  * contiguous, v [width], scores and grad_scores [rows, locations] contiguous. The forward can keep
@@ -119,5 +120,34 @@ void vl_word_scores_backward(const float *restrict query, long query_stride, con
                 else vl_location_backward(k, q, h, v, g, gq, grad_v, gk, width, 0, 2);
             }
         }
+    }
+}
+
+/*
+ * The scores of a decoding step (no hidden kept, no backward): query [rows, width] (row stride
+ * query_stride), keys [images, locations, width] contiguous, images [rows] the image of each row
+ * (ascending, so one image's rows are consecutive), scores [rows, locations] contiguous:
+ *   scores[i, l] = sum_a v[a] sigmoid(keys[images[i], l, a] + query[i, a])
+ * One image's rows are scored together, location by location, so each key vector is read from memory
+ * once per image and then from the L1 cache for the image's other rows.
+ */
+void vl_image_scores(const float *restrict query, long query_stride, const float *restrict keys,
+                     const int64_t *restrict images, const float *restrict v, float *restrict scores, long rows,
+                     long locations, long width) {
+    long start = 0;
+    while (start < rows) {
+        long end = start + 1;
+        while (end < rows && images[end] == images[start]) ++end;
+        const float *restrict image_keys = keys + images[start] * locations * width;
+        for (long l = 0; l < locations; ++l) {
+            const float *restrict k = image_keys + l * width;
+            for (long i = start; i < end; ++i) {
+                const float *restrict q = query + i * query_stride;
+                float total = 0.0f;
+                for (long a = 0; a < width; ++a) total += v[a] * vl_sigmoid(k[a] + q[a]);
+                scores[i * locations + l] = total;
+            }
+        }
+        start = end;
     }
 }

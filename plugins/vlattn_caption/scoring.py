@@ -17,6 +17,10 @@ and keeps the hidden ``sigmoid(K + q) [n_t, L, A]`` (:data:`KEEP_HIDDEN`), the b
 the gradients of ``q``, ``v`` and ``K`` in one sweep. Both compute the same function; anything
 else (float64, bfloat16 under autocast, CUDA, non-contiguous keys) takes the PyTorch code.
 
+A decoding step (:meth:`~vlattn_caption.decoder.ShowAttendTellDecoder.step_rows`, inference only)
+scores its hypotheses with the forward-only :meth:`NativeScores.image_scores`: each hypothesis reads
+the keys of its image, no hidden layer is kept.
+
 The backward is not itself differentiable (no double backward).
 """
 
@@ -52,6 +56,8 @@ class NativeScores:
         self._forward.argtypes, self._forward.restype = [_P, _L, _P, _P, _P, _P, _L, _L, _L], None
         self._backward = library.vl_word_scores_backward
         self._backward.argtypes, self._backward.restype = [_P, _L, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L], None
+        self._image = library.vl_image_scores
+        self._image.argtypes, self._image.restype = [_P, _L, _P, _P, _P, _P, _L, _L, _L], None
 
     def scores(self, query: Tensor, keys: Tensor, v: Tensor, hidden: Tensor | None = None) -> Tensor:
         """``[n, L]`` scores of ``query [n, A]`` against the first ``n`` rows of ``keys [B, L, A]``
@@ -65,6 +71,26 @@ class NativeScores:
             v.data_ptr(),
             out.data_ptr(),
             None if hidden is None else hidden.data_ptr(),
+            rows,
+            locations,
+            width,
+        )
+        return out
+
+    def image_scores(self, query: Tensor, keys: Tensor, images: Tensor, v: Tensor, out: Tensor | None = None) -> Tensor:
+        """``[N, L]`` scores ``v . sigmoid(keys[images[i], l] + query[i])`` of ``query [N, A]``
+        against ``keys [B, L, A]``, ``images [N]`` (int64, contiguous, ascending) the image of each
+        row, ``v [A]``; written to ``out [N, L]`` (contiguous) where given. No hidden is kept."""
+        rows, (locations, width) = query.shape[0], keys.shape[1:]
+        if out is None:
+            out = query.new_empty(rows, locations)
+        self._image(
+            query.data_ptr(),
+            query.stride(0),
+            keys.data_ptr(),
+            images.data_ptr(),
+            v.data_ptr(),
+            out.data_ptr(),
             rows,
             locations,
             width,
