@@ -163,7 +163,9 @@ def test_adam_takes_the_fused_update_on_a_cpu_and_matches_the_default_one() -> N
         for step in range(5):
             for p in params:
                 p.grad = torch.sin(p.detach() * (step + 1))
+            versions = [p._version for p in params]
             optimizer.step()
+            assert all(p._version > v for p, v in zip(params, versions, strict=True))  # caches see the write
         results.append([p.detach() for p in params])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

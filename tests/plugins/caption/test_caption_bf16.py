@@ -190,3 +190,20 @@ def test_a_training_step_runs_under_cpu_autocast_to_bfloat16() -> None:
         assert abs(float(loss.detach()) - exact) < 0.05 * abs(exact)
         grads = [p.grad for p in model.decoder.parameters() if p.requires_grad]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_the_inference_weights_follow_a_trainer_optimizer_step() -> None:
+    """The trainer's (fused) Adam writes the parameters in place; the decoder's packed inference
+    weights must be rebuilt from the new values, or validation decodes with stale weights."""
+    from vlattn.train.optim import build_optimizer
+    from vlattn.train.trainer_config import TrainerConfig
+
+    decoder = _model().decoder
+    before = inference.inference_weights(decoder)
+    optimizer = build_optimizer(list(decoder.parameters()), TrainerConfig(optimizer="adam", lr=1e-2))
+    for p in decoder.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    after = inference.inference_weights(decoder)
+    assert after is not before
+    torch.testing.assert_close(after.from_input.weight, decoder.cell.weight_ih.detach())
