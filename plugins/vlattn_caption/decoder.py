@@ -246,9 +246,10 @@ class ShowAttendTellDecoder(nn.Module):
         per hypothesis: the attention scores of one image's hypotheses are computed together from
         the image's keys (for float32 CPU tensors in one sweep of the native kernel
         :meth:`~vlattn_caption.scoring.NativeScores.image_scores`, else in a cache-sized buffer),
-        and the context comes from one batched product per image. The products with the weights run on the fused, pre-packed matrices of
-        :func:`~vlattn_caption.inference.inference_weights` (the LSTM, the attention query, the
-        gate and the deep output: hooks on those modules do not fire); the embedding and the
+        and the context comes from one batched product per image. The products with the weights
+        run on the fused, pre-packed matrices of :func:`~vlattn_caption.inference.inference_weights`
+        (the LSTM, the attention query, the gate and the deep output: hooks on those modules do not
+        fire); the embedding and the
         output layer ``out`` are called as modules. The attention score is evaluated as
         ``v^T tanh(x) = 2 v^T sigmoid(2 x) - sum(v)`` with the constant ``sum(v)`` dropped (the
         softmax over locations ignores it): the same function as :meth:`step` (equal up to float
@@ -287,9 +288,12 @@ class ShowAttendTellDecoder(nn.Module):
         alpha = attention.normalise(scores[:, None, :], None)
         weights = attention.select(alpha).squeeze(1)  # [N, L]
         batch, locations = annotations.shape[0], annotations.shape[1]
-        grid = weights.new_zeros(batch * per_image, locations)
-        grid[rows] = weights
-        context = torch.bmm(grid.view(batch, per_image, locations), annotations).view(batch * per_image, -1)[rows]
+        if rows.shape[0] == batch * per_image:  # every hypothesis live: the rows are the grid
+            context = torch.bmm(weights.view(batch, per_image, locations), annotations).view(rows.shape[0], -1)
+        else:
+            grid = weights.new_zeros(batch * per_image, locations)
+            grid[rows] = weights
+            context = torch.bmm(grid.view(batch, per_image, locations), annotations).view(batch * per_image, -1)[rows]
         if self.gate is not None:
             context = torch.sigmoid(from_state[:, -1:]) * context
         emb = self.embed(prev_words)

@@ -5,6 +5,7 @@
  *   vl_word_scores           scores[i, l] = v . sigmoid(keys[i, l] + query[i])
  *   vl_word_scores_backward  the gradients of query, v and keys, in one sweep over keys
  *   vl_image_scores          the forward of a decoding step: row i reads the keys of its image
+ *   vl_top_words             a decoding step's most likely words and their log-probabilities
  *
  * Shapes: query [rows, width] (row stride query_stride, in elements), keys [rows, locations, width]
  * contiguous, v [width], scores and grad_scores [rows, locations] contiguous. The forward can keep
@@ -18,6 +19,7 @@
  * torch.sigmoid is a few float ulps: below 3e-7 relative for x >= -87 and 1e-7 absolute everywhere
  * (tests/plugins/caption/test_caption_scoring_native.py measures it).
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -149,5 +151,40 @@ void vl_image_scores(const float *restrict query, long query_stride, const float
             }
         }
         start = end;
+    }
+}
+
+/*
+ * The count most likely words of each row of logits [rows, vocab] (contiguous), in descending order,
+ * the words skip_a and skip_b never: values [rows, count] receive their log-probabilities
+ * (x - max - log(sum exp(x - max)) over the whole row, as torch.log_softmax), words [rows, count] their
+ * ids. Equal logits keep the lower id first. Needs vocab >= count + 2.
+ */
+void vl_top_words(const float *restrict logits, long rows, long vocab, long count, long skip_a, long skip_b,
+                  float *restrict values, int64_t *restrict words) {
+    for (long i = 0; i < rows; ++i) {
+        const float *restrict x = logits + i * vocab;
+        float *restrict best = values + i * count;
+        int64_t *restrict ids = words + i * count;
+        float top = x[0];
+        for (long a = 1; a < vocab; ++a) top = x[a] > top ? x[a] : top;
+        float total = 0.0f;
+        for (long a = 0; a < vocab; ++a) total += vl_exp_reduced(x[a] - top);
+        const float log_total = logf(total);
+        long filled = 0;
+        for (long a = 0; a < vocab; ++a) {
+            if (a == skip_a || a == skip_b) continue;
+            const float value = x[a];
+            if (filled == count && !(value > best[count - 1])) continue;
+            long at = filled < count ? filled++ : count - 1;
+            while (at > 0 && value > best[at - 1]) {
+                best[at] = best[at - 1];
+                ids[at] = ids[at - 1];
+                --at;
+            }
+            best[at] = value;
+            ids[at] = a;
+        }
+        for (long j = 0; j < count; ++j) best[j] = (best[j] - top) - log_total;
     }
 }

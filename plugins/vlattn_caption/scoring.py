@@ -19,7 +19,8 @@ else (float64, bfloat16 under autocast, CUDA, non-contiguous keys) takes the PyT
 
 A decoding step (:meth:`~vlattn_caption.decoder.ShowAttendTellDecoder.step_rows`, inference only)
 scores its hypotheses with the forward-only :meth:`NativeScores.image_scores`: each hypothesis reads
-the keys of its image, no hidden layer is kept.
+the keys of its image, no hidden layer is kept. :meth:`NativeScores.top_words` picks a step's most
+likely words from its logits in one pass (the log-softmax and top-k of the search).
 
 The backward is not itself differentiable (no double backward).
 """
@@ -37,7 +38,7 @@ from torch.autograd.function import once_differentiable
 
 from vlattn.native_build import load_library
 
-__all__ = ["KeyGradient", "NativeScores", "WordScores", "native_scores"]
+__all__ = ["KeyGradient", "NativeScores", "WordScores", "native_scores", "native_top_words"]
 
 _P, _L = ctypes.c_void_p, ctypes.c_long
 
@@ -58,6 +59,8 @@ class NativeScores:
         self._backward.argtypes, self._backward.restype = [_P, _L, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L], None
         self._image = library.vl_image_scores
         self._image.argtypes, self._image.restype = [_P, _L, _P, _P, _P, _P, _L, _L, _L], None
+        self._top = library.vl_top_words
+        self._top.argtypes, self._top.restype = [_P, _L, _L, _L, _L, _L, _P, _P], None
 
     def scores(self, query: Tensor, keys: Tensor, v: Tensor, hidden: Tensor | None = None) -> Tensor:
         """``[n, L]`` scores of ``query [n, A]`` against the first ``n`` rows of ``keys [B, L, A]``
@@ -96,6 +99,17 @@ class NativeScores:
             width,
         )
         return out
+
+    def top_words(self, logits: Tensor, count: int, skip: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Each row's ``count`` most likely words, the two ``skip`` ids never: ``logits [N, V]``
+        (contiguous, ``V >= count + 2``) -> log-probabilities ``[N, count]`` (float32, descending;
+        the log-softmax over all ``V`` words) and word ids ``[N, count]`` (int64). Equal logits:
+        the lower id first."""
+        rows, vocab = logits.shape
+        values = logits.new_empty(rows, count)
+        words = torch.empty(rows, count, dtype=torch.long)
+        self._top(logits.data_ptr(), rows, vocab, count, skip[0], skip[1], values.data_ptr(), words.data_ptr())
+        return values, words
 
     def backward(
         self,
@@ -144,6 +158,16 @@ def native_scores(query: Tensor, keys: Tensor, v: Tensor) -> NativeScores | None
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
         return None
     if not (keys.is_contiguous() and v.is_contiguous() and query.stride(1) == 1):
+        return None
+    return _load()
+
+
+def native_top_words(logits: Tensor, count: int) -> NativeScores | None:
+    """The native kernels where :meth:`NativeScores.top_words` applies to ``logits [N, V]``
+    (float32 on the CPU, contiguous, ``V >= count + 2``, kernels available), else ``None``."""
+    if logits.dtype != torch.float32 or logits.device.type != "cpu" or not logits.is_contiguous():
+        return None
+    if logits.dim() != 2 or logits.shape[1] < count + 2 or count < 1:
         return None
     return _load()
 

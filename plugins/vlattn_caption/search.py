@@ -24,6 +24,7 @@ from torch import Tensor
 from vlattn.attention.spatial import HardSpatialAttention, check_eval_mode
 from vlattn_caption.inference import Precision, check_precision
 from vlattn_caption.model import CaptionModel
+from vlattn_caption.scoring import native_top_words
 from vlattn_caption.vocab import Vocabulary
 
 
@@ -128,7 +129,12 @@ def beam_search(
 def _best_words(logits: Tensor, count: int, last: bool) -> tuple[Tensor, Tensor]:
     """Each row's ``count`` most likely allowed words: logits ``[N, V]`` -> log-probabilities and
     word ids, each ``[N, count]`` (``<pad>``/``<start>`` never; at the ``last`` step only ``<end>``,
-    the other columns ``-inf``)."""
+    the other columns ``-inf``). Float32 CPU logits take the one-pass native kernel
+    (:meth:`~vlattn_caption.scoring.NativeScores.top_words`, the same result up to float rounding)
+    except at the ``last`` step."""
+    native = None if last else native_top_words(logits, count)
+    if native is not None:
+        return native.top_words(logits, count, (Vocabulary.pad_id, Vocabulary.start_id))
     logp = torch.log_softmax(logits.float(), dim=-1)
     if last:
         values = torch.full((logp.shape[0], count), float("-inf"), device=logp.device)
@@ -173,21 +179,26 @@ def _beam_search(
     for step in range(max_len + 1):
         # only live hypotheses (not finished, finite score) run the decoder; the rest are frozen
         rows = (~finished & (scores > float("-inf"))).view(-1).nonzero().squeeze(1)
+        everyone = rows.shape[0] == batch * k  # no hypothesis finished or dead: no gathers, no scatters
+        live_state = (h, c) if everyone else (h[rows], c[rows])
         logits, (h_live, c_live), weights_live = decoder.step_rows(
-            prev[rows], (h[rows], c[rows]), annotations, keys, rows, k, precision
+            prev if everyone else prev[rows], live_state, annotations, keys, rows, k, precision
         )
-        if rows.shape[0] == batch * k:
+        if everyone:
             h, c, weights = h_live, c_live, weights_live
         else:
             weights = annotations.new_zeros(batch * k, locations)
             h[rows], c[rows], weights[rows] = h_live, c_live, weights_live
         best_logp, best_word = _best_words(logits, k, last=step == max_len)  # [N, K] each
-        candidates = torch.full((batch * k, k), float("-inf"), device=device)  # [B*K, K] per hypothesis
-        candidates[:, 0] = torch.where(finished, scores, float("-inf")).view(-1)
-        candidates[rows] = scores.view(-1)[rows, None] + best_logp
-        candidate_words = torch.full((batch * k, k), Vocabulary.pad_id, dtype=torch.long, device=device)
-        candidate_words[rows] = best_word
-        new_len = lengths + (~finished).long()
+        if everyone:
+            candidates, candidate_words = best_logp.add_(scores.view(-1, 1)), best_word  # [B*K, K]
+        else:
+            candidates = torch.full((batch * k, k), float("-inf"), device=device)  # [B*K, K] per hypothesis
+            candidates[:, 0] = torch.where(finished, scores, float("-inf")).view(-1)
+            candidates[rows] = scores.view(-1)[rows, None] + best_logp
+            candidate_words = torch.full((batch * k, k), Vocabulary.pad_id, dtype=torch.long, device=device)
+            candidate_words[rows] = best_word
+        new_len = lengths + (~finished).long() if alpha else lengths
         rank = candidates / length_penalty(new_len, alpha).view(-1, 1) if alpha else candidates
         _, best = rank.view(batch, k * k).topk(k, dim=1)
         beam = torch.div(best, k, rounding_mode="floor")

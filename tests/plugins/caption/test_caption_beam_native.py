@@ -1,6 +1,7 @@
-"""The native forward scores of a decoding step (``scoring.c``'s ``vl_image_scores``) against the
-PyTorch code: the scores, one step of :meth:`ShowAttendTellDecoder.step_rows`, and the bundled
-model's beam captions, which must not change."""
+"""The native kernels of a decoding step (``scoring.c``'s ``vl_image_scores`` and ``vl_top_words``)
+against the PyTorch code: the scores, the top words, one step of
+:meth:`ShowAttendTellDecoder.step_rows`, a search with every beam live, and the bundled model's
+beam captions, which must not change."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import torch
 from vlattn_caption import decoder as decoder_module
 from vlattn_caption import inference, search
 from vlattn_caption.decoder import ShowAttendTellDecoder, _sigmoid_scores
+from vlattn_caption.encoder import Encoder
+from vlattn_caption.model import CaptionModel
 from vlattn_caption.predict import BUNDLED_MODEL, Captioner
 from vlattn_caption.records import synthetic_records
 from vlattn_caption.scoring import NativeScores, _load
+from vlattn_caption.vocab import Vocabulary
 
 from vlattn.data.images import image_tensor
 
@@ -41,8 +45,9 @@ def calls(kernels: NativeScores, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _torch_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What ``VLATTN_NATIVE=0`` (or no compiler) leaves: the PyTorch scores in every step."""
+    """What ``VLATTN_NATIVE=0`` (or no compiler) leaves: the PyTorch scores and top words in every step."""
     monkeypatch.setattr(decoder_module, "native_scores", lambda *_: None)
+    monkeypatch.setattr(search, "native_top_words", lambda *_: None)
 
 
 @pytest.mark.parametrize("width", [7, 16, 100])
@@ -89,6 +94,48 @@ def test_no_native_scores_for_other_dtypes(calls: list[int]) -> None:
         state = decoder.init_state(annotations)
         logits, _, weights = decoder.step_rows(torch.tensor([4, 5]), state, annotations, keys, rows, 1)
     assert calls == [] and logits.dtype == weights.dtype == torch.float64
+
+
+@pytest.mark.parametrize(("rows", "vocab", "count"), [(1, 7, 5), (6, 50, 5), (3, 10_000, 5), (4, 30, 1)])
+def test_native_top_words_match_pytorch(
+    kernels: NativeScores, monkeypatch: pytest.MonkeyPatch, rows: int, vocab: int, count: int
+) -> None:
+    logits = 4 * torch.randn(rows, vocab, generator=torch.Generator().manual_seed(vocab))
+    logits[0, Vocabulary.pad_id] = logits[0, Vocabulary.start_id] = 1e3  # never chosen, still in the softmax
+    values, words = search._best_words(logits, count, last=False)
+    assert words.dtype == torch.long and values.shape == words.shape == (rows, count)
+    _torch_only(monkeypatch)
+    want_values, want_words = search._best_words(logits, count, last=False)
+    assert torch.equal(words, want_words)
+    torch.testing.assert_close(values, want_values, rtol=1e-6, atol=1e-5)
+
+
+def test_native_top_words_keep_the_lower_id_of_equal_logits(kernels: NativeScores) -> None:
+    logits = torch.zeros(2, 12)
+    logits[0, [9, 4, 7]] = 2.0
+    logits[1, [5, 11]] = torch.tensor([3.0, 3.0])
+    values, words = kernels.top_words(logits, 3, (Vocabulary.pad_id, Vocabulary.start_id))
+    assert words.tolist() == [[4, 7, 9], [5, 11, 2]]  # then the lowest allowed id of the zeros (<end>)
+    torch.testing.assert_close(values, torch.log_softmax(logits, 1).gather(1, words))
+
+
+def test_native_beam_search_with_every_hypothesis_live_matches_pytorch(
+    calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    decoder = ShowAttendTellDecoder(40, 16, embed_dim=8, hidden_dim=20, dropout=0.0)
+    model = CaptionModel(Encoder("small-cnn", grid=3, channels=16), decoder).eval()
+    with torch.no_grad():  # <end> never likely: after the first step every beam stays live
+        decoder.out.bias[Vocabulary.end_id] = -50.0
+    annotations = torch.randn(3, 9, 16)
+    native = search.beam_search(model, annotations, beam_size=4, max_len=8)
+    assert calls[0] == 3 and calls[1:] == [12] * 8  # one live beam per image, then all of them
+    _torch_only(monkeypatch)
+    reference = search.beam_search(model, annotations, beam_size=4, max_len=8)
+    assert native.tokens == reference.tokens and all(len(t) == 8 for t in native.tokens)
+    torch.testing.assert_close(native.scores, reference.scores, rtol=1e-5, atol=1e-5)
+    for got, want in zip(native.weights, reference.weights, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.exists(), reason="bundled caption model not trained")
