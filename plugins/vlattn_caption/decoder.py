@@ -279,7 +279,7 @@ class ShowAttendTellDecoder(nn.Module):
         h, c = state
         from_state = fused.from_state(h)  # [N, 4H + A + g]
         query = from_state[:, fused.gates : fused.gates + fused.query]  # 2 (W h + b)
-        v = attention.v.weight[0] * 2.0
+        v = fused.score_v if fused.score_v is not None else attention.v.weight[0] * 2.0
         native = native_scores(query, scoring_keys, v)
         if native is not None:  # float32 on the CPU: one sweep of scoring.c's kernel
             scores = native.image_scores(query, scoring_keys, images, v)

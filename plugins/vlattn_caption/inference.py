@@ -126,6 +126,8 @@ class InferenceWeights:
         from_input: ``[E y; z] [N, E + D]`` -> the LSTM's input gate pre-activations ``[N, 4H]``.
         deep: ``[h_t; z_t] [N, H + D]`` -> ``L_h h_t + L_z z_t`` (both biases) ``[N, E]``.
         gates: ``4H``; query: ``A``.
+        score_v: ``[A]`` float32, twice the scoring MLP's output vector ``2 v`` (the weights of
+            ``v^T sigmoid(.)``), or ``None`` when the mechanism has no ``v``.
     """
 
     from_state: PackedProduct
@@ -133,6 +135,7 @@ class InferenceWeights:
     deep: PackedProduct
     gates: int
     query: int
+    score_v: Tensor | None = None
 
 
 class PackedLinear(nn.Linear):
@@ -213,6 +216,8 @@ def _build(decoder: nn.Module, precision: Precision = "fp32") -> InferenceWeight
         parts.append(gate.weight)
         biases.append(gate.bias)
     out_h, out_z = decoder.out_h, decoder.out_z
+    v = getattr(decoder.attention, "v", None)
+    score_v = (v.weight[0] * 2.0).detach().contiguous() if isinstance(v, nn.Linear) else None
     return InferenceWeights(
         from_state=PackedProduct(
             torch.cat(parts).detach().clone(), torch.cat(biases).detach().clone(), precision=precision
@@ -225,4 +230,5 @@ def _build(decoder: nn.Module, precision: Precision = "fp32") -> InferenceWeight
         ),
         gates=cell.weight_hh.shape[0],
         query=query,
+        score_v=score_v,
     )

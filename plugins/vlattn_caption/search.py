@@ -205,14 +205,19 @@ def _beam_search(
         word = candidate_words.view(batch, k * k).gather(1, best)
         scores = candidates.view(batch, k * k).gather(1, best)
         source = (offsets + beam).view(-1)
-        was_finished = finished.gather(1, beam)
         h, c = h[source], c[source]
-        step_weights = weights[source].view(batch, k, locations) * (~was_finished)[:, :, None]
+        if everyone:  # nothing was finished: every hypothesis grew by its word
+            step_weights = weights[source].view(batch, k, locations)
+            lengths = lengths.gather(1, beam).add_(1)
+            finished = word == Vocabulary.end_id
+        else:
+            was_finished = finished.gather(1, beam)
+            step_weights = weights[source].view(batch, k, locations) * (~was_finished)[:, :, None]
+            lengths = lengths.gather(1, beam) + (~was_finished).long()
+            finished = was_finished | (word == Vocabulary.end_id)
         parents.append(beam)
         words.append(word)
         glimpses.append(step_weights)
-        lengths = lengths.gather(1, beam) + (~was_finished).long()
-        finished = was_finished | (word == Vocabulary.end_id)
         prev = word.view(-1)
         finished = _settle(finished, scores, lengths, alpha, longest)
         if bool(finished.all()):
