@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from vlattn.attention import build_attention
 from vlattn.attention.additive import AdditiveAttention
 from vlattn.attention.spatial import HardSpatialAttention, SoftSpatialAttention
-from vlattn_caption.inference import PackedLinear, Precision, inference_weights
+from vlattn_caption.inference import InferenceWeights, PackedLinear, Precision, inference_weights
 from vlattn_caption.scoring import KeyGradient, WordScores, native_scores
 
 #: Bytes of the attention buffer that :func:`_sigmoid_scores` fills at a time (fits a core's L2 cache).
@@ -238,6 +238,7 @@ class ShowAttendTellDecoder(nn.Module):
         rows: Tensor,
         per_image: int,
         precision: Precision = "fp32",
+        fused: InferenceWeights | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One word for ``N`` hypotheses that share their images' annotations (inference only).
 
@@ -267,6 +268,8 @@ class ShowAttendTellDecoder(nn.Module):
                 ``bf16``: bfloat16 weights and inputs, float32 results (see
                 :mod:`vlattn_caption.inference`). Scores, softmax, context and the LSTM's
                 nonlinearities are float32 in both.
+            fused: ``inference_weights(self, precision)``, where the caller holds it for a whole
+                decode (the parameters do not change between its steps); ``None``: looked up here.
 
         Returns:
             logits ``[N, V]``, the new state, attention weights ``[N, L]``.
@@ -275,7 +278,8 @@ class ShowAttendTellDecoder(nn.Module):
         attention = self.attention
         if scoring_keys is None or not isinstance(attention, SoftSpatialAttention) or self.training:
             return self.step(prev_words, state, annotations.index_select(0, images), precision=precision)
-        fused = inference_weights(self, precision)
+        if fused is None:
+            fused = inference_weights(self, precision)
         h, c = state
         from_state = fused.from_state(h)  # [N, 4H + A + g]
         query = from_state[:, fused.gates : fused.gates + fused.query]  # 2 (W h + b)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from vlattn.attention.spatial import HardSpatialAttention, check_eval_mode
-from vlattn_caption.inference import Precision, check_precision
+from vlattn_caption.inference import Precision, check_precision, inference_weights
 from vlattn_caption.model import CaptionModel
 from vlattn_caption.scoring import native_top_words
 from vlattn_caption.vocab import Vocabulary
@@ -165,6 +165,8 @@ def _beam_search(
     annotations = annotations.contiguous()
     device = annotations.device
     keys = decoder.scoring_keys(annotations)  # 2 U a once per image, [B, L, H'] (None: not an MLP scorer)
+    fast = keys is not None and not decoder.training
+    fused = inference_weights(decoder, precision) if fast else None  # once per decode, not per step
     h, c = (s.repeat_interleave(k, dim=0) for s in decoder.init_state(annotations))  # [B*K, H], image-major
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -182,7 +184,7 @@ def _beam_search(
         everyone = rows.shape[0] == batch * k  # no hypothesis finished or dead: no gathers, no scatters
         live_state = (h, c) if everyone else (h[rows], c[rows])
         logits, (h_live, c_live), weights_live = decoder.step_rows(
-            prev if everyone else prev[rows], live_state, annotations, keys, rows, k, precision
+            prev if everyone else prev[rows], live_state, annotations, keys, rows, k, precision, fused
         )
         if everyone:
             h, c, weights = h_live, c_live, weights_live
@@ -291,9 +293,10 @@ def _step_decode(
     scoring = decoder.scoring_keys(annotations)  # the live-rows step when the mechanism has one
     keys = decoder.project_keys(annotations) if scoring is None else None
     rows = torch.arange(batch, device=annotations.device)
+    fused = inference_weights(decoder, precision) if scoring is not None and not decoder.training else None
     for step in range(max_len + 1):
         if scoring is not None:
-            logits, (h, c), weights = decoder.step_rows(prev, (h, c), annotations, scoring, rows, 1, precision)
+            logits, (h, c), weights = decoder.step_rows(prev, (h, c), annotations, scoring, rows, 1, precision, fused)
         else:
             logits, (h, c), weights = decoder.step(prev, (h, c), annotations, keys, precision=precision)
         logp = _never(torch.log_softmax(logits.float(), dim=-1), last=step == max_len)
