@@ -160,7 +160,9 @@ def main() -> None:
     parser.add_argument("--suite", default="", choices=["", *synthetic.SUITES], help="score on this scene suite")
     parser.add_argument("--unseen", action="store_true", help="add a row of the scenes with unseen captions")
     parser.add_argument("--beam-size", type=int, default=5)
-    parser.add_argument("--max-len", type=int, default=20, help="most words per decoded caption")
+    parser.add_argument(
+        "--max-len", type=int, default=0, help="most words per decoded caption (0 = each model's eval_max_len)"
+    )
     parser.add_argument("--meteor", action="store_true", help="also compute METEOR (needs Java)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -184,7 +186,7 @@ def main() -> None:
         scenes = f"scene suite {args.suite!r} ({parts})"
     else:
         scenes = f"synthetic test scenes: {args.test}"
-    max_len = "" if args.max_len == 20 else f", at most {args.max_len} words"
+    max_len = f", at most {args.max_len} words" if args.max_len else ", at most each model's eval_max_len words"
     print(f"{scenes}, beam size {args.beam_size}{max_len}, torch threads {args.threads}")
     if args.precision == "bf16":
         compare_precisions(models, args)

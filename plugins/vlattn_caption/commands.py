@@ -23,7 +23,9 @@ from vlattn_caption.bundled import BUNDLED
 @click.option(
     "--beam-size", "-k", default=5, show_default=True, type=click.IntRange(1, 100), help="beam size (1 = greedy)"
 )
-@click.option("--max-len", default=20, show_default=True, type=click.IntRange(1, 200), help="most words per caption")
+@click.option(
+    "--max-len", default=None, type=click.IntRange(1, 200), help="most words per caption [default: the model's]"
+)
 @click.option("--length-penalty", default=0.0, show_default=True, type=float, help="length penalty exponent alpha")
 @click.option("--json", "as_json", is_flag=True, help="print JSON: caption, tokens, score, per-word attention grids")
 @click.option(
@@ -54,7 +56,7 @@ def caption(
     images: tuple[str, ...],
     model: str | None,
     beam_size: int,
-    max_len: int,
+    max_len: int | None,
     length_penalty: float,
     as_json: bool,
     attention_out: Path | None,

@@ -86,12 +86,18 @@ class Captioner:
     def image_size(self) -> int:
         return self.task.image_size
 
+    @property
+    def max_len(self) -> int:
+        """Most words per caption unless a call says otherwise: the model's ``eval_max_len``
+        (long enough for the longest captions it was trained on)."""
+        return int(self.task.config.eval_max_len)
+
     def caption_images(
         self,
         images: list[Image.Image],
         *,
         beam_size: int = 5,
-        max_len: int = 20,
+        max_len: int | None = None,
         alpha: float = 0.0,
         hard_decoding: str | None = None,
         precision: Precision = "fp32",
@@ -99,8 +105,9 @@ class Captioner:
         """Captions of RGB images, decoded as one batch: ``(words, score, attention [n, h, w])``.
 
         ``hard_decoding`` (hard-attention models: ``expectation``, ``argmax``, ``sample``) overrides
-        the model's inference mode. ``precision``: the decoder's weight products, ``fp32`` or
-        ``bf16`` (CPUs with AMX or AVX-512 BF16, CUDA; elsewhere a one-line ``VlattnError``)."""
+        the model's inference mode; ``max_len`` defaults to :attr:`max_len`. ``precision``: the
+        decoder's weight products, ``fp32`` or ``bf16`` (CPUs with AMX or AVX-512 BF16, CUDA;
+        elsewhere a one-line ``VlattnError``)."""
         if not images:
             return []
         batch = torch.stack([image_tensor(img, self.image_size) for img in images]).to(self.device)
@@ -109,7 +116,7 @@ class Captioner:
                 self.model,
                 batch,
                 beam_size=beam_size,
-                max_len=max_len,
+                max_len=self.max_len if max_len is None else max_len,
                 alpha=alpha,
                 hard_decoding=hard_decoding,
                 precision=precision,
@@ -128,7 +135,7 @@ class Captioner:
         paths: list[str],
         *,
         beam_size: int = 5,
-        max_len: int = 20,
+        max_len: int | None = None,
         alpha: float = 0.0,
         batch_size: int = 16,
         keep_pictures: bool = False,

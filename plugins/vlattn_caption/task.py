@@ -157,7 +157,7 @@ class CaptionEvalOptions:
 
     split: Literal["val", "test"] = option("test", help="which split of the dataset to score")
     beam_size: int = option(5, help="beam size")
-    max_len: int = option(20, help="most words per caption")
+    max_len: int = option(0, help="most words per caption (0 = the model's eval_max_len)")
     alpha: float = option(0.0, help="length penalty exponent")
     meteor: bool = option(False, help="also compute METEOR (needs Java)")
     hard_decoding: str = option(
@@ -362,7 +362,7 @@ class CaptionTask(Task):
         assert self.vocab is not None
         net = _unwrap(model)
         options = options if options is not None else self.validation_options()
-        beam, max_len, alpha = options.beam_size, options.max_len, options.alpha
+        beam, max_len, alpha = options.beam_size, options.max_len or self.config.eval_max_len, options.alpha
         hard_decoding = options.hard_decoding or None
         hypotheses: list[list[str]] = []
         references: list[list[list[str]]] = []

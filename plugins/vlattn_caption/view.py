@@ -106,7 +106,7 @@ class CaptionView(ViewHandler):
             picture=picture,
             model=MODELS[request.choice("model", list(MODELS), "soft")],
             beam_size=request.integer("beam_size", 5, 1, 20) or 5,
-            max_len=request.integer("max_len", 20, 1, 50) or 20,
+            max_len=request.integer("max_len", 40, 1, 50) or 40,  # a five-object caption has 32 words
             scene=scene,
         )
 
