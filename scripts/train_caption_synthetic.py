@@ -1,14 +1,22 @@
 """Train a bundled Show-Attend-Tell captioner on synthetic scenes with the common trainer (CPU).
 
-    python scripts/train_caption_synthetic.py --attention soft-spatial \
+    WIDE='"scene_objects": "1-5", "scene_sizes": "0.12-0.38", "scene_background": "15-230",
+          "scene_noise": 16, "max_caption_len": 34, "eval_max_len": 34, "hidden_dim": 192, "embed_dim": 96'
+    python scripts/train_caption_synthetic.py --attention soft-spatial --train 24000 --val 300 \
+        --epochs 8 --sharpen-epochs 0 --options "{$WIDE}" \
         --out plugins/vlattn_caption/weights/synthetic-soft.safetensors
-    python scripts/train_caption_synthetic.py --attention hard-spatial \
+    python scripts/train_caption_synthetic.py --attention hard-spatial --train 24000 --val 300 \
         --init-from plugins/vlattn_caption/weights/synthetic-soft.safetensors --sharpen-epochs 2 \
-        --sharpen-lr 3e-4 --train 40000 --val 500 --options '{"gate": true, "context_dropout": 0.1}' \
+        --sharpen-lr 3e-4 --options "{$WIDE, \"context_dropout\": 0.1, \"attention_entropy\": 0.1}" \
+        --run-dir runs/hard-1 --out runs/hard-1.safetensors
+    python scripts/train_caption_synthetic.py --attention hard-spatial --train 24000 --val 300 \
+        --init-from runs/hard-1.safetensors --sharpen-epochs 3 --sharpen-lr 3e-4 \
+        --options "{$WIDE, \"context_dropout\": 0.0, \"attention_entropy\": 0.1}" \
         --out plugins/vlattn_caption/weights/synthetic-hard.safetensors
 
-(the bundled hard-attention model starts from the soft one's weights, which its mechanism shares,
-and trains two epochs with sampled glimpses and REINFORCE; from scratch, drop ``--init-from``)
+(the bundled models are trained on the wide scene distribution; the hard-attention model starts
+from the soft one's weights, which its mechanism shares, and trains five epochs with sampled
+glimpses, REINFORCE and the attention-entropy term; from scratch, drop ``--init-from``)
 
 Two runs of ``vlattn.train.fit("caption", ...)`` under ``--run-dir`` (default
 ``runs/caption-synthetic-<attention>``), each with Adam, a cosine schedule, gradient clipping and
