@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlattn.errors import VlattnError
+from vlattn.hardware import bf16_supported
 
 Precision = Literal["fp32", "bf16"]
 #: the precisions of the decoder's inference products
@@ -46,14 +47,6 @@ def _onednn_available() -> bool:
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
     )
-
-
-def bf16_supported() -> bool:
-    """Whether this CPU has the bfloat16 matrix instructions oneDNN uses (AMX or AVX-512 BF16)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def check_precision(precision: str, device: torch.device | str | None = None) -> Precision:

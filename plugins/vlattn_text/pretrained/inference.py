@@ -17,8 +17,9 @@ then equal fp32's at every batch size, against 99.45% to 99.7% with one scale pe
 Embeddings, LayerNorm, GELU and attention stay in float32.
 
 With ``precision="bf16"`` the same four products take bfloat16 weights (converted once) and
-inputs, and return float32: on a CPU with AMX or AVX-512 BF16 (``bf16_supported()``) oneDNN runs
-them several times faster than float32; elsewhere they are emulated and slower.
+inputs, and return float32: on a CPU with AMX or AVX-512 BF16
+(:func:`vlattn.hardware.bf16_supported`) oneDNN runs them several times faster than float32;
+elsewhere they are emulated and slower.
 """
 
 from __future__ import annotations
@@ -62,14 +63,6 @@ def padding_bias(lengths: Tensor, steps: int, heads: int, dtype: torch.dtype = t
 def float_product(weight: Tensor, bias: Tensor | None) -> Product:
     """``x -> x W^T + b`` reading ``weight`` and ``bias`` as they are at call time."""
     return lambda x: F.linear(x, weight, bias)
-
-
-def bf16_supported() -> bool:
-    """Whether this CPU has bfloat16 matrix instructions that oneDNN uses (AMX or AVX-512 BF16)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def bf16_product(weight: Tensor, bias: Tensor | None) -> Product:
