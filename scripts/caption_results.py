@@ -122,7 +122,7 @@ def decoded_captions(
                 model,  # type: ignore[arg-type]
                 annotations,
                 beam_size=options.beam_size,
-                max_len=options.max_len or task.config.eval_max_len,
+                max_len=task.caption_words(options.max_len),
                 alpha=options.alpha,
                 hard_decoding=options.hard_decoding or None,
                 precision=precision,

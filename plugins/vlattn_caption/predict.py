@@ -88,9 +88,8 @@ class Captioner:
 
     @property
     def max_len(self) -> int:
-        """Most words per caption unless a call says otherwise: the model's ``eval_max_len``
-        (long enough for the longest captions it was trained on)."""
-        return int(self.task.config.eval_max_len)
+        """Most words per caption unless a call says otherwise (:meth:`CaptionTask.caption_words`)."""
+        return self.task.caption_words()
 
     def caption_images(
         self,
@@ -116,7 +115,7 @@ class Captioner:
                 self.model,
                 batch,
                 beam_size=beam_size,
-                max_len=self.max_len if max_len is None else max_len,
+                max_len=self.task.caption_words(max_len),
                 alpha=alpha,
                 hard_decoding=hard_decoding,
                 precision=precision,

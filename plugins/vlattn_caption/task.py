@@ -349,6 +349,11 @@ class CaptionTask(Task):
                 logs.update(reinforce_gradient_ratios(net, parts))
         return parts.total, logs
 
+    def caption_words(self, max_len: int | None = None) -> int:
+        """Most words per decoded caption: ``max_len`` when given (> 0), else the model's
+        ``eval_max_len`` (long enough for the longest captions it was trained on)."""
+        return max_len if max_len else int(self.config.eval_max_len)
+
     def validation_options(self) -> CaptionEvalOptions:
         """Validation decodes with the config's (cheaper) beam, length and length penalty."""
         cfg = self.config
@@ -362,7 +367,7 @@ class CaptionTask(Task):
         assert self.vocab is not None
         net = _unwrap(model)
         options = options if options is not None else self.validation_options()
-        beam, max_len, alpha = options.beam_size, options.max_len or self.config.eval_max_len, options.alpha
+        beam, max_len, alpha = options.beam_size, self.caption_words(options.max_len), options.alpha
         hard_decoding = options.hard_decoding or None
         hypotheses: list[list[str]] = []
         references: list[list[list[str]]] = []

@@ -53,7 +53,7 @@ class CaptionRequest:
     picture: Image.Image
     model: str
     beam_size: int
-    max_len: int
+    max_len: int | None
     scene: dict[str, Any] | None
 
 
@@ -106,7 +106,7 @@ class CaptionView(ViewHandler):
             picture=picture,
             model=MODELS[request.choice("model", list(MODELS), "soft")],
             beam_size=request.integer("beam_size", 5, 1, 20) or 5,
-            max_len=request.integer("max_len", 40, 1, 50) or 40,  # a five-object caption has 32 words
+            max_len=request.integer("max_len", None, 1, 50),  # None: the model's own limit
             scene=scene,
         )
 
