@@ -230,3 +230,41 @@ def test_straight_through_gumbel_samples_alpha_and_differentiates_the_sample() -
     assert grad.abs().sum() > 0  # the scorer learns through the sampled context itself
     with pytest.raises(ValueError, match="estimator"):
         HardSpatialAttention(4, 4, estimator="score")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scope", ["sequence", "batch"])
+def test_expectation_scope_holds_one_draw_across_steps(scope: str) -> None:
+    """Between begin_sequences and end_sequences every step of a sequence repeats its draw; the
+    batch scope (the authors' h_sampling_mask) makes one draw for all sequences."""
+    module = build("hard-spatial", expectation_prob=0.5, expectation_scope=scope).train()
+    query, keys, mask = repeated("hard-spatial", 64)
+    torch.manual_seed(5)
+    kinds = set()
+    for _ in range(8):
+        module.begin_sequences(64)
+        per_step = []
+        for rows in (64, 64, 40, 9):  # finished sequences drop off the end
+            module(query[:rows], keys[:rows], mask=mask[:rows])
+            assert module.last is not None
+            per_step.append(module.last.sampled)
+        module.end_sequences()
+        for step in per_step[1:]:
+            assert torch.equal(step, per_step[0][: step.shape[0]])
+        first = per_step[0]
+        if scope == "batch":
+            assert bool(first.all()) or not bool(first.any())
+        else:
+            assert 10 < int(first.sum()) < 54
+        kinds.add(bool(first[0]))
+    assert kinds == {True, False}  # both choices occur over eight batches
+    module(query, keys, mask=mask)  # back to per-step draws
+    assert module.last is not None and 10 < int(module.last.sampled.sum()) < 54
+
+
+def test_expectation_scope_is_checked() -> None:
+    with pytest.raises(ValueError, match="expectation_scope"):
+        HardSpatialAttention(4, 4, expectation_scope="caption")  # type: ignore[arg-type]
+    module = HardSpatialAttention(4, 4, expectation_scope="sequence").train()
+    module.begin_sequences(2)
+    with pytest.raises(ValueError, match="begin_sequences drew for 2"):
+        module(torch.randn(3, 4), torch.randn(3, 5, 4))

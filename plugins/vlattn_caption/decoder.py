@@ -342,7 +342,14 @@ class ShowAttendTellDecoder(nn.Module):
         if hoisted and max(active, default=0) > 0:  # already in the batch's order
             out = self._forward_hoisted(annotations, captions, active, steps, order)
         else:
-            out = self._forward_steps(annotations, captions, active, steps, scheduled_sampling)
+            draws = isinstance(attention, HardSpatialAttention) and self.training
+            if draws:  # the sequence- or batch-wide expectation choices (sorted order)
+                attention.begin_sequences(batch, annotations.device)
+            try:
+                out = self._forward_steps(annotations, captions, active, steps, scheduled_sampling)
+            finally:
+                if draws:
+                    attention.end_sequences()
             out = _Pass(out.logits[inverse], out.weights[inverse], out.alpha[inverse], out.log_prob, out.entropy)
         return DecoderOutput(
             logits=out.logits,

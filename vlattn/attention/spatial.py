@@ -9,7 +9,8 @@ map; both mechanisms score them with the additive MLP ``e = v^T tanh(W h + U a +
   backpropagation), optionally scaled by the paper's gate ``beta = sigmoid(f_beta(h))``.
 * ``hard-spatial`` samples one location ``s ~ Categorical(alpha)`` in training and returns its
   annotation vector (weights = the one-hot sample); with probability ``expectation_prob``
-  (0.5 in the paper) an example uses the soft expectation instead. The sampling is not
+  (0.5 in the paper) the soft expectation is used instead, drawn per query, per sequence or
+  (as the authors' code does) once for a whole minibatch (``expectation_scope``). The sampling is not
   differentiable, so the scorer learns through REINFORCE: after each call, :attr:`last` holds a
   :class:`HardAttentionSample` with the log-probability of the sampled locations and the entropy
   of ``alpha``, to be fed to :class:`vlattn.attention.reinforce.ReinforceLoss`. At inference it
@@ -91,6 +92,8 @@ class SoftSpatialAttention(AdditiveAttention):
 HardEvalMode = Literal["expectation", "argmax", "sample"]
 HARD_EVAL_MODES: tuple[str, ...] = ("expectation", "argmax", "sample")
 ScoreGradient = Literal["all", "scorer"]
+ExpectationScope = Literal["step", "sequence", "batch"]
+EXPECTATION_SCOPES: tuple[str, ...] = ("step", "sequence", "batch")
 
 
 @dataclass
@@ -145,8 +148,13 @@ class HardSpatialAttention(SoftSpatialAttention):
     """Stochastic hard attention of Xu et al. (2015), trained with REINFORCE.
 
     In training mode each query samples one location ``s ~ Categorical(alpha)`` and the
-    weights are ``one_hot(s)``; independently for each query, with probability
-    ``expectation_prob`` the soft weights ``alpha`` are used instead. In eval mode the weights
+    weights are ``one_hot(s)``; with probability ``expectation_prob`` the soft weights ``alpha``
+    are used instead, drawn as ``expectation_scope`` says: independently for each query
+    (``"step"``), once per sequence (``"sequence"``: every step of a caption samples, or none does)
+    or once per minibatch (``"batch"``, the authors' code: one Bernoulli draw, ``h_sampling_mask``,
+    for all the captions of a batch and all their steps). The sequence and batch scopes hold
+    between :meth:`begin_sequences` and :meth:`end_sequences` (a caller that does not call them
+    gets per-step draws). In eval mode the weights
     are ``alpha`` (``eval_mode="expectation"``, the default, as the authors decode),
     ``one_hot(argmax alpha)`` (``"argmax"``) or ``one_hot(s)`` for a sample ``s``
     (``"sample"``). After every call :attr:`last` holds a :class:`HardAttentionSample`; collect
@@ -159,6 +167,7 @@ class HardSpatialAttention(SoftSpatialAttention):
         hidden_dim: hidden size of the scoring MLP (default ``key_dim``).
         gate: the ``beta`` gate, as in :class:`SoftSpatialAttention`.
         expectation_prob: probability of using the expectation during training (paper: 0.5).
+        expectation_scope: what one expectation draw covers: ``"step"``, ``"sequence"`` or ``"batch"``.
         eval_mode: ``"expectation"``, ``"argmax"`` or ``"sample"``.
         score_gradient: where the gradient of the sample log-probabilities goes: ``"all"`` (the
             scorer, the query and the keys, hence the networks that made them) or ``"scorer"``
@@ -182,6 +191,7 @@ class HardSpatialAttention(SoftSpatialAttention):
         hidden_dim: int | None = None,
         gate: bool = False,
         expectation_prob: float = 0.5,
+        expectation_scope: ExpectationScope = "step",
         eval_mode: HardEvalMode = "expectation",
         score_gradient: ScoreGradient = "all",
         estimator: Literal["reinforce", "gumbel"] = "reinforce",
@@ -191,6 +201,12 @@ class HardSpatialAttention(SoftSpatialAttention):
         if not 0.0 <= expectation_prob <= 1.0:
             raise AttentionConfigError(f"expectation_prob must be in [0, 1], got {expectation_prob}")
         self.expectation_prob = expectation_prob
+        if expectation_scope not in EXPECTATION_SCOPES:
+            raise AttentionConfigError(
+                f"expectation_scope must be one of {', '.join(EXPECTATION_SCOPES)}, got {expectation_scope!r}"
+            )
+        self.expectation_scope: ExpectationScope = expectation_scope
+        self.sequence_expectation: Tensor | None = None
         self.eval_mode: HardEvalMode = check_eval_mode(eval_mode)
         if score_gradient not in ("all", "scorer"):
             raise AttentionConfigError(f"score_gradient must be 'all' or 'scorer', got {score_gradient!r}")
@@ -202,6 +218,34 @@ class HardSpatialAttention(SoftSpatialAttention):
         self.estimator = estimator
         self.temperature = temperature
         self.last = None
+
+    def begin_sequences(self, batch: int, device: torch.device | str = "cpu") -> None:
+        """Draw the expectation choice of ``batch`` sequences for the steps that follow (training).
+
+        With ``expectation_scope="sequence"`` each sequence draws its own; with ``"batch"`` one draw
+        covers all of them; with ``"step"`` nothing is drawn here. Until :meth:`end_sequences`, a
+        call on ``N <= batch`` rows uses the choices of the first ``N`` sequences (callers that
+        drop finished sequences keep the live ones first, as a length-sorted batch does).
+        """
+        if self.expectation_scope == "step":
+            self.sequence_expectation = None
+            return
+        draws = 1 if self.expectation_scope == "batch" else batch
+        chosen = torch.rand(draws, device=device) < self.expectation_prob
+        self.sequence_expectation = chosen.expand(batch)
+
+    def end_sequences(self) -> None:
+        """Back to per-step draws (after :meth:`begin_sequences`)."""
+        self.sequence_expectation = None
+
+    def _training_expectation(self, shape: torch.Size, device: torch.device) -> Tensor:
+        """Where training uses the expectation, ``[B, Tq]``: the sequences' draws, else per query."""
+        fixed = self.sequence_expectation
+        if fixed is None:
+            return torch.rand(shape, device=device) < self.expectation_prob
+        if fixed.shape[0] < shape[0]:
+            raise ValueError(f"begin_sequences drew for {fixed.shape[0]} sequences, called on {shape[0]} rows")
+        return fixed[: shape[0]].to(device).unsqueeze(1).expand(shape)
 
     def select(self, alpha: Tensor, score_alpha: Tensor | None = None) -> Tensor:
         """Sample (training) or pick (eval) from ``alpha [B, Tq, S]``; fills :attr:`last`.
@@ -225,7 +269,7 @@ class HardSpatialAttention(SoftSpatialAttention):
         else:
             index = safe.argmax(-1)
         if self.training:
-            use_expectation = torch.rand(index.shape, device=alpha.device) < self.expectation_prob
+            use_expectation = self._training_expectation(index.shape, alpha.device)
         else:
             use_expectation = torch.full_like(nonempty, self.eval_mode == "expectation")
         one_hot = nn.functional.one_hot(index, alpha.shape[-1]).to(alpha.dtype) * nonempty.unsqueeze(-1)

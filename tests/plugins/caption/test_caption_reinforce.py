@@ -243,3 +243,34 @@ def test_gradient_ratios_compare_the_two_terms() -> None:
 def test_bad_estimator_options_are_rejected(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _task(**options)
+
+
+@pytest.mark.parametrize("scope", ["sequence", "batch"])
+def test_decoder_keeps_the_expectation_draw_for_whole_captions(scope: str) -> None:
+    """In a teacher-forced pass each caption's glimpses are all samples or all expectations
+    (``sequence``), and with ``batch`` the whole minibatch shares one draw."""
+    torch.manual_seed(2)
+    decoder = ShowAttendTellDecoder(
+        V,
+        D,
+        embed_dim=5,
+        hidden_dim=7,
+        attention="hard-spatial",
+        dropout=0.0,
+        attention_options={"expectation_prob": 0.5, "expectation_scope": scope, "hidden_dim": 5},
+    ).train()
+    lengths = [4, 9, 6, 12, 5, 7, 8, 10] * 4
+    captions, lengths_t = _captions(lengths)
+    annotations = torch.randn(len(lengths), 9, D)
+    seen = set()
+    for _ in range(10):
+        out = decoder(annotations, captions, lengths_t)
+        one_hot = (out.weights.max(-1).values == 1) & out.step_mask  # [B, T]
+        per_caption = one_hot.sum(1)
+        sampled = per_caption == out.step_mask.sum(1)
+        assert torch.all(sampled | (per_caption == 0))  # never a mix within one caption
+        if scope == "batch":
+            assert bool(sampled.all()) or not bool(sampled.any())
+        seen.update(sampled.tolist())
+    assert seen == {True, False}
+    assert decoder.attention.sequence_expectation is None  # per-step draws again after the pass
