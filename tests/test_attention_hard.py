@@ -6,7 +6,7 @@ import pytest
 import torch
 from attention_cases import build, inputs
 
-from vlattn.attention.reinforce import ReinforceLoss
+from vlattn.attention.reinforce import ReinforceLoss, rewards_to_go
 from vlattn.attention.spatial import HardAttentionSample, HardSpatialAttention
 
 
@@ -268,3 +268,27 @@ def test_expectation_scope_is_checked() -> None:
     module.begin_sequences(2)
     with pytest.raises(ValueError, match="begin_sequences drew for 2"):
         module(torch.randn(3, 4), torch.randn(3, 5, 4))
+
+
+def test_rewards_to_go_credit_each_step_with_the_steps_from_it_on() -> None:
+    reward = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 5.0, 6.0, 7.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    baseline = torch.tensor([3.0, 8.0])  # spread over 3 and 4 real steps: 1 and 2 per step
+    to_go = rewards_to_go(reward, baseline, mask)
+    torch.testing.assert_close(to_go, torch.tensor([[3.0, 3.0, 2.0, 0.0], [14.0, 12.0, 9.0, 5.0]]))
+    own_word = rewards_to_go(reward, baseline, mask, discount=0.0)
+    torch.testing.assert_close(own_word, torch.tensor([[0.0, 1.0, 2.0, 0.0], [2.0, 3.0, 4.0, 5.0]]))
+    half = rewards_to_go(reward, baseline, mask, discount=0.5)
+    torch.testing.assert_close(half[1], torch.tensor([2 + 1.5 + 1 + 0.625, 3 + 2 + 1.25, 4 + 2.5, 5.0]))
+    # with per-step rewards, sequence credit gives every step the whole advantage, as a [B] reward does
+    log_prob = torch.randn(2, 4, requires_grad=True)
+    sequence = ReinforceLoss(baseline="none").terms(log_prob, reward, step_mask=mask)
+    caption = ReinforceLoss(baseline="none").terms(log_prob, (reward * mask).sum(1), step_mask=mask)
+    torch.testing.assert_close(sequence.score, caption.score)
+    tail = ReinforceLoss(baseline="none", credit="to-go").terms(log_prob, reward, step_mask=mask)
+    expected = -(rewards_to_go(reward, torch.zeros(2), mask) * log_prob * mask).sum() / 2
+    torch.testing.assert_close(tail.score, expected)
+    with pytest.raises(ValueError, match="to-go credit needs per-step rewards"):
+        ReinforceLoss(credit="to-go").terms(log_prob, reward.sum(1), step_mask=mask)
+    with pytest.raises(ValueError, match="discount"):
+        ReinforceLoss(credit="to-go", discount=1.5)

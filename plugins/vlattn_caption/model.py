@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlattn.attention.reinforce import BaselineKind, ReinforceLoss
+from vlattn.attention.reinforce import BaselineKind, CreditKind, ReinforceLoss
 from vlattn_caption.decoder import DecoderOutput, ShowAttendTellDecoder
 from vlattn_caption.encoder import Encoder
 
@@ -53,7 +53,7 @@ class CaptionModel(nn.Module):
 
     Hard attention (``hard=True``) adds :class:`~vlattn.attention.reinforce.ReinforceLoss` with the
     given ``baseline`` (``moving-average``, ``learned``, ``leave-one-out``, ``none``),
-    ``baseline_decay``, ``entropy_weight`` and ``reward_scale``; ``samples`` is the number of
+    ``baseline_decay``, ``entropy_weight``, ``reward_scale``, ``credit`` and ``discount``; ``samples`` is the number of
     consecutive draws per caption that a training batch holds (see :func:`repeat_batch`).
     """
 
@@ -68,6 +68,8 @@ class CaptionModel(nn.Module):
         baseline: BaselineKind = "moving-average",
         reward_scale: float = 0.1,
         samples: int = 1,
+        credit: CreditKind = "sequence",
+        discount: float = 1.0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -80,6 +82,8 @@ class CaptionModel(nn.Module):
                 baseline=baseline,
                 reward_scale=reward_scale,
                 feature_dim=encoder.dim + 1,
+                credit=credit,
+                discount=discount,
             )
             if hard
             else None
@@ -117,7 +121,8 @@ class CaptionModel(nn.Module):
         makes each glimpse sharper) + for hard attention the REINFORCE surrogate. Both regularisers
         act on the distributions ``alpha``, not on hard attention's one-hot samples.
 
-        The REINFORCE reward of a caption is its mean log-likelihood per word; its weight in the
+        The REINFORCE reward of a caption is its mean log-likelihood per word (given per word, so
+        that ``credit="to-go"`` can credit each glimpse with the words from it on); its weight in the
         score term is its share of the batch's words (the weight it has in the mean word
         cross-entropy), so that with ``reward_scale = 1`` the estimate is unbiased for the gradient
         of the expected loss, and the advantage does not grow with the caption's length.
@@ -141,7 +146,7 @@ class CaptionModel(nn.Module):
         )
         if self.reinforce is not None and out.log_prob is not None:
             per_word = words.clamp_min(1).to(token_nll.dtype)
-            reward = -token_nll.sum(dim=1) / per_word  # mean log p(y_t | s, a) per word
+            reward = -token_nll / per_word[:, None]  # [B, T]: summed, the mean log p(y_t | s, a) per word
             features = torch.cat([out.annotation_mean, (per_word / LENGTH_SCALE)[:, None]], dim=1)
             terms = self.reinforce.terms(
                 out.log_prob,

@@ -86,6 +86,13 @@ class CaptionConfig:
         help="hard attention: REINFORCE baseline of the per-word reward (leave-one-out needs --reinforce-samples >= 2)",
     )
     reward_scale: float = option(0.1, help="hard attention: factor on the REINFORCE advantage (the authors' 0.1)")
+    reward_credit: Literal["sequence", "to-go"] = option(
+        "sequence",
+        help="hard attention: credit each glimpse with the whole caption's reward, or with the words from it on",
+    )
+    reward_discount: float = option(
+        1.0, help="hard attention, to-go credit: discount per word after the glimpse (1 = unbiased)"
+    )
     reinforce_samples: int = option(1, help="hard attention: location draws per training caption")
     reinforce_scope: Literal["all", "scorer"] = option(
         "all", help="hard attention: REINFORCE gradient to every module, or to the attention scorer only"
@@ -124,6 +131,7 @@ class CaptionConfig:
             (self.min_word_freq >= 1, "min_word_freq must be >= 1"),
             (self.synthetic_train >= 1, "synthetic_train must be >= 1"),
             (self.reward_scale > 0, "reward_scale must be > 0"),
+            (0.0 <= self.reward_discount <= 1.0, "reward_discount must be in [0, 1]"),
             (self.entropy_weight >= 0, "entropy_weight must be >= 0"),
             (0.0 <= self.baseline_decay < 1.0, "baseline_decay must be in [0, 1)"),
             (self.reinforce_samples >= 1, "reinforce_samples must be >= 1"),
@@ -279,6 +287,8 @@ class CaptionTask(Task):
             baseline=cfg.reward_baseline,
             reward_scale=cfg.reward_scale,
             samples=cfg.reinforce_samples,
+            credit=cfg.reward_credit,
+            discount=cfg.reward_discount,
         )
         if cfg.init_from and not self.restoring:
             self._load_initial_weights(model)

@@ -27,6 +27,18 @@ Baselines (``baseline=``):
   baseline of a draw is the mean reward of the other draws of the same example.
 * ``"none"``: ``b = 0``.
 
+Credit (``credit=``), given per-step rewards ``r [B, N]`` (``r_b = sum_n r_bn``; e.g. each word's
+log-likelihood over the caption's length):
+
+* ``"sequence"`` (the paper): every sample of an example is credited with the whole advantage
+  ``r_b - b_b``.
+* ``"to-go"``: the sample of step ``n`` is credited only with the rewards of steps ``n`` and later,
+  ``A_bn = sum_(m >= n) discount^(m - n) (r_bm - b_b / N_b)`` (the baseline spread evenly over the
+  example's ``N_b`` real steps). A glimpse cannot change the words before it, so with
+  ``discount = 1`` this drops terms whose expectation is zero: still unbiased, with less variance.
+  ``discount < 1`` weighs the words right after a glimpse more (biased; ``0`` credits a glimpse
+  with its own word alone).
+
 Usage::
 
     attn = build_attention("hard-spatial", hidden_dim, feature_dim)
@@ -50,6 +62,8 @@ from vlattn.attention.errors import AttentionConfigError
 
 BaselineKind = Literal["moving-average", "learned", "leave-one-out", "none"]
 BASELINES: tuple[str, ...] = get_args(BaselineKind)
+CreditKind = Literal["sequence", "to-go"]
+CREDITS: tuple[str, ...] = get_args(CreditKind)
 
 
 @dataclass
@@ -58,7 +72,8 @@ class ReinforceTerms:
 
     Attributes:
         loss: scalar, ``score + entropy + baseline_loss`` (what to add to the model's loss).
-        score: scalar, the score-function term ``-lambda_r sum_b w_b (r_b - b_b) sum_n log p``.
+        score: scalar, the score-function term ``-lambda_r sum_b w_b sum_n A_bn log p_bn`` (``A_bn =
+            r_b - b_b`` with sequence credit).
         entropy: scalar, ``-lambda_e`` times the mean entropy over real steps (0 when disabled).
         baseline_loss: scalar, the learned baseline's squared error (0 for other baselines).
         advantage: ``[B]`` detached ``r - b`` (before the reward scale).
@@ -84,6 +99,8 @@ class ReinforceLoss(nn.Module):
         reward_scale: ``lambda_r``, the factor on the advantage (1 = the plain, unbiased score-function
             gradient; the authors' code uses 0.1).
         feature_dim: size of the features of the learned baseline (``baseline="learned"`` only).
+        credit: ``"sequence"`` (default) or ``"to-go"`` (module docstring; needs per-step rewards).
+        discount: the to-go credit's discount in ``[0, 1]`` (1 = unbiased).
 
     The moving average is a buffer, saved with the model and restored on load; it is updated
     only in training mode.
@@ -100,8 +117,16 @@ class ReinforceLoss(nn.Module):
         baseline: BaselineKind = "moving-average",
         reward_scale: float = 1.0,
         feature_dim: int | None = None,
+        credit: CreditKind = "sequence",
+        discount: float = 1.0,
     ) -> None:
         super().__init__()
+        if credit not in CREDITS:
+            raise AttentionConfigError(f"credit must be one of {', '.join(CREDITS)}, got {credit!r}")
+        if not 0.0 <= discount <= 1.0:
+            raise AttentionConfigError(f"discount must be in [0, 1], got {discount}")
+        self.credit: CreditKind = credit
+        self.discount = discount
         if not 0.0 <= baseline_decay < 1.0:
             raise AttentionConfigError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
         if baseline not in BASELINES:
@@ -146,7 +171,8 @@ class ReinforceLoss(nn.Module):
             log_prob: ``[B]`` or ``[B, N]`` log-probabilities of the sampled locations (0 where
                 nothing was sampled), with gradient.
             reward: ``[B]`` reward of each example, e.g. the caption's mean log-likelihood per
-                word; detached here.
+                word, or ``[B, N]`` per-step rewards summing to it (required by ``credit="to-go"``);
+                detached here.
             entropy: ``[B]`` or ``[B, N]`` entropies of the attention distributions, or ``None``.
             step_mask: ``[B, N]`` True on real steps (padding is ignored), or ``None``.
             weight: ``[B]`` weight of each example in the score term (default ``1 / B``); use the
@@ -158,14 +184,23 @@ class ReinforceLoss(nn.Module):
             :class:`ReinforceTerms`; ``score = -reward_scale * sum_b weight_b (r_b - b_b)
             sum_n log_prob[b, n]`` and ``entropy = -entropy_weight * mean_(real steps) H``.
         """
-        reward = reward.detach().to(log_prob.dtype)
+        step_reward = reward.detach().to(log_prob.dtype)
+        if self.credit == "to-go" and (step_reward.dim() != 2 or log_prob.dim() != 2):
+            raise AttentionConfigError("to-go credit needs per-step rewards and log-probabilities [B, N]")
+        reward = summed(step_reward, step_mask)
         batch = reward.shape[0]
         base, baseline_loss = self._baseline(reward, features, samples)
         advantage = reward - base
         if weight is None:
             weight = reward.new_full((batch,), 1.0 / batch)
-        per_example = summed(log_prob, step_mask)
-        score = -self.reward_scale * (weight.detach().to(log_prob.dtype) * advantage * per_example).sum()
+        weight = weight.detach().to(log_prob.dtype)
+        if self.credit == "to-go":
+            to_go = rewards_to_go(step_reward, base, step_mask, self.discount)  # [B, N]
+            per_step = to_go * log_prob if step_mask is None else to_go * log_prob * step_mask.to(log_prob.dtype)
+            score = -self.reward_scale * (weight[:, None] * per_step).sum()
+        else:
+            per_example = summed(log_prob, step_mask)
+            score = -self.reward_scale * (weight * advantage * per_example).sum()
         bonus = log_prob.new_zeros(())
         if entropy is not None and self.entropy_weight:
             bonus = -self.entropy_weight * masked_mean(entropy, step_mask)
@@ -200,6 +235,21 @@ class ReinforceLoss(nn.Module):
             raise AttentionConfigError("a learned baseline needs features")
         predicted = average + self.predictor(features.detach().to(reward.dtype)).squeeze(-1)
         return predicted.detach(), ((predicted - reward) ** 2).mean()
+
+
+def rewards_to_go(reward: Tensor, baseline: Tensor, step_mask: Tensor | None, discount: float = 1.0) -> Tensor:
+    """``A_bn = sum_(m >= n) discount^(m - n) (r_bm - b_b / N_b)`` for ``reward [B, N]`` and
+    ``baseline [B]`` (spread evenly over each example's ``N_b`` real steps); ``[B, N]``, 0 on padding."""
+    mask = torch.ones_like(reward) if step_mask is None else step_mask.to(reward.dtype)
+    count = mask.sum(1, keepdim=True).clamp_min(1.0)
+    centred = (reward - baseline[:, None] / count) * mask
+    steps = reward.shape[1]
+    if discount == 1.0:
+        return centred.flip(1).cumsum(1).flip(1) * mask
+    offsets = torch.arange(steps, device=reward.device)
+    gap = (offsets[None, :] - offsets[:, None]).to(reward.dtype)  # [n, m] = m - n
+    powers = torch.where(gap >= 0, torch.full_like(gap, discount).pow(gap.clamp_min(0)), torch.zeros_like(gap))
+    return (centred @ powers.T) * mask
 
 
 def summed(per_step: Tensor, step_mask: Tensor | None) -> Tensor:

@@ -73,7 +73,8 @@ def _forced(sequence: tuple[int, ...]) -> Iterator[int]:
 def test_estimator_gradient_is_the_exact_gradient_of_the_expected_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two captions (2 and 3 words), 3 locations: enumerate all 27 location sequences for the exact
     gradient of E_s[mean word NLL], and compare the estimator's mean gradient over many draws.
-    With reward_scale 0.1 the score-function part of the gradient is a tenth of the exact one."""
+    With reward_scale 0.1 the score-function part of the gradient is a tenth of the exact one;
+    crediting each glimpse with the words from it on ("to-go") leaves the estimate unbiased."""
     locations = 3
     torch.manual_seed(0)
     decoder = ShowAttendTellDecoder(
@@ -91,9 +92,17 @@ def test_estimator_gradient_is_the_exact_gradient_of_the_expected_loss(monkeypat
     steps = (lengths - 1).tolist()
     params = [*decoder.parameters(), annotations]
 
-    def model(scale: float, baseline: str = "moving-average") -> CaptionModel:
+    def model(scale: float, baseline: str = "moving-average", credit: str = "sequence") -> CaptionModel:
         encoder = Encoder("small-cnn", grid=1, channels=D - 2, coordinates=True)  # dim D, unused here
-        net = CaptionModel(encoder, decoder, hard=True, entropy_weight=0.0, reward_scale=scale, baseline=baseline)  # type: ignore[arg-type]
+        net = CaptionModel(
+            encoder,
+            decoder,
+            hard=True,
+            entropy_weight=0.0,
+            reward_scale=scale,
+            baseline=baseline,  # type: ignore[arg-type]
+            credit=credit,  # type: ignore[arg-type]
+        )
         return net.double().train()
 
     # exact: sum over every location sequence of p(s) * loss(s), each caption over its own steps
@@ -126,8 +135,9 @@ def test_estimator_gradient_is_the_exact_gradient_of_the_expected_loss(monkeypat
     copies, batches = 1500, 8
     big_annotations = annotations.repeat(copies, 1, 1)
     big_captions, big_lengths = captions.repeat(copies, 1), lengths.repeat(copies)
-    for scale in (1.0, 0.1):
-        net = model(scale)
+    # the to-go credit (a glimpse is credited with the words from it on) is unbiased as well
+    for scale, credit in ((1.0, "sequence"), (0.1, "sequence"), (1.0, "to-go")):
+        net = model(scale, credit=credit)
         assert net.reinforce is not None
         net.reinforce.baseline.fill_(-2.0)
         net.reinforce.initialised.fill_(True)
