@@ -292,3 +292,29 @@ def test_rewards_to_go_credit_each_step_with_the_steps_from_it_on() -> None:
         ReinforceLoss(credit="to-go").terms(log_prob, reward.sum(1), step_mask=mask)
     with pytest.raises(ValueError, match="discount"):
         ReinforceLoss(credit="to-go", discount=1.5)
+
+
+def test_to_go_credit_is_unbiased_where_a_glimpse_changes_later_rewards() -> None:
+    """Two glimpses, 3 locations each; the second step's reward depends on the first glimpse.
+    The to-go estimate matches the exact gradient of E[r1 + r2]; crediting each glimpse with
+    its own step alone (discount 0) misses the first glimpse's effect on r2."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]], dtype=torch.float64, requires_grad=True)
+    first_reward = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64)
+    second_reward = torch.tensor([[2.0, -1.0, 0.0], [-1.5, 0.5, 1.0], [0.0, 3.0, -2.0]], dtype=torch.float64)
+    p = torch.softmax(logits, -1)
+    expected = (p[0] * first_reward).sum() + (p[0][:, None] * p[1][None, :] * second_reward).sum()
+    exact = torch.autograd.grad(-expected, logits)[0]
+
+    draws = 400_000
+    log_p = torch.log_softmax(logits, -1)
+    s1 = torch.multinomial(p[0].detach(), draws, replacement=True)
+    s2 = torch.multinomial(p[1].detach(), draws, replacement=True)
+    log_prob = torch.stack([log_p[0][s1], log_p[1][s2]], dim=1)  # [draws, 2]
+    reward = torch.stack([first_reward[s1], second_reward[s1, s2]], dim=1)
+    estimates = {}
+    for discount in (1.0, 0.0):
+        loss = ReinforceLoss(baseline="none", credit="to-go", discount=discount, entropy_weight=0.0)
+        estimates[discount] = torch.autograd.grad(loss.terms(log_prob, reward).score, logits, retain_graph=True)[0]
+    torch.testing.assert_close(estimates[1.0], exact, atol=0.02, rtol=0)
+    assert (estimates[0.0] - exact).abs().max() > 0.1
