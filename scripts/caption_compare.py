@@ -31,6 +31,7 @@ from vlattn_caption.task import CaptionEvalOptions
 
 from vlattn.checkpoint import load_model
 from vlattn.train import fit
+from vlattn.train.loop import RunResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -125,15 +126,13 @@ def _train_and_score(args: argparse.Namespace, attention: str, seed: int, run_di
             {**trainer, "epochs": args.soft_warmup_epochs},
             run_dir.with_name(run_dir.name + "-warmup"),
         )
-        if warmup.best_path is None:
-            raise SystemExit(f"no best model in {run_dir}-warmup ({warmup.reason})")
+        _check_finished(warmup)
         task_config["init_from"] = str(warmup.best_path)
         trainer.update(epochs=args.epochs - args.soft_warmup_epochs, lr=args.hard_lr or args.lr)
     result = fit("caption", task_config, trainer, run_dir)
     minutes = (time.perf_counter() - start) / 60
-    if result.best_path is None:
-        raise SystemExit(f"no best model in {run_dir} ({result.reason})")
-    loaded = load_model(result.best_path, expect_task="caption")
+    best_path = _check_finished(result)
+    loaded = load_model(best_path, expect_task="caption")
     task = loaded.task
     task.config.synthetic_test = args.test  # type: ignore[attr-defined]
     options = CaptionEvalOptions(split="test", beam_size=args.beam_size)
@@ -149,6 +148,16 @@ def _train_and_score(args: argparse.Namespace, attention: str, seed: int, run_di
         flush=True,
     )
     return scores
+
+
+def _check_finished(result: RunResult) -> Path:
+    """The best checkpoint of a run that trained all its epochs; an interrupted run is not scored
+    (running the same command again trains it anew)."""
+    if result.reason not in ("finished", "early_stop"):
+        raise SystemExit(f"{result.run_dir}: {result.reason} at step {result.step}, not scored; run the command again")
+    if result.best_path is None:
+        raise SystemExit(f"no best model in {result.run_dir} ({result.reason})")
+    return result.best_path
 
 
 if __name__ == "__main__":
