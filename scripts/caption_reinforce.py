@@ -13,7 +13,9 @@ norm of the likelihood gradient of the same parameters.
 
 Estimators: ``summed`` is the caption's summed log-likelihood as the reward with one scalar
 moving-average baseline and no reward scale (weighted by words, as before per-word rewards);
-the others use the per-word reward with the named baseline and the reward scale ``--scale``.
+the others use the per-word reward with the named baseline and the reward scale ``--scale``;
+``to-go`` and ``own-word`` use the moving average and credit each glimpse with the words from it
+on (``reward_credit="to-go"``), with discount 1 (unbiased) and 0 (its own word only).
 Moving averages (and the learned baseline) are first fitted on ``--warmup`` batches.
 """
 
@@ -33,7 +35,7 @@ from vlattn_caption.predict import WEIGHTS_DIR
 from vlattn.attention.reinforce import ReinforceLoss, advantage_statistics
 from vlattn.checkpoint import load_model
 
-ESTIMATORS = ("summed", "moving-average", "learned", "leave-one-out", "none")
+ESTIMATORS = ("summed", "moving-average", "learned", "leave-one-out", "none", "to-go", "own-word")
 
 
 def main() -> None:
@@ -82,6 +84,9 @@ def estimator(model: CaptionModel, name: str, scale: float, samples: int) -> Rei
     model.samples = samples if name == "leave-one-out" else 1
     if name == "summed":
         return ReinforceLoss(0.9, 0.0, baseline="moving-average", reward_scale=1.0)
+    if name in ("to-go", "own-word"):  # per-word reward, moving average, credit from the glimpse on
+        discount = 1.0 if name == "to-go" else 0.0
+        return ReinforceLoss(0.9, 0.0, reward_scale=scale, credit="to-go", discount=discount)
     return ReinforceLoss(0.9, 0.0, baseline=name, reward_scale=scale, feature_dim=dim)  # type: ignore[arg-type]
 
 
