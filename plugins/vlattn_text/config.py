@@ -164,6 +164,13 @@ class TextClassifierConfig:
     ensemble: int = option(
         1, help="train this many independently initialised copies side by side and average their probabilities"
     )
+    linear: Literal["none", "nb-logreg"] = option(
+        "none",
+        help="mix in a naive Bayes logistic regression over the words, bigrams and character n-grams, "
+        "fitted on the training split before the networks train (rnn, transformer, ngram)",
+    )
+    linear_c: float = option(10.0, help="inverse L2 strength C of the linear model (as scikit-learn's)")
+    linear_weight: float = option(0.5, help="the linear model's share of the mixed probabilities, in (0, 1)")
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that cannot work."""
@@ -177,6 +184,10 @@ class TextClassifierConfig:
             raise ValueError("ensemble must be at least 1")
         if self.model == "pretrained" and self.ensemble > 1:
             raise ValueError("the pretrained model does not train as an ensemble (ensemble must be 1)")
+        if self.linear != "none" and self.model not in ("rnn", "transformer", "ngram"):
+            raise ValueError("linear mixes only into the rnn, transformer and ngram models")
+        if not 0.0 < self.linear_weight < 1.0 or not self.linear_c > 0.0:
+            raise ValueError("linear_weight must be in (0, 1) and linear_c > 0")
         if self.mix_layers < 1:
             raise ValueError("mix_layers must be at least 1")
         if self.finetune_layers < -1:

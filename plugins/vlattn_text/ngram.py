@@ -30,19 +30,40 @@ from vlattn.attention import lengths_to_mask
 from vlattn_text.models import ClassifierOutput, QueryKind, add_pooling_head, output_size
 
 BIGRAM_MULTIPLIER = 1_000_003  # a prime larger than any vocabulary: (a, b) -> a * M + b is unique
+# the mixed hash works modulo the Mersenne prime 2^31 - 1, so that products stay below 2^63
+HASH_PRIME = 2_147_483_647
+HASH_MULTIPLIERS = (1_500_450_271, 1_190_494_759)
+BigramHash = Literal["mixed", "linear"]
 Lexical = Literal["nb", "learned", "none"]
 
 
-def bigram_ids(ids: Tensor, buckets: int) -> Tensor:
+def bigram_ids(ids: Tensor, buckets: int, scheme: BigramHash = "mixed") -> Tensor:
     """Hashed bigram buckets of neighbouring words: ``ids [B, T] -> [B, max(T - 1, 0)]``.
 
-    Bucket ``1 + (a * M + b) mod buckets`` for the pair ``(a, b)``; 0 where either word is padding.
+    ``mixed``: bucket ``1 + mix(a * M + b) mod buckets`` for the pair ``(a, b)``, where ``mix``
+    alternates xor-shifts with products by large primes modulo ``P = 2^31 - 1`` (:func:`mix_ids`),
+    so pairs of nearby ids land in unrelated buckets. ``linear``
+    (models saved before the mixed hash): ``1 + (a * M + b) mod buckets``, ``M = 1,000,003``; as
+    ``M mod buckets`` is 3 for the usual bucket counts, ``(a, b)`` and ``(a + 1, b - 3)`` share a
+    bucket. 0 where either word is padding.
     """
     if ids.shape[1] < 2 or buckets <= 0:
         return ids.new_zeros(ids.shape[0], max(ids.shape[1] - 1, 0))
     left, right = ids[:, :-1], ids[:, 1:]
-    bucket = 1 + (left * BIGRAM_MULTIPLIER + right) % buckets
+    if scheme == "linear":
+        bucket = 1 + (left * BIGRAM_MULTIPLIER + right) % buckets
+    else:
+        bucket = 1 + mix_ids(left * BIGRAM_MULTIPLIER + right) % buckets
     return bucket.masked_fill((left == 0) | (right == 0), 0)
+
+
+def mix_ids(keys: Tensor) -> Tensor:
+    """A non-linear integer hash of non-negative int64 ``keys`` (below ``2^62``) into ``[0, 2^31 - 1)``."""
+    x = keys % HASH_PRIME
+    for multiplier, shift in zip(HASH_MULTIPLIERS, (15, 13), strict=True):
+        x = x ^ (x >> shift)
+        x = (x * multiplier) % HASH_PRIME
+    return x ^ (x >> 16)
 
 
 def token_weights(item_weights: Tensor, length: int) -> Tensor:
@@ -124,6 +145,8 @@ class NgramClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.bigram_buckets, self.mean_mix, self.item_dropout = bigram_buckets, mean_mix, item_dropout
+        # saved with the weights; files from before the mixed bigram hash lack it and load as linear
+        self.register_buffer("mixed_bigram_hash", torch.ones((), dtype=torch.bool))
         self.words = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.bigrams = nn.Embedding(bigram_buckets + 1, embed_dim, padding_idx=0)
         self.subwords = nn.Embedding(subword_buckets + 1, embed_dim, padding_idx=0) if subword_buckets else None
@@ -156,6 +179,17 @@ class NgramClassifier(nn.Module):
             dropout=dropout,
         )
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "mixed_bigram_hash"
+        if key not in state_dict:  # a model file from before the mixed hash: keep its buckets
+            state_dict[key] = torch.zeros((), dtype=torch.bool)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def bigram_hash(self) -> BigramHash:
+        """The scheme of :func:`bigram_ids` this model's bigram rows were trained with."""
+        return "mixed" if bool(self.mixed_bigram_hash) else "linear"
+
     def init_lexical(self, priors: NgramPriors, scale: float = 1.0) -> None:
         """Start the lexical scores at ``scale * priors`` (naive Bayes ratios of the training split)."""
         if self.lexical is None:
@@ -179,7 +213,7 @@ class NgramClassifier(nn.Module):
     def items(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(vectors [B, N, D], mask [B, N])`` of the ``N = 2T - 1``
         items (``N = T`` when ``T < 2``): the words, then the bigrams ``(t, t+1)``."""
-        pairs = bigram_ids(ids, self.bigram_buckets)
+        pairs = bigram_ids(ids, self.bigram_buckets, self.bigram_hash)
         word_mask = lengths_to_mask(lengths, ids.shape[1]) & (ids > 0)
         mask = torch.cat([word_mask, pairs > 0], dim=1)
         use_chars = self.subwords is not None and subwords is not None and subwords.shape[-1] > 0
@@ -223,6 +257,6 @@ class NgramClassifier(nn.Module):
                 pooled = pooled + mean
         logits = self.classifier(self.dropout(pooled))
         if self.lexical is not None:
-            logits = logits + self.lexical_logits(ids, bigram_ids(ids, self.bigram_buckets), subwords)
+            logits = logits + self.lexical_logits(ids, bigram_ids(ids, self.bigram_buckets, self.bigram_hash), subwords)
         empty = counts == 0
         return ClassifierOutput(logits, token_weights(weights, ids.shape[1]).masked_fill(empty, 0.0))

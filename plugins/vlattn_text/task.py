@@ -58,6 +58,7 @@ class TextClassifierTask(Task):
         self.encoder_info: dict[str, Any] = {}  # pretrained model: the encoder's config and fingerprint
         self.training_run = False  # set by setup_data: the frozen encoder part may then cache features
         self.ngram_priors: NgramPriors | None = None  # ngram model, set by setup_data: its lexical init
+        self.linear_model: nn.Module | None = None  # --linear, fitted by setup_data
 
     # -- data ------------------------------------------------------------------------------------
     def _read(self, paths: Sequence[str]) -> list[Example]:
@@ -102,7 +103,22 @@ class TextClassifierTask(Task):
             ).fit(e.text for e in fit_on)
         train_items = self.to_items(train)
         self.ngram_priors = self._ngram_priors(train_items) if s.model == "ngram" and s.lexical == "nb" else None
+        self.linear_model = self._fit_linear(train_items) if s.linear != "none" else None
         return DataSplits(train_items, self.to_items(val) if val else None)
+
+    def _new_linear(self) -> nn.Module:
+        from vlattn_text.linear import NaiveBayesLogistic
+
+        assert self.tokenizer is not None
+        s = self.settings
+        return NaiveBayesLogistic(self.tokenizer.vocab_size, len(self.labels), s.bigram_buckets, s.subword_buckets or 0)
+
+    def _fit_linear(self, items: Sequence[Item]) -> nn.Module:
+        """The linear model fitted on ``items`` (the training split), to convergence."""
+        model = self._new_linear()
+        batch = self.collate(list(items))
+        model.fit(batch.ids, batch.subwords, batch.labels, c=self.settings.linear_c)  # type: ignore[operator]
+        return model
 
     def _ngram_priors(self, items: Sequence[Item]) -> NgramPriors:
         """Naive Bayes log-count ratios of the words, bigrams and character n-grams of ``items``."""
@@ -200,10 +216,14 @@ class TextClassifierTask(Task):
         :class:`~vlattn_text.ensemble.Ensemble` of them when ``config.ensemble > 1``)."""
         if self.tokenizer is None or not self.labels:
             raise VlattnError("build_model() needs the vocabulary: call setup_data() or load_artifacts() first")
-        if self.settings.ensemble > 1:
+        s = self.settings
+        if s.ensemble > 1 or s.linear != "none":
             from vlattn_text.ensemble import Ensemble
 
-            return Ensemble(self._build_single, self.settings.ensemble)
+            linear = None
+            if s.linear != "none":  # fitted in setup_data; a fresh one when loading a model file
+                linear = self.linear_model if self.linear_model is not None else self._new_linear()
+            return Ensemble(self._build_single, s.ensemble, linear=linear, linear_weight=s.linear_weight)
         return self._build_single()
 
     def _build_single(self) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -121,3 +122,39 @@ def test_ngram_learns_through_the_trainer_and_round_trips(tmp_path: Path) -> Non
     prediction = TextClassifier.load(tmp_path / "run" / "last.safetensors").classify(["the phone was great"])[0]
     assert prediction.label == "positive" and prediction.attention is not None and len(prediction.attention) == 4
     assert sum(prediction.attention) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_mixed_bigram_hash_spreads_neighbouring_ids() -> None:
+    """The linear hash ``a * 1,000,003 + b`` puts (a, b) and (a + 1, b - 3) in one bucket for the
+    usual bucket counts; the mixed hash fills about as many buckets as random ones would."""
+    left = torch.arange(1, 151).repeat_interleave(100)
+    right = torch.arange(1, 101).repeat(150)
+    pairs = torch.stack([left, right], dim=1)  # 15,000 distinct pairs of frequent (small) ids
+    buckets = 20000
+    linear = bigram_ids(pairs, buckets, "linear")[:, 0]
+    mixed = bigram_ids(pairs, buckets)[:, 0]
+    assert bigram_ids(torch.tensor([[10, 7]]), buckets, "linear") == bigram_ids(
+        torch.tensor([[11, 4]]), buckets, "linear"
+    )
+    random_fill = buckets * (1 - math.exp(-len(pairs) / buckets))  # expected distinct buckets of random hashing
+    assert linear.unique().numel() < 0.1 * random_fill
+    assert abs(mixed.unique().numel() - random_fill) < 0.02 * random_fill
+    assert torch.all((mixed >= 1) & (mixed <= buckets))
+
+
+def test_model_files_from_before_the_mixed_hash_keep_their_buckets() -> None:
+    torch.manual_seed(0)
+    model = NgramClassifier(20, 2, embed_dim=4, bigram_buckets=50, lexical="learned").eval()
+    with torch.no_grad():
+        for table in (model.bigrams, model.lexical["bigrams"]):  # type: ignore[index]
+            table.weight.normal_()
+    ids, lengths = padded([[3, 4, 5, 6], [7, 8]], 4)
+    old_state = {k: v for k, v in model.state_dict().items() if k != "mixed_bigram_hash"}
+    old = NgramClassifier(20, 2, embed_dim=4, bigram_buckets=50, lexical="learned").eval()
+    old.load_state_dict(old_state)
+    assert model.bigram_hash == "mixed" and old.bigram_hash == "linear"
+    with torch.no_grad():
+        new_logits, old_logits = model(ids, lengths).logits, old(ids, lengths).logits
+        model.mixed_bigram_hash.fill_(False)
+        torch.testing.assert_close(model(ids, lengths).logits, old_logits)
+    assert not torch.allclose(new_logits, old_logits)
