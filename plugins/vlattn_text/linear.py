@@ -41,7 +41,8 @@ class NaiveBayesLogistic(nn.Module):
 
     ``model(ids [B, T], lengths [B], subwords [B, T, K] or None)`` -> :class:`ClassifierOutput`
     with ``logits [B, C]`` (``C = 1`` for two classes) and no weights. Its parameters never train
-    by gradient (``requires_grad`` is off); :meth:`fit` sets them.
+    by gradient (``requires_grad`` is off); :meth:`fit` sets them, and which features it saw:
+    a text's bags and their L2 norms count only those.
 
     Args:
         vocab_size: word rows; index 0 is padding.
@@ -60,17 +61,29 @@ class NaiveBayesLogistic(nn.Module):
         )
         for table in self.tables.values():
             nn.init.zeros_(table.weight)
+        # the features seen in training, per table: the others are left out of a text's bag (and of
+        # its L2 norm), as a vectoriser fitted on the training split leaves out unknown n-grams
+        for name, table in self.tables.items():
+            self.register_buffer(f"known_{name}", torch.zeros(table.num_embeddings, dtype=torch.bool))
         self.bias = nn.Parameter(torch.zeros(out))
         self.requires_grad_(False)
 
-    def bags(self, ids: Tensor, subwords: Tensor | None) -> dict[str, Tensor]:
-        """Each table's binary bag of ids ``[B, M]`` (0 = padding) for a batch of texts."""
-        bags = {"words": unique_rows(ids)}
+    def known(self, table: str) -> Tensor:
+        """``[rows]`` True for the features of ``table`` seen in training."""
+        known: Tensor = getattr(self, f"known_{table}")
+        return known
+
+    def bags(self, ids: Tensor, subwords: Tensor | None, known_only: bool = True) -> dict[str, Tensor]:
+        """Each table's binary bag of ids ``[B, M]`` (0 = padding) for a batch of texts; with
+        ``known_only``, features not seen in training are dropped (set to 0)."""
+        bags = {"words": ids}
         if "bigrams" in self.tables:
-            bags["bigrams"] = unique_rows(bigram_ids(ids, self.bigram_buckets))
+            bags["bigrams"] = bigram_ids(ids, self.bigram_buckets)
         if "subwords" in self.tables and subwords is not None and subwords.shape[-1] > 0:
-            bags["subwords"] = unique_rows(subwords.reshape(subwords.shape[0], -1))
-        return bags
+            bags["subwords"] = subwords.reshape(subwords.shape[0], -1)
+        if known_only:
+            bags = {name: index * self.known(name)[index] for name, index in bags.items()}
+        return {name: unique_rows(index) for name, index in bags.items()}
 
     @staticmethod
     def bag_logits(bags: dict[str, Tensor], scores: dict[str, Tensor], bias: Tensor) -> Tensor:
@@ -91,7 +104,12 @@ class NaiveBayesLogistic(nn.Module):
         Minimises ``c * sum of the log losses + 1/2 ||w||^2`` over the weights ``w`` of the naive
         Bayes-scaled features (the bias is not penalised) by L-BFGS; returns the iterations run.
         """
-        bags = self.bags(ids, subwords)
+        bags = self.bags(ids, subwords, known_only=False)
+        for name, index in bags.items():
+            known = self.known(name)
+            known.zero_()
+            known[index.reshape(-1)] = True
+            known[0] = False
         binary = self.bias.shape[0] == 1
         classes = 2 if binary else self.bias.shape[0]
         ratios = {n: self._ratios(b, labels, classes, self.tables[n].num_embeddings) for n, b in bags.items()}

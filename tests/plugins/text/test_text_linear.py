@@ -107,3 +107,19 @@ def test_linear_member_trains_saves_and_loads(tmp_path: Path) -> None:
     prediction = classifier.classify(["this was really good"])[0]
     assert prediction.label == "pos" and prediction.attention is not None
     assert abs(sum(prediction.attention) - 1) < 1e-4
+
+
+def test_features_unseen_in_training_leave_a_text_unchanged() -> None:
+    """Unknown words and n-grams are out of the bag and of its norm, as with a fitted vectoriser."""
+    ids, subwords, labels = _toy()
+    model = NaiveBayesLogistic(40, 2, bigram_buckets=0, subword_buckets=60)  # ids 30-39, grams 51-60 unseen
+    model.fit(ids, subwords, labels)
+    text = torch.tensor([[3, 7, 12, 0, 0]])
+    grams = torch.tensor([[[4, 5], [9, 2], [33, 1], [0, 0], [0, 0]]])
+    padded_text = torch.tensor([[3, 7, 12, 35, 37]])  # two unknown words, their grams unknown too
+    padded_grams = torch.tensor([[[4, 5], [9, 2], [33, 1], [55, 58], [52, 60]]])
+    with torch.no_grad():
+        plain = model(text, torch.tensor([3]), grams).logits
+        extra = model(padded_text, torch.tensor([5]), padded_grams).logits
+    assert model.known("words")[:30].any() and not model.known("words")[30:].any()
+    torch.testing.assert_close(extra, plain)
