@@ -65,13 +65,13 @@ RECIPES["pretrained-finetune"] = {
 # "ours" x 5: five independently initialised copies trained side by side, probabilities averaged.
 RECIPES["ours-ensemble"] = {"task": {**RECIPES["ours"]["task"], "ensemble": 5}, "trainer": RECIPES["ours"]["trainer"]}
 RECIPES["ours-ensemble3"] = {"task": {**RECIPES["ours"]["task"], "ensemble": 3}, "trainer": RECIPES["ours"]["trainer"]}
-# Ablations of "ours": one ingredient removed.
 # The three-member ensemble mixed half and half with a naive Bayes logistic regression fitted on the
 # same words (all of them: min_freq 1), bigrams and character n-grams.
 RECIPES["ours-linear"] = {
     "task": {**RECIPES["ours"]["task"], "ensemble": 3, "min_freq": 1, "linear": "nb-logreg"},
     "trainer": RECIPES["ours"]["trainer"],
 }
+# Ablations of "ours": one ingredient removed.
 RECIPES["ours-no-subwords"] = {
     "task": {**RECIPES["ours"]["task"], "subword_buckets": 0},
     "trainer": RECIPES["ours"]["trainer"],

@@ -81,3 +81,27 @@ def test_sentiment_script_writes_a_float16_model(corpus: Path, tmp_path: Path) -
     assert header.info["stored_dtype"] == "float16" and header.info["recipe"] == "ours-ensemble3"
     prediction = TextClassifier.load(out).classify(["the food was great"])[0]
     assert prediction.attention is not None and len(prediction.attention) == 4
+
+
+def test_transfer_script_trains_on_one_domain_and_tests_on_another(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn")
+    torch.set_num_threads(1)
+    source = (corpus / "tiny_labelled.txt").read_text().splitlines()
+    other = [line.replace("phone", "pizza").replace("staff", "waiter") for line in source]
+    (corpus / "other_labelled.txt").write_text("\n".join(other[:30]) + "\n")
+    transfer = load_script("text_transfer")
+    code = transfer.main(
+        [
+            "--data", str(corpus), "--directions", "tiny:other", "--models", "ngram",
+            "--baselines", "tfidf", "--work", str(tmp_path / "work"),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("| tiny -> other |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["ngram", "tfidf"]
+    assert all(float(row.split("|")[3]) >= 90.0 for row in rows)  # the cue words carry over
+    with pytest.raises(SystemExit, match="no tiny or missing file"):
+        transfer.main(["--data", str(corpus), "--directions", "tiny:missing", "--models", "", "--baselines", ""])
