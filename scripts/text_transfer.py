@@ -49,7 +49,8 @@ def sentence_transformers_finetune(fold: Fold, seed: int = 0, epochs: int = 3, l
     model = SentenceTransformer(str(find_encoder("minilm").folder), device="cpu")
     model.max_seq_length = 64
     classes = sorted(set(fold.train_labels))
-    head = torch.nn.Linear(model.get_sentence_embedding_dimension() or 384, len(classes))
+    dimension = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
+    head = torch.nn.Linear(dimension or 384, len(classes))
     params = [*model.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     order = list(range(len(fold.train_texts)))
@@ -58,7 +59,7 @@ def sentence_transformers_finetune(fold: Fold, seed: int = 0, epochs: int = 3, l
     labels = torch.tensor([classes.index(y) for y in fold.train_labels])
 
     def embed(texts: list[str]) -> torch.Tensor:
-        features = model.tokenize(texts)
+        features = getattr(model, "preprocess", model.tokenize)(texts)  # tokenize before 6.x
         return model(features)["sentence_embedding"]
 
     model.train()
