@@ -11,6 +11,7 @@ import torch
 
 from vlattn.checkpoint import LoadedModel
 from vlattn.errors import ModelFileError, VlattnError
+from vlattn.hardware import bf16_supported
 from vlattn.model_files import load_task_model
 from vlattn_text.bundled import BUNDLED, BUNDLED_MODEL, WEIGHTS_DIR
 from vlattn_text.models import ClassifierOutput
@@ -93,11 +94,16 @@ class TextClassifier:
 
     def set_precision(self, precision: str) -> None:
         """Run a pretrained encoder's matrix products in ``precision``: ``fp32`` (the default),
-        ``bf16`` (about 2x faster on CPUs with AMX or AVX-512 BF16, slower on others) or ``int8``
+        ``bf16`` (about 2x faster on CPUs with AMX or AVX-512 BF16; refused on others, where it
+        would be emulated and slower) or ``int8``
         (dynamic quantization, about 1.5x faster); docs/text.md has their agreement with fp32 on
         the UCI sentences. Models without a pretrained encoder take ``fp32`` only."""
         if precision != "fp32" and not hasattr(self.model, "use_inference_pass"):
             raise VlattnError(f"--precision {precision} needs a pretrained-encoder model; {self.path} has none")
+        if precision == "bf16" and not bf16_supported():  # emulated, it would be slower than fp32
+            raise VlattnError(
+                "--precision bf16 needs a CPU with AMX or AVX-512 BF16 (this one has neither); use fp32 or int8"
+            )
         if hasattr(self.model, "use_inference_pass"):
             self.model.use_inference_pass(precision)  # type: ignore[operator]
         self.precision = precision

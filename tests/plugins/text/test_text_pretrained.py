@@ -513,3 +513,22 @@ def test_cutting_long_texts_is_exact_for_minilm() -> None:
         assert tokenizer.encode(text).ids == untruncated_ids(tokenizer_json, text, 16)
 
     check()
+
+
+def test_bf16_is_refused_in_one_line_on_a_cpu_without_bfloat16(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `vlattn caption --precision bf16`: emulated bfloat16 would be slower than fp32."""
+    from vlattn_text import predict
+    from vlattn_text.predict import TextClassifier
+
+    classifier = TextClassifier.load(train(tmp_path, tiny_bert))
+    monkeypatch.setattr(predict, "bf16_supported", lambda: False)
+    with pytest.raises(
+        VlattnError, match=r"^--precision bf16 needs a CPU with AMX or AVX-512 BF16 .* use fp32 or int8$"
+    ):
+        classifier.set_precision("bf16")
+    assert classifier.precision == "fp32"
+    monkeypatch.setattr(predict, "bf16_supported", lambda: True)
+    classifier.set_precision("bf16")
+    assert classifier.precision == "bf16"
