@@ -41,8 +41,12 @@ def sentence_transformers_finetune(fold: Fold, seed: int = 0, epochs: int = 3, l
     layer on the sentence embedding, everything trained by AdamW (lr 5e-5, linear decay, batch 32,
     at most 64 tokens, 3 epochs) on cross-entropy; accuracy on the fold's validation part."""
     import torch
-    from sentence_transformers import SentenceTransformer
     from vlattn_text.pretrained.source import find_encoder
+
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise SystemExit("the st-finetune baseline needs sentence-transformers (pip install sentence-transformers)") from None
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
