@@ -46,7 +46,8 @@ def sentence_transformers_finetune(fold: Fold, seed: int = 0, epochs: int = 3, l
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise SystemExit("the st-finetune baseline needs sentence-transformers (pip install sentence-transformers)") from None
+        message = "the st-finetune baseline needs sentence-transformers (pip install sentence-transformers)"
+        raise SystemExit(message) from None
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
