@@ -23,17 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from vlattn_text.models import ClassifierOutput, output_size
-from vlattn_text.ngram import bigram_ids, naive_bayes_ratios
-
-
-def unique_rows(index: Tensor) -> Tensor:
-    """``index [B, M]`` with each row's repeated ids set to 0 (padding): a binary bag per row."""
-    if index.shape[1] < 2:
-        return index
-    ordered = index.sort(dim=1).values
-    repeated = torch.zeros_like(ordered, dtype=torch.bool)
-    repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-    return ordered.masked_fill(repeated, 0)
+from vlattn_text.ngram import bag_logits, bag_ratios, ngram_bags, unique_rows
 
 
 class NaiveBayesLogistic(nn.Module):
@@ -76,27 +66,15 @@ class NaiveBayesLogistic(nn.Module):
     def bags(self, ids: Tensor, subwords: Tensor | None, known_only: bool = True) -> dict[str, Tensor]:
         """Each table's binary bag of ids ``[B, M]`` (0 = padding) for a batch of texts; with
         ``known_only``, features not seen in training are dropped (set to 0)."""
-        bags = {"words": ids}
-        if "bigrams" in self.tables:
-            bags["bigrams"] = bigram_ids(ids, self.bigram_buckets)
-        if "subwords" in self.tables and subwords is not None and subwords.shape[-1] > 0:
-            bags["subwords"] = subwords.reshape(subwords.shape[0], -1)
+        buckets = self.bigram_buckets if "bigrams" in self.tables else 0
+        bags = ngram_bags(ids, subwords if "subwords" in self.tables else None, buckets)
         if known_only:
             bags = {name: index * self.known(name)[index] for name, index in bags.items()}
         return {name: unique_rows(index) for name, index in bags.items()}
 
-    @staticmethod
-    def bag_logits(bags: dict[str, Tensor], scores: dict[str, Tensor], bias: Tensor) -> Tensor:
-        """``sum_tables (sum of the present features' scores) / sqrt(their count) + bias``: ``[B, C]``."""
-        total = bias.expand(next(iter(bags.values())).shape[0], -1)
-        for name, index in bags.items():
-            summed = nn.functional.embedding_bag(index, scores[name], mode="sum", padding_idx=0)
-            total = total + summed / (index > 0).sum(-1, keepdim=True).clamp(min=1).sqrt()
-        return total
-
     def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
         scores = {name: table.weight for name, table in self.tables.items()}
-        return ClassifierOutput(self.bag_logits(self.bags(ids, subwords), scores, self.bias), None)
+        return ClassifierOutput(bag_logits(self.bags(ids, subwords), scores) + self.bias, None)
 
     def fit(self, ids: Tensor, subwords: Tensor | None, labels: Tensor, c: float = 10.0, max_iter: int = 500) -> int:
         """Fit to the texts ``ids [N, T]`` (``subwords [N, T, K]``) with class ``labels [N]``.
@@ -112,7 +90,7 @@ class NaiveBayesLogistic(nn.Module):
             known[0] = False
         binary = self.bias.shape[0] == 1
         classes = 2 if binary else self.bias.shape[0]
-        ratios = {n: self._ratios(b, labels, classes, self.tables[n].num_embeddings) for n, b in bags.items()}
+        ratios = {n: bag_ratios(b, labels, classes, self.tables[n].num_embeddings).double() for n, b in bags.items()}
         # float64: in float32 the line search stops once the loss (thousands) changes below its precision
         weights = {name: torch.zeros_like(r, requires_grad=True) for name, r in ratios.items()}
         bias = torch.zeros(self.bias.shape, dtype=torch.float64, requires_grad=True)
@@ -127,7 +105,7 @@ class NaiveBayesLogistic(nn.Module):
 
         def objective() -> Tensor:
             optimizer.zero_grad()
-            logits = self.bag_logits(bags, {n: ratios[n] * w for n, w in weights.items()}, bias)
+            logits = bag_logits(bags, {n: ratios[n] * w for n, w in weights.items()}) + bias
             if binary:
                 data = nn.functional.binary_cross_entropy_with_logits(
                     logits.squeeze(-1), labels.to(logits.dtype), reduction="sum"
@@ -148,13 +126,3 @@ class NaiveBayesLogistic(nn.Module):
                 table.weight[0] = 0.0
             self.bias.copy_(bias)
         return int(optimizer.state[next(iter(weights.values()))].get("n_iter", 0))
-
-    @staticmethod
-    def _ratios(bag: Tensor, labels: Tensor, classes: int, size: int) -> Tensor:
-        """Naive Bayes log-count ratios ``[size, C]`` of one table's features (row 0 stays 0)."""
-        counts = torch.zeros(classes, size, dtype=torch.float64)
-        rows = labels[:, None].expand_as(bag)
-        ones = torch.ones(bag.numel(), dtype=torch.float64)
-        counts.index_put_((rows.reshape(-1), bag.reshape(-1)), ones, accumulate=True)
-        ratios = naive_bayes_ratios(counts[:, 1:]).double()
-        return torch.cat([ratios.new_zeros(1, ratios.shape[1]), ratios])

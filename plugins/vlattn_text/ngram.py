@@ -90,6 +90,55 @@ class NgramPriors:
     subwords: Tensor | None
 
 
+def unique_rows(index: Tensor) -> Tensor:
+    """``index [B, M]`` with each row's repeated ids set to 0 (padding): a binary bag per row."""
+    if index.shape[1] < 2:
+        return index
+    ordered = index.sort(dim=1).values
+    repeated = torch.zeros_like(ordered, dtype=torch.bool)
+    repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    return ordered.masked_fill(repeated, 0)
+
+
+def ngram_bags(
+    ids: Tensor, subwords: Tensor | None, bigram_buckets: int, scheme: BigramHash = "mixed"
+) -> dict[str, Tensor]:
+    """A batch's n-gram ids per table, each ``[B, M]`` (0 = padding, repeats kept): ``words``
+    (``ids [B, T]``), ``bigrams`` (:func:`bigram_ids`, when ``bigram_buckets > 0``) and ``subwords``
+    (the words' character n-grams ``[B, T, K]``, when given)."""
+    bags = {"words": ids}
+    if bigram_buckets > 0:
+        bags["bigrams"] = bigram_ids(ids, bigram_buckets, scheme)
+    if subwords is not None and subwords.shape[-1] > 0:
+        bags["subwords"] = subwords.reshape(subwords.shape[0], -1)
+    return bags
+
+
+def bag_logits(bags: dict[str, Tensor], scores: dict[str, Tensor]) -> Tensor:
+    """Per table, the sum of the scores ``[rows, C]`` of the ids in its bag ``[B, M]`` divided by the
+    square root of their count (a linear model of the L2-normalised bags), summed over tables: ``[B, C]``."""
+    total: Tensor | None = None
+    for name, index in bags.items():
+        summed = nn.functional.embedding_bag(index, scores[name], mode="sum", padding_idx=0)
+        part = summed / (index > 0).sum(-1, keepdim=True).clamp(min=1).sqrt()
+        total = part if total is None else total + part
+    assert total is not None, "no bags"
+    return total
+
+
+def bag_ratios(bag: Tensor, labels: Tensor, classes: int, size: int) -> Tensor:
+    """Naive Bayes log-count ratios ``[size, C]`` of one table's features (:func:`naive_bayes_ratios`
+    of the number of texts of each class holding each id of ``bag [N, M]``, once per text; ``labels
+    [N]``); row 0 (padding) is 0."""
+    bag = unique_rows(bag)
+    counts = torch.zeros(classes, size, dtype=torch.float64)
+    rows = labels[:, None].expand_as(bag)
+    ones = torch.ones(bag.numel(), dtype=torch.float64)
+    counts.index_put_((rows.reshape(-1), bag.reshape(-1)), ones, accumulate=True)
+    ratios = naive_bayes_ratios(counts[:, 1:])
+    return torch.cat([ratios.new_zeros(1, ratios.shape[1]), ratios])
+
+
 def naive_bayes_ratios(counts: Tensor, alpha: float = 1.0) -> Tensor:
     """Naive Bayes log-count ratios of features: ``counts [K, N]`` (texts of class ``k`` holding
     feature ``n``) -> ``[N, C]``: ``log(p / |p|) - log(q / |q|)`` with ``p = alpha + counts of the
@@ -227,14 +276,10 @@ class NgramClassifier(nn.Module):
         """The lexical term ``[B, C]``: per table, the sum of the scores of the n-grams present
         divided by the square root of their count (the L2-normalised binary bag, as TF-IDF's rows)."""
         assert self.lexical is not None
-        tables = [("words", ids.reshape(ids.shape[0], -1)), ("bigrams", pairs)]
+        bags = {"words": ids.reshape(ids.shape[0], -1), "bigrams": pairs}
         if subwords is not None and "subwords" in self.lexical:
-            tables.append(("subwords", subwords.reshape(subwords.shape[0], -1)))
-        total = 0.0
-        for name, index in tables:
-            scores = nn.functional.embedding_bag(index, self.lexical[name].weight, mode="sum", padding_idx=0)
-            total = total + scores / (index > 0).sum(-1, keepdim=True).clamp(min=1).sqrt()
-        return total  # type: ignore[return-value]
+            bags["subwords"] = subwords.reshape(subwords.shape[0], -1)
+        return bag_logits(bags, {name: self.lexical[name].weight for name in bags})
 
     def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
         vectors, mask = self.items(ids, lengths, subwords)

@@ -18,6 +18,7 @@ from vlattn_text.subwords import subword_ids
 from vlattn_text.tokenizer import Encoded, Tokenizer, truncate
 
 if TYPE_CHECKING:
+    from vlattn_text.linear import NaiveBayesLogistic
     from vlattn_text.ngram import NgramPriors
     from vlattn_text.pretrained.wordpiece import WordPieceTokenizer
 
@@ -58,7 +59,7 @@ class TextClassifierTask(Task):
         self.encoder_info: dict[str, Any] = {}  # pretrained model: the encoder's config and fingerprint
         self.training_run = False  # set by setup_data: the frozen encoder part may then cache features
         self.ngram_priors: NgramPriors | None = None  # ngram model, set by setup_data: its lexical init
-        self.linear_model: nn.Module | None = None  # --linear, fitted by setup_data
+        self.linear_model: NaiveBayesLogistic | None = None  # --linear, fitted by setup_data
 
     # -- data ------------------------------------------------------------------------------------
     def _read(self, paths: Sequence[str]) -> list[Example]:
@@ -102,41 +103,45 @@ class TextClassifierTask(Task):
                 lower=s.lower, min_freq=s.min_freq or 1, max_words=s.max_words, oov=bool(s.oov)
             ).fit(e.text for e in fit_on)
         train_items = self.to_items(train)
-        self.ngram_priors = self._ngram_priors(train_items) if s.model == "ngram" and s.lexical == "nb" else None
-        self.linear_model = self._fit_linear(train_items) if s.linear != "none" else None
+        priors, linear = s.model == "ngram" and s.lexical == "nb", s.linear != "none"
+        whole = self.collate(train_items) if priors or linear else None  # the training split as one batch
+        self.ngram_priors = self._ngram_priors(whole) if priors and whole is not None else None
+        self.linear_model = self._fit_linear(whole) if linear and whole is not None else None
         return DataSplits(train_items, self.to_items(val) if val else None)
 
-    def _new_linear(self) -> nn.Module:
+    def _new_linear(self) -> NaiveBayesLogistic:
         from vlattn_text.linear import NaiveBayesLogistic
 
         assert self.tokenizer is not None
         s = self.settings
         return NaiveBayesLogistic(self.tokenizer.vocab_size, len(self.labels), s.bigram_buckets, s.subword_buckets or 0)
 
-    def _fit_linear(self, items: Sequence[Item]) -> nn.Module:
-        """The linear model fitted on ``items`` (the training split), to convergence."""
+    def _fit_linear(self, batch: TextBatch) -> NaiveBayesLogistic:
+        """The linear model fitted on ``batch`` (the training split), to convergence."""
         model = self._new_linear()
-        batch = self.collate(list(items))
-        model.fit(batch.ids, batch.subwords, batch.labels, c=self.settings.linear_c)  # type: ignore[operator]
+        model.fit(batch.ids, batch.subwords, batch.labels, c=self.settings.linear_c)
         return model
 
-    def _ngram_priors(self, items: Sequence[Item]) -> NgramPriors:
-        """Naive Bayes log-count ratios of the words, bigrams and character n-grams of ``items``."""
-        from vlattn_text.ngram import NgramPriors, bigram_ids, naive_bayes_ratios
+    def _ngram_priors(self, batch: TextBatch) -> NgramPriors:
+        """Naive Bayes log-count ratios of the words, bigrams and character n-grams of ``batch``."""
+        from vlattn_text.models import output_size
+        from vlattn_text.ngram import NgramPriors, bag_ratios, ngram_bags
 
         assert self.tokenizer is not None
         s, classes = self.settings, len(self.labels)
-        sizes = (self.tokenizer.vocab_size, s.bigram_buckets + 1, (s.subword_buckets or 0) + 1)
-        counts = [torch.zeros(classes, size) for size in sizes]
-        for item in items:
-            ids = torch.tensor(item.ids, dtype=torch.long).view(1, -1)
-            grams = [g for word in item.grams for g in word]
-            features = (ids, bigram_ids(ids, s.bigram_buckets), torch.tensor(grams, dtype=torch.long))
-            for table, present in zip(counts, features, strict=True):
-                table[item.label, present.unique()] += 1  # each feature counted once per text
-        ratios = [naive_bayes_ratios(table[:, 1:]) for table in counts]  # row 0 is padding
-        padded = [torch.cat([r.new_zeros(1, r.shape[1]), r]) for r in ratios]
-        return NgramPriors(padded[0], padded[1], padded[2] if s.subword_buckets else None)
+        bags = ngram_bags(batch.ids, batch.subwords, s.bigram_buckets)
+        sizes = {
+            "words": self.tokenizer.vocab_size,
+            "bigrams": s.bigram_buckets + 1,
+            "subwords": (s.subword_buckets or 0) + 1,
+        }
+        ratios = {
+            name: bag_ratios(bags[name], batch.labels, classes, size)
+            if name in bags
+            else torch.zeros(size, output_size(classes))
+            for name, size in sizes.items()
+        }
+        return NgramPriors(ratios["words"], ratios["bigrams"], ratios["subwords"] if s.subword_buckets else None)
 
     def eval_data(self, data: str | None, options: Any) -> list[Item]:
         """``vlattn eval --data FILE`` scores FILE; without it, the validation split of the training data."""

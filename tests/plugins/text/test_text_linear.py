@@ -10,7 +10,8 @@ from test_text_ensemble import _task
 from test_text_models import make_corpus
 from vlattn_text.config import TextClassifierConfig
 from vlattn_text.ensemble import Ensemble
-from vlattn_text.linear import NaiveBayesLogistic, unique_rows
+from vlattn_text.linear import NaiveBayesLogistic
+from vlattn_text.ngram import bag_ratios, unique_rows
 from vlattn_text.predict import TextClassifier
 from vlattn_text.task import class_probabilities
 
@@ -51,7 +52,7 @@ def test_fit_reaches_the_penalised_optimum_and_matches_scikit_learn() -> None:
         dense.scatter_(1, index, 1.0)
         dense[:, 0] = 0.0
         blocks.append(dense / count.sqrt())
-        ratios = NaiveBayesLogistic._ratios(index, labels, 2, size)[:, 0]
+        ratios = bag_ratios(index, labels, 2, size)[:, 0].double()
         columns.append(ratios)
     features = torch.cat(blocks, 1) * torch.cat(columns)  # [N, F], naive Bayes-scaled
     reference = sklearn.LogisticRegression(C=3.0, tol=1e-10, max_iter=10_000).fit(features.numpy(), labels.numpy())
