@@ -195,9 +195,8 @@ class ReinforceLoss(nn.Module):
             weight = reward.new_full((batch,), 1.0 / batch)
         weight = weight.detach().to(log_prob.dtype)
         if self.credit == "to-go":
-            to_go = rewards_to_go(step_reward, base, step_mask, self.discount)  # [B, N]
-            per_step = to_go * log_prob if step_mask is None else to_go * log_prob * step_mask.to(log_prob.dtype)
-            score = -self.reward_scale * (weight[:, None] * per_step).sum()
+            to_go = rewards_to_go(step_reward, base, step_mask, self.discount)  # [B, N], 0 on padding
+            score = -self.reward_scale * (weight[:, None] * to_go * log_prob).sum()
         else:
             per_example = summed(log_prob, step_mask)
             score = -self.reward_scale * (weight * advantage * per_example).sum()
