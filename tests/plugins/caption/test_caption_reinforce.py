@@ -19,18 +19,18 @@ from vlattn.config import ConfigError, from_mapping
 V, D = 9, 6
 
 
+def _decoder(**attention_options: object) -> ShowAttendTellDecoder:
+    """A tiny hard-attention decoder (every glimpse sampled unless ``attention_options`` say otherwise)."""
+    options = {"expectation_prob": 0.0, "hidden_dim": 5, **attention_options}
+    return ShowAttendTellDecoder(
+        V, D, embed_dim=5, hidden_dim=7, attention="hard-spatial", attention_options=options, dropout=0.0
+    )
+
+
 def _model(locations: int = 4, seed: int = 0, **reinforce: object) -> CaptionModel:
     torch.manual_seed(seed)
     encoder = Encoder("small-cnn", grid=int(locations**0.5), channels=D)
-    decoder = ShowAttendTellDecoder(
-        V,
-        D,
-        embed_dim=5,
-        hidden_dim=7,
-        attention="hard-spatial",
-        attention_options={"expectation_prob": 0.0, "hidden_dim": 5},
-        dropout=0.0,
-    )
+    decoder = _decoder()
     options = {"entropy_weight": 0.0, "reward_scale": 1.0, **reinforce}
     return CaptionModel(encoder, decoder, hard=True, **options)  # type: ignore[arg-type]
 
@@ -77,16 +77,7 @@ def test_estimator_gradient_is_the_exact_gradient_of_the_expected_loss(monkeypat
     crediting each glimpse with the words from it on ("to-go") leaves the estimate unbiased."""
     locations = 3
     torch.manual_seed(0)
-    decoder = ShowAttendTellDecoder(
-        V,
-        D,
-        embed_dim=5,
-        hidden_dim=7,
-        attention="hard-spatial",
-        attention_options={"expectation_prob": 0.0, "hidden_dim": 5},
-        dropout=0.0,
-    )
-    decoder = decoder.double().train()
+    decoder = _decoder().double().train()
     annotations = (3 * torch.randn(2, locations, D, dtype=torch.float64)).requires_grad_()
     captions, lengths = _captions([3, 4], seed=2)
     steps = (lengths - 1).tolist()
@@ -260,15 +251,7 @@ def test_decoder_keeps_the_expectation_draw_for_whole_captions(scope: str) -> No
     """In a teacher-forced pass each caption's glimpses are all samples or all expectations
     (``sequence``), and with ``batch`` the whole minibatch shares one draw."""
     torch.manual_seed(2)
-    decoder = ShowAttendTellDecoder(
-        V,
-        D,
-        embed_dim=5,
-        hidden_dim=7,
-        attention="hard-spatial",
-        dropout=0.0,
-        attention_options={"expectation_prob": 0.5, "expectation_scope": scope, "hidden_dim": 5},
-    ).train()
+    decoder = _decoder(expectation_prob=0.5, expectation_scope=scope).train()
     lengths = [4, 9, 6, 12, 5, 7, 8, 10] * 4
     captions, lengths_t = _captions(lengths)
     annotations = torch.randn(len(lengths), 9, D)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_text_models import padded
 from vlattn_text.config import TextClassifierConfig
 from vlattn_text.ngram import NgramClassifier, bigram_ids, naive_bayes_ratios, token_weights
 from vlattn_text.predict import TextClassifier
@@ -17,13 +18,6 @@ from vlattn.checkpoint import load_model
 from vlattn.config import from_mapping
 
 torch.set_num_threads(1)
-
-
-def padded(ids: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = torch.zeros(len(ids), width, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        batch[row, : len(seq)] = torch.tensor(seq)
-    return batch, torch.tensor([len(s) for s in ids])
 
 
 def test_bigram_ids_skip_padding_and_are_stable() -> None:
