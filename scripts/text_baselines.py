@@ -3,7 +3,9 @@
 * ``tfidf``: TF-IDF of word 1-2-grams and character 2-5-grams, logistic regression (C = 10), the
   ten-line scikit-learn script;
 * ``minilm-logreg``: the frozen all-MiniLM-L6-v2 sentence embedding as sentence-transformers
-  computes it (mean of the token states, L2-normalised) and logistic regression (C = 10).
+  computes it (mean of the token states, L2-normalised) and logistic regression (C = 10);
+* :func:`sentence_transformers_finetune`: all-MiniLM-L6-v2 fine-tuned through sentence-transformers
+  itself (``scripts/text_transfer.py``'s ``st-finetune``; needs that package).
 
 Both see the same train / validation split of each fold as ``vlattn train text-classifier
 --folds K --fold k --split-seed 0`` (vlattn's own splitter decides), so their accuracies sit beside
@@ -12,6 +14,7 @@ vlattn's in one table. Needs scikit-learn (and the ``pretrained`` extra for ``mi
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,6 +98,58 @@ def minilm_logreg(fold: Fold, embed: MiniLMEmbedder) -> float:
     model = LogisticRegression(C=10.0, max_iter=5000)
     model.fit(embed(fold.train_texts), fold.train_labels)
     return float(model.score(embed(fold.val_texts), fold.val_labels))
+
+
+def sentence_transformers_finetune(fold: Fold, seed: int = 0, epochs: int = 3, lr: float = 5e-5) -> float:
+    """all-MiniLM-L6-v2 through sentence-transformers (its mean pooling and normalisation), a linear
+    layer on the sentence embedding, everything trained by AdamW (lr 5e-5, linear decay, batch 32,
+    at most 64 tokens, 3 epochs) on cross-entropy; accuracy on the fold's validation part."""
+    import torch
+    from vlattn_text.pretrained.source import find_encoder
+
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        message = "the st-finetune baseline needs sentence-transformers (pip install sentence-transformers)"
+        raise SystemExit(message) from None
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = SentenceTransformer(str(find_encoder("minilm").folder), device="cpu")
+    model.max_seq_length = 64
+    classes = sorted(set(fold.train_labels))
+    dimension = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
+    head = torch.nn.Linear(dimension or 384, len(classes))
+    params = [*model.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    order = list(range(len(fold.train_texts)))
+    steps = epochs * ((len(order) + 31) // 32)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
+    labels = torch.tensor([classes.index(y) for y in fold.train_labels])
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        features = getattr(model, "preprocess", model.tokenize)(texts)  # tokenize before 6.x
+        return model(features)["sentence_embedding"]
+
+    model.train()
+    for _ in range(epochs):
+        rng.shuffle(order)
+        for start in range(0, len(order), 32):
+            batch = order[start : start + 32]
+            loss = torch.nn.functional.cross_entropy(head(embed([fold.train_texts[i] for i in batch])), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(fold.val_texts), 64):
+            texts = fold.val_texts[start : start + 64]
+            predicted = head(embed(texts)).argmax(-1).tolist()
+            truth = fold.val_labels[start : start + 64]
+            correct += sum(classes[p] == y for p, y in zip(predicted, truth, strict=True))
+    return correct / len(fold.val_texts)
 
 
 def run_baseline(name: str, data: Sequence[str], k: int) -> tuple[list[float], float]:

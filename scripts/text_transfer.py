@@ -7,13 +7,12 @@ files, named by their first word) and reports the accuracy on every sentence of 
 The vlattn recipes (``scripts/text_results.py``) train through ``vlattn.train.fit`` with the target
 as ``--val-data``; the figure is the LAST epoch's (no epoch is chosen on the target). Beside them,
 in the same run: TF-IDF + logistic regression, and all-MiniLM-L6-v2 fine-tuned the way a
-sentence-transformers user would (``--baselines``, see :func:`sentence_transformers_finetune`).
+sentence-transformers user would (``--baselines``; ``scripts/text_baselines.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from text_baselines import Fold, tfidf_logreg
+from text_baselines import Fold, sentence_transformers_finetune, tfidf_logreg
 from text_results import RECIPES
 
 BASELINES = ("tfidf", "st-finetune")
@@ -34,58 +33,6 @@ def read_uci(path: Path) -> tuple[list[str], list[str]]:
 
     examples = read_examples([str(path)])
     return [e.text for e in examples], [e.label for e in examples]
-
-
-def sentence_transformers_finetune(fold: Fold, seed: int = 0, epochs: int = 3, lr: float = 5e-5) -> float:
-    """all-MiniLM-L6-v2 through sentence-transformers (its mean pooling and normalisation), a linear
-    layer on the sentence embedding, everything trained by AdamW (lr 5e-5, linear decay, batch 32,
-    at most 64 tokens, 3 epochs) on cross-entropy; accuracy on the fold's validation part."""
-    import torch
-    from vlattn_text.pretrained.source import find_encoder
-
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        message = "the st-finetune baseline needs sentence-transformers (pip install sentence-transformers)"
-        raise SystemExit(message) from None
-
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    model = SentenceTransformer(str(find_encoder("minilm").folder), device="cpu")
-    model.max_seq_length = 64
-    classes = sorted(set(fold.train_labels))
-    dimension = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
-    head = torch.nn.Linear(dimension or 384, len(classes))
-    params = [*model.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    order = list(range(len(fold.train_texts)))
-    steps = epochs * ((len(order) + 31) // 32)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
-    labels = torch.tensor([classes.index(y) for y in fold.train_labels])
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        features = getattr(model, "preprocess", model.tokenize)(texts)  # tokenize before 6.x
-        return model(features)["sentence_embedding"]
-
-    model.train()
-    for _ in range(epochs):
-        rng.shuffle(order)
-        for start in range(0, len(order), 32):
-            batch = order[start : start + 32]
-            loss = torch.nn.functional.cross_entropy(head(embed([fold.train_texts[i] for i in batch])), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(fold.val_texts), 64):
-            texts = fold.val_texts[start : start + 64]
-            predicted = head(embed(texts)).argmax(-1).tolist()
-            truth = fold.val_labels[start : start + 64]
-            correct += sum(classes[p] == y for p, y in zip(predicted, truth, strict=True))
-    return correct / len(fold.val_texts)
 
 
 def run_recipe(name: str, source: Path, target: Path, seed: int, work: Path) -> float:
