@@ -259,10 +259,14 @@ class NgramClassifier(nn.Module):
         counts = (subwords > 0).sum(-1, keepdim=True).clamp(min=1)
         return summed.view(*subwords.shape[:-1], -1) / counts
 
-    def items(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None) -> tuple[Tensor, Tensor]:
+    def items(
+        self, ids: Tensor, lengths: Tensor, subwords: Tensor | None, pairs: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(vectors [B, N, D], mask [B, N])`` of the ``N = 2T - 1``
-        items (``N = T`` when ``T < 2``): the words, then the bigrams ``(t, t+1)``."""
-        pairs = bigram_ids(ids, self.bigram_buckets, self.bigram_hash)
+        items (``N = T`` when ``T < 2``): the words, then the bigrams ``(t, t+1)`` (``pairs``, the
+        :func:`bigram_ids` of ``ids``, computed here when not given)."""
+        if pairs is None:
+            pairs = bigram_ids(ids, self.bigram_buckets, self.bigram_hash)
         word_mask = lengths_to_mask(lengths, ids.shape[1]) & (ids > 0)
         mask = torch.cat([word_mask, pairs > 0], dim=1)
         use_chars = self.subwords is not None and subwords is not None and subwords.shape[-1] > 0
@@ -282,7 +286,8 @@ class NgramClassifier(nn.Module):
         return bag_logits(bags, {name: self.lexical[name].weight for name in bags})
 
     def forward(self, ids: Tensor, lengths: Tensor, subwords: Tensor | None = None) -> ClassifierOutput:
-        vectors, mask = self.items(ids, lengths, subwords)
+        pairs = bigram_ids(ids, self.bigram_buckets, self.bigram_hash)
+        vectors, mask = self.items(ids, lengths, subwords, pairs)
         if self.training and self.item_dropout > 0:
             kept = mask & (torch.rand(mask.shape, device=mask.device) >= self.item_dropout)
             mask = torch.where(kept.any(1, keepdim=True), kept, mask)  # never drop every item of a text
@@ -302,6 +307,6 @@ class NgramClassifier(nn.Module):
                 pooled = pooled + mean
         logits = self.classifier(self.dropout(pooled))
         if self.lexical is not None:
-            logits = logits + self.lexical_logits(ids, bigram_ids(ids, self.bigram_buckets, self.bigram_hash), subwords)
+            logits = logits + self.lexical_logits(ids, pairs, subwords)
         empty = counts == 0
         return ClassifierOutput(logits, token_weights(weights, ids.shape[1]).masked_fill(empty, 0.0))
